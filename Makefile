@@ -1,0 +1,29 @@
+# make demo  - set up .venv (pinned) and run the main job on the embedded tiny model
+# make test  - set up .venv if needed, then the whole test suite (unit tests + notebooks)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
+.PHONY: setup demo test test-unit clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt torch==2.13.0 -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fiddler-nb demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests -m "not browser"
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

@@ -1,0 +1,202 @@
+"""ExpertStore: where each expert's weights live, and the kernels that run one expert.
+
+All expert weights stay in the model's own fused parameters in CPU memory (pinned when CUDA is
+present, so copies are asynchronous). Experts placed on the fast device get a copy there, in one
+tensor per layer and weight (`[R, ...]`, R = resident experts of the layer). Transfers copy one
+expert into a scratch slot on a dedicated copy stream, so a copy overlaps the previous expert's
+compute. On a CPU-only machine the fast device *is* the CPU: resident experts use the CPU
+weights directly and a transfer is a real memcpy into a scratch slot.
+
+Shape legend: E = experts, R = resident experts in a layer, S = scratch slots, n = tokens routed
+to one expert, H = hidden size, I = expert intermediate size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import MoELayer
+
+GIB = 1 << 30
+
+
+class BudgetError(ValueError):
+    """The requested expert budget does not fit (number of experts or device memory)."""
+
+
+def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One expert on whatever device `weights` are on. x: [n, H] -> [n, H].
+
+    Mirrors transformers' experts math for every layout flag (gated or not, biases, transposed
+    storage, custom `_apply_gate` such as gpt-oss's clamped interleaved SwiGLU).
+    """
+    module, layout = layer.module, layer.layout
+    first, down = weights[0], weights[1]
+    x = x.to(first.dtype)
+    h = x @ first if layout.is_transposed else F.linear(x, first)  # [n, 2I] or [n, I]
+    if layout.has_bias:
+        h = h + weights[2]
+    h = module._apply_gate(h) if layout.has_gate else module.act_fn(h)  # [n, I]
+    y = h @ down if layout.is_transposed else F.linear(h, down)  # [n, H]
+    if layout.has_bias:
+        y = y + weights[3]
+    if layout.has_post_expert_norm:
+        y = module.post_expert_norm(y)
+    return y
+
+
+@dataclass
+class _LayerSlots:
+    resident: dict[int, int]  # expert -> row in the resident tensors
+    tensors: tuple[torch.Tensor, ...] | None  # per weight: [R, ...] on the fast device
+
+
+class ExpertStore:
+    """Residency and weight movement for all MoE layers of one model."""
+
+    def __init__(self, layers: list[MoELayer], device: torch.device, scratch_slots: int = 2,
+                 reserve_bytes: int = GIB):
+        self.layers = layers
+        self.device = device
+        self.is_cuda = device.type == "cuda"
+        self.reserve_bytes = reserve_bytes  # kept free on the GPU for activations and KV cache
+        self.expert_bytes = layers[0].expert_bytes
+        self.num_experts = layers[0].num_experts
+        self._slots = [_LayerSlots({}, None) for _ in layers]
+        if self.is_cuda:
+            self._pin_cpu_weights()
+        self.copy_stream = torch.cuda.Stream(device) if self.is_cuda else None
+        self._scratch = self._alloc_scratch(max(1, scratch_slots))
+        self._next_scratch = 0
+        self._slot_free = [None] * len(self._scratch)  # CUDA events: compute done with slot
+
+    # ---- placement -------------------------------------------------------------------
+    @property
+    def placement(self) -> frozenset[tuple[int, int]]:
+        return frozenset((i, e) for i, s in enumerate(self._slots) for e in s.resident)
+
+    def is_resident(self, layer: int, expert: int) -> bool:
+        return expert in self._slots[layer].resident
+
+    def max_resident_experts(self) -> int:
+        """How many experts fit on the fast device now (all of them on a CPU-only machine)."""
+        total = len(self.layers) * self.num_experts
+        if not self.is_cuda:
+            return total
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += self._resident_bytes()  # re-placing frees the current residents first
+        fit = max(0, (free - self.reserve_bytes) // self.expert_bytes)
+        return int(min(total, fit))
+
+    def check_budget(self, budget: int) -> None:
+        total = len(self.layers) * self.num_experts
+        if not isinstance(budget, int) or budget < 0 or budget > total:
+            raise BudgetError(f"expert budget {budget!r} is out of range: this model has {total} "
+                              f"experts ({len(self.layers)} MoE layers x {self.num_experts}); "
+                              f"pass 0..{total}")
+        fit = self.max_resident_experts()
+        if budget > fit:
+            need = budget * self.expert_bytes / GIB
+            raise BudgetError(f"expert budget {budget} needs {need:.2f} GiB on {self.device} but "
+                              f"only {fit} experts fit (keeping {self.reserve_bytes / GIB:.1f} GiB "
+                              f"free for activations); pass expert_budget<={fit}")
+
+    def set_placement(self, placement: frozenset[tuple[int, int]]) -> None:
+        """Make exactly `placement` resident. On failure the previous placement is kept."""
+        old = [(s.resident, s.tensors) for s in self._slots]
+        try:
+            for s in self._slots:  # free first so the new copies fit where the old ones were
+                s.resident, s.tensors = {}, None
+            if self.is_cuda:
+                torch.cuda.empty_cache()
+            for i, layer in enumerate(self.layers):
+                experts = sorted(e for (l, e) in placement if l == i)
+                self._slots[i] = self._build_layer(layer, experts)
+            if self.is_cuda:
+                torch.cuda.synchronize(self.device)
+        except BaseException:
+            for s, (resident, tensors) in zip(self._slots, old):
+                s.resident, s.tensors = resident, tensors
+            raise
+
+    def _build_layer(self, layer: MoELayer, experts: list[int]) -> _LayerSlots:
+        resident = {e: row for row, e in enumerate(experts)}
+        if not experts or not self.is_cuda:
+            return _LayerSlots(resident, None)  # CPU: resident experts use the CPU weights
+        cpu = [getattr(layer.module, n) for n in layer.layout.param_names]
+        tensors = tuple(torch.empty((len(experts), *w.shape[1:]), dtype=w.dtype, device=self.device)
+                        for w in cpu)
+        for row, e in enumerate(experts):
+            for dst, src in zip(tensors, cpu):
+                dst[row].copy_(src[e], non_blocking=True)
+        return _LayerSlots(resident, tensors)
+
+    def _resident_bytes(self) -> int:
+        return sum(len(s.resident) for s in self._slots) * self.expert_bytes if self.is_cuda else 0
+
+    # ---- weights ---------------------------------------------------------------------
+    def cpu_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
+        module, names = self.layers[layer].module, self.layers[layer].layout.param_names
+        return tuple(getattr(module, n)[expert] for n in names)
+
+    def resident_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
+        slots = self._slots[layer]
+        if slots.tensors is None:
+            return self.cpu_weights(layer, expert)
+        row = slots.resident[expert]
+        return tuple(t[row] for t in slots.tensors)
+
+    def begin_transfer(self, layer: int, expert: int) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """Start copying one expert into the next scratch slot; returns (slot, weights there).
+
+        On CUDA the copy runs on the copy stream and the compute stream is made to wait for it;
+        call `end_transfer(slot)` after enqueueing the compute that reads the slot.
+        """
+        slot = self._next_scratch
+        self._next_scratch = (slot + 1) % len(self._scratch)
+        dst = tuple(t[slot] for t in self._scratch)
+        src = self.cpu_weights(layer, expert)
+        if self.is_cuda:
+            compute = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self.copy_stream):
+                if self._slot_free[slot] is not None:  # don't overwrite weights still in use
+                    self.copy_stream.wait_event(self._slot_free[slot])
+                for d, s in zip(dst, src):
+                    d.copy_(s, non_blocking=True)
+            compute.wait_stream(self.copy_stream)
+        else:
+            for d, s in zip(dst, src):
+                d.copy_(s)
+        return slot, dst
+
+    def end_transfer(self, slot: int) -> None:
+        if self.is_cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self._slot_free[slot] = event
+
+    # ---- set-up ----------------------------------------------------------------------
+    def _alloc_scratch(self, count: int) -> tuple[torch.Tensor, ...]:
+        first = self.layers[0]
+        cpu = [getattr(first.module, n) for n in first.layout.param_names]
+        return tuple(torch.empty((count, *w.shape[1:]), dtype=w.dtype, device=self.device)
+                     for w in cpu)  # per weight: [S, ...]
+
+    def _pin_cpu_weights(self) -> None:
+        """Page-lock the experts' CPU memory so host->device copies are asynchronous."""
+        for layer in self.layers:
+            for name in layer.layout.param_names:
+                param = getattr(layer.module, name)
+                if not param.is_pinned():
+                    param.data = param.data.pin_memory()
+
+    def release(self) -> None:
+        """Free every fast-device buffer (used when an engine is closed or failed to load)."""
+        for s in self._slots:
+            s.resident, s.tensors = {}, None
+        self._scratch = ()
+        if self.is_cuda:
+            torch.cuda.empty_cache()

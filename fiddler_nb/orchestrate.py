@@ -1,0 +1,149 @@
+"""The experts forward that executes one layer's assignment, CPU and GPU overlapping.
+
+Registered in transformers' `ExpertsInterface` as "fiddler", so `model.generate` runs through it
+unchanged (DESIGN.md §3). For one layer it: groups the flattened (token, k) pairs by expert, asks
+the execution policy which non-resident experts to transfer, then
+  1. starts copying the CPU-bound tokens' activations to the host (async on CUDA),
+  2. enqueues resident experts and transferred experts (copy stream -> scratch slot) on the GPU,
+  3. runs the CPU experts on the host while the GPU works, and copies their results back,
+  4. sums the k weighted expert outputs per token, as transformers' own kernels do.
+
+Shape legend: T = tokens in the batch, k = experts per token, S = T*k routed pairs,
+H = hidden size, n = pairs routed to one expert, E = experts in the layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .adapters import MoELayer
+from .execution import ExecutionPolicy
+from .experts import ExpertStore, run_expert
+from .latency import LatencyModel
+from .stats import StatsRecorder
+
+IMPLEMENTATION_NAME = "fiddler"
+
+
+@dataclass
+class EngineState:
+    """What every layer's forward shares; the engine swaps fields to re-configure."""
+
+    store: ExpertStore
+    execution: ExecutionPolicy
+    latency: LatencyModel
+    stats: StatsRecorder
+    routing_counts: list[list[int]]  # [L][E] pairs routed since the last reset (for calibrate)
+
+
+class LayerRuntime:
+    """Attached to one experts module as `_fiddler_runtime`."""
+
+    def __init__(self, layer: MoELayer, state: EngineState):
+        self.layer = layer
+        self.state = state
+
+    def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        st, idx = self.state, self.layer.index
+        num_tokens, hidden_size = hidden.shape
+        top_k = top_k_index.shape[-1]
+        num_experts = self.layer.num_experts
+        expert_ids = top_k_index.reshape(-1)  # [S]
+        pair_weights = top_k_weights.reshape(-1)  # [S]
+        order = torch.argsort(expert_ids, stable=True)  # [S] pairs grouped by expert
+        counts = torch.bincount(expert_ids, minlength=num_experts).tolist()  # one host sync
+        row_lists = torch.split(order, counts[:num_experts] + [len(order) - sum(counts[:num_experts])])
+
+        resident, offloaded = [], []
+        for e in range(num_experts):
+            if counts[e]:
+                st.routing_counts[idx][e] += counts[e]
+                (resident if st.store.is_resident(idx, e) else offloaded).append(e)
+        gpu_ms = sum(st.latency.gpu_ms(counts[e]) for e in resident)
+        flags = st.execution.decide([counts[e] for e in offloaded], st.store.expert_bytes,
+                                    st.latency, gpu_ms) if offloaded else ()
+        on_cpu = [e for e, t in zip(offloaded, flags) if not t]
+        transferred = [e for e, t in zip(offloaded, flags) if t]
+
+        weight_dtype = getattr(self.layer.module, self.layer.layout.first_name).dtype
+        out_dtype = torch.promote_types(weight_dtype, top_k_weights.dtype)
+        out = torch.zeros(len(order), hidden_size, dtype=out_dtype, device=hidden.device)  # [S, H]
+
+        cpu_job = self._start_cpu_inputs(hidden, pair_weights, on_cpu, row_lists, top_k)
+        for e in resident:
+            rows = row_lists[e]
+            self._write(out, rows, run_expert(self.layer, hidden[rows // top_k],
+                                              st.store.resident_weights(idx, e)), pair_weights)
+            st.stats.add(idx, "resident", counts[e])
+        for e in transferred:
+            rows = row_lists[e]
+            slot, weights = st.store.begin_transfer(idx, e)
+            self._write(out, rows, run_expert(self.layer, hidden[rows // top_k], weights),
+                        pair_weights)
+            st.store.end_transfer(slot)
+            st.stats.add(idx, "transfer", counts[e])
+            st.stats.add_transfer(idx, st.store.expert_bytes)
+        if cpu_job is not None:
+            self._finish_cpu(out, cpu_job, on_cpu, counts)
+        return out.view(num_tokens, top_k, hidden_size).sum(dim=1).to(hidden.dtype)  # [T, H]
+
+    @staticmethod
+    def _write(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor,
+               pair_weights: torch.Tensor) -> None:
+        out.index_copy_(0, rows, (y * pair_weights[rows, None]).to(out.dtype))  # [n, H]
+
+    def _start_cpu_inputs(self, hidden, pair_weights, on_cpu, row_lists, top_k):
+        """Gather the CPU experts' tokens and routing weights; start their copy to the host."""
+        if not on_cpu:
+            return None
+        rows = torch.cat([row_lists[e] for e in on_cpu])  # [P] pairs run on the CPU
+        x, w = hidden[rows // top_k], pair_weights[rows]  # [P, H], [P]
+        if hidden.device.type == "cpu":
+            return rows, x, w, None
+        x_host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        w_host = torch.empty(w.shape, dtype=w.dtype, pin_memory=True)
+        x_host.copy_(x, non_blocking=True)
+        w_host.copy_(w, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return rows, x_host, w_host, ready
+
+    def _finish_cpu(self, out, job, on_cpu, counts) -> None:
+        """Run the CPU experts on the host (the GPU keeps working) and send results back."""
+        rows, x_host, w_host, ready = job
+        st, idx = self.state, self.layer.index
+        if ready is not None:
+            ready.synchronize()
+        y_host = torch.empty((x_host.shape[0], x_host.shape[1]), dtype=out.dtype,
+                             pin_memory=ready is not None)  # [P, H]
+        start = 0
+        for e in on_cpu:
+            n = counts[e]
+            y = run_expert(self.layer, x_host[start:start + n], st.store.cpu_weights(idx, e))
+            y_host[start:start + n] = y * w_host[start:start + n, None]
+            start += n
+            st.stats.add(idx, "cpu", n)
+        if ready is not None:
+            st.stats.add_activations(x_host.numel() * x_host.element_size()
+                                     + y_host.numel() * y_host.element_size())
+        out.index_copy_(0, rows, y_host.to(out.device, non_blocking=True))
+
+
+def fiddler_experts_forward(module, hidden_states, top_k_index, top_k_weights):
+    """The function registered with transformers' ExpertsInterface."""
+    runtime = getattr(module, "_fiddler_runtime", None)
+    if runtime is None:  # a model not managed by an engine: behave like stock transformers
+        from transformers.integrations.moe import grouped_mm_experts_forward
+
+        return grouped_mm_experts_forward(module, hidden_states, top_k_index, top_k_weights)
+    return runtime.forward(hidden_states, top_k_index, top_k_weights)
+
+
+def register_with_transformers() -> None:
+    """Make `experts_implementation="fiddler"` known to transformers (idempotent)."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(IMPLEMENTATION_NAME, fiddler_experts_forward)

@@ -1,0 +1,124 @@
+"""Placement policies: which (layer, expert) pairs live on the fast device.
+
+A policy is a pure function of a `PlacementRequest`; the engine only executes its answer.
+`make_placement(name)` builds one from the registry and names the known policies on a typo.
+
+Fiddler's policy is `popularity`: fill the GPU expert budget with the experts that a calibration
+run routed the most tokens to (paper §3.2).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+Slot = tuple[int, int]  # (MoE layer index, expert index)
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    num_layers: int
+    num_experts: int
+    budget: int  # experts to place, all layers together
+    popularity: torch.Tensor | None = None  # [L, E] routed-token counts, or None
+    seed: int = 0
+
+
+class PlacementPolicy(Protocol):
+    name: str
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        """The set of (layer, expert) to keep on the fast device; at most `budget` of them."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., PlacementPolicy]] = {}
+
+
+def register(name: str):
+    """Class decorator adding a placement policy to the registry under `name`."""
+    def wrap(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def known_placements() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_placement(name: str, **kwargs) -> PlacementPolicy:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown placement policy {name!r}; known: {', '.join(known_placements())}")
+    return _REGISTRY[name](**kwargs)
+
+
+def _ranked_experts(request: PlacementRequest, layer: int) -> list[int]:
+    """Experts of one layer, most popular first (index order without a popularity)."""
+    if request.popularity is None:
+        return list(range(request.num_experts))
+    counts = request.popularity[layer].tolist()
+    return sorted(range(request.num_experts), key=lambda e: (-counts[e], e))
+
+
+@register("layer-balanced")
+class LayerBalanced:
+    """The same number of experts in every layer (the first layers take the remainder)."""
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        per_layer, extra = divmod(request.budget, request.num_layers)
+        chosen = set()
+        for layer in range(request.num_layers):
+            take = per_layer + (1 if layer < extra else 0)
+            chosen.update((layer, e) for e in _ranked_experts(request, layer)[:take])
+        return frozenset(chosen)
+
+
+@register("popularity")
+class Popularity:
+    """Fiddler: the globally most-used experts first, from a recorded routing profile."""
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        if request.popularity is None:
+            warnings.warn("placement 'popularity' has no routing profile; falling back to "
+                          "'layer-balanced'. Run fnb.calibrate(engine, prompts) or pass "
+                          "popularity= to fnb.load", stacklevel=2)
+            return LayerBalanced().place(request)
+        counts = request.popularity.tolist()
+        slots = [(layer, e) for layer in range(request.num_layers)
+                 for e in range(request.num_experts)]
+        slots.sort(key=lambda s: (-counts[s[0]][s[1]], s))  # ties: earlier layers first
+        return frozenset(slots[:request.budget])
+
+
+@register("first-layers")
+class FirstLayers:
+    """Whole layers from the input side first (what a layer-wise device_map would keep)."""
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        slots = [(layer, e) for layer in range(request.num_layers)
+                 for e in _ranked_experts(request, layer)]
+        return frozenset(slots[:request.budget])
+
+
+@register("random")
+class RandomPlacement:
+    """A seeded uniform sample: the floor any informed policy must beat."""
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        slots = [(layer, e) for layer in range(request.num_layers)
+                 for e in range(request.num_experts)]
+        return frozenset(random.Random(request.seed).sample(slots, request.budget))
+
+
+@register("none")
+class NoPlacement:
+    """Nothing resident: every activated expert goes through the execution policy."""
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        return frozenset()
