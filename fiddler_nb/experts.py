@@ -69,9 +69,10 @@ class ExpertStore:
         if self.is_cuda:
             self._pin_cpu_weights()
         self.copy_stream = torch.cuda.Stream(device) if self.is_cuda else None
-        self._scratch = self._alloc_scratch(max(1, scratch_slots))
+        self.scratch_slots = max(1, scratch_slots)
+        self._scratch = self._alloc_scratch(self.scratch_slots)  # per weight: [S, ...]
         self._next_scratch = 0
-        self._slot_free = [None] * len(self._scratch)  # CUDA events: compute done with slot
+        self._slot_free = [None] * self.scratch_slots  # CUDA events: compute done with a slot
 
     # ---- placement -------------------------------------------------------------------
     @property
@@ -156,7 +157,7 @@ class ExpertStore:
         call `end_transfer(slot)` after enqueueing the compute that reads the slot.
         """
         slot = self._next_scratch
-        self._next_scratch = (slot + 1) % len(self._scratch)
+        self._next_scratch = (slot + 1) % self.scratch_slots
         dst = tuple(t[slot] for t in self._scratch)
         src = self.cpu_weights(layer, expert)
         if self.is_cuda:

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny seeded checkpoints of every tested architecture, built once per run."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from fiddler_nb.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.tiny import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """The embedded default model is written under a per-run folder, not the user's home."""
+    if "FIDDLER_NB_CACHE" not in os.environ:
+        os.environ["FIDDLER_NB_CACHE"] = str(tmp_path_factory.mktemp("fnb_cache"))
+    warnings.filterwarnings("ignore", message="placement 'popularity' has no routing profile")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: str(make_tiny_checkpoint(root / arch, arch=arch, seed=0))
+            for arch in TESTED_ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def mixtral_path(tiny_checkpoints) -> str:
+    return tiny_checkpoints["mixtral"]
+
+
+def _stock(path: str, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+
+
+@pytest.fixture(scope="session")
+def stock_model():
+    """Stock transformers on the same checkpoint, default experts implementation."""
+    return _stock

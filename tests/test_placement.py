@@ -1,0 +1,65 @@
+"""Placement policies are pure functions of a PlacementRequest; the registry names its policies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fiddler_nb.placement import PlacementRequest, known_placements, make_placement
+
+L, E = 4, 8
+
+
+def _request(budget, popularity=None, seed=0):
+    return PlacementRequest(L, E, budget, popularity, seed)
+
+
+@pytest.mark.parametrize("name", ["popularity", "layer-balanced", "first-layers", "random"])
+@pytest.mark.parametrize("budget", [0, 1, 5, 31, 32])
+def test_policies_place_exactly_the_budget(name, budget):
+    counts = torch.arange(L * E).reshape(L, E)
+    placed = make_placement(name).place(_request(budget, counts))
+    assert len(placed) == budget
+    assert all(0 <= layer < L and 0 <= e < E for layer, e in placed)
+
+
+def test_none_places_nothing():
+    assert make_placement("none").place(_request(10)) == frozenset()
+
+
+def test_popularity_takes_the_most_used_experts_globally():
+    counts = torch.zeros(L, E, dtype=torch.int64)
+    counts[3, 5], counts[0, 1], counts[2, 2] = 100, 50, 10
+    placed = make_placement("popularity").place(_request(2, counts))
+    assert placed == {(3, 5), (0, 1)}
+
+
+def test_popularity_without_profile_warns_and_balances():
+    with pytest.warns(UserWarning, match="falling back to 'layer-balanced'"):
+        placed = make_placement("popularity").place(_request(8))
+    assert placed == make_placement("layer-balanced").place(_request(8))
+
+
+def test_layer_balanced_spreads_over_layers():
+    placed = make_placement("layer-balanced").place(_request(6))
+    per_layer = [sum(1 for layer, _ in placed if layer == i) for i in range(L)]
+    assert per_layer == [2, 2, 1, 1]
+
+
+def test_first_layers_fills_whole_layers_in_order():
+    placed = make_placement("first-layers").place(_request(10))
+    assert {layer for layer, _ in placed} == {0, 1}
+    assert sum(1 for layer, _ in placed if layer == 0) == E
+
+
+def test_random_is_seeded():
+    a = make_placement("random").place(_request(7, seed=1))
+    assert a == make_placement("random").place(_request(7, seed=1))
+    assert a != make_placement("random").place(_request(7, seed=2))
+
+
+def test_unknown_policy_lists_known_names():
+    with pytest.raises(ValueError) as err:
+        make_placement("hottest")
+    for name in known_placements():
+        assert name in str(err.value)
