@@ -24,7 +24,7 @@ from .experts import GIB, ExpertStore
 from .latency import LatencyModel, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
-from .placement import PlacementRequest, make_placement
+from .placement import PlacementRequest, is_dynamic, make_placement
 from .routing import Popularity
 from .stats import GenerationStats, StatsRecorder, phase_stats
 
@@ -137,6 +137,7 @@ class Engine:
         request = PlacementRequest(self.num_layers, self.num_experts, config.expert_budget,
                                    counts, config.seed)
         store.set_placement(policy.place(request))
+        self._state.cache = policy if is_dynamic(policy) else None
         self.config = config
 
     # ---- running ---------------------------------------------------------------------

@@ -150,6 +150,26 @@ class ExpertStore:
         row = slots.resident[expert]
         return tuple(t[row] for t in slots.tensors)
 
+    def residents(self, layer: int) -> frozenset[int]:
+        return frozenset(self._slots[layer].resident)
+
+    def swap_in(self, layer: int, expert: int, victim: int) -> tuple[torch.Tensor, ...]:
+        """Replace resident `victim` with `expert` (a cache fill); returns the new weights.
+
+        On CUDA the copy is ordered on the compute stream, after every kernel already enqueued
+        that reads the victim's row. On the CPU the fill is a real copy into a scratch slot.
+        """
+        slots = self._slots[layer]
+        row = slots.resident.pop(victim)
+        slots.resident[expert] = row
+        if slots.tensors is None:
+            slot, weights = self.begin_transfer(layer, expert)
+            self.end_transfer(slot)
+            return weights
+        for dst, src in zip(slots.tensors, self.cpu_weights(layer, expert)):
+            dst[row].copy_(src, non_blocking=True)
+        return tuple(t[row] for t in slots.tensors)
+
     def begin_transfer(self, layer: int, expert: int) -> tuple[int, tuple[torch.Tensor, ...]]:
         """Start copying one expert into the next scratch slot; returns (slot, weights there).
 

@@ -6,7 +6,7 @@ vendor figures, each with its citation, so a profile measured on a CPU-only lapt
 combined with a GPU it does not have (`HardwareProfile.with_gpu_preset("rtx-4090-pcie4")`) and
 the planner can project it -- always labelled as a preset, never as measured.
 
-A preset GPU runs one expert in  max(bytes / (memory bandwidth * MEMORY_EFFICIENCY),
+A preset GPU runs one expert in  LAUNCH_MS + max(bytes / (memory bandwidth * MEMORY_EFFICIENCY),
 2 * params * tokens / (dense bf16 tensor FLOP/s * COMPUTE_EFFICIENCY)): a roofline, memory-bound
 at decode, compute-bound for long prompts.
 """
@@ -29,6 +29,7 @@ MEMORY_EFFICIENCY = 0.8
 # Large bf16 GEMMs reach ~60-80% of the dense tensor-core peak; prompts of a few hundred tokens
 # split over experts give medium GEMMs, so the low end.
 COMPUTE_EFFICIENCY = 0.6
+LAUNCH_MS = 0.02  # three kernels per expert (gate_up, gate, down) at ~5-7 us CUDA launch each
 PRESET_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # curve points
 
 
@@ -44,6 +45,7 @@ class MachineFacts:
     transformers_version: str
     python_version: str
     date: str  # ISO 8601, local time of the measurement
+    load_average_1m: float = 0.0  # other work on the machine when measuring (noise warning)
 
     @classmethod
     def from_dict(cls, data: dict) -> "MachineFacts":
@@ -93,7 +95,8 @@ def machine_facts(threads: int | None = None) -> MachineFacts:
         threads_used=int(threads or torch.get_num_threads()), llc_bytes=_llc_bytes(),
         gpu_name=gpu_name, gpu_memory_bytes=gpu_mem, torch_version=torch.__version__,
         transformers_version=tf_version, python_version=platform.python_version(),
-        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        load_average_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,14 @@ class GpuPreset:
     citation: str
     memory_efficiency: float = MEMORY_EFFICIENCY
     compute_efficiency: float = COMPUTE_EFFICIENCY
+    launch_ms: float = LAUNCH_MS
 
     def expert_ms(self, tokens: float, expert_bytes: float, dtype_bytes: int = 2) -> float:
         """One expert with `tokens` tokens, weights already on this GPU (roofline)."""
         memory_ms = expert_bytes / (self.memory_gbps * 1e9 * self.memory_efficiency) * 1e3
         flops = 2 * (expert_bytes / dtype_bytes) * tokens  # one multiply-add per weight per token
         compute_ms = flops / (self.bf16_tflops * 1e12 * self.compute_efficiency) * 1e3
-        return max(memory_ms, compute_ms)
+        return self.launch_ms + max(memory_ms, compute_ms)
 
     def curve(self, expert_bytes: float, dtype_bytes: int = 2) -> Curve:
         ts = tuple(float(t) for t in PRESET_TOKENS)

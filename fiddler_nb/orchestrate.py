@@ -22,6 +22,7 @@ from .adapters import MoELayer
 from .execution import ExecutionPolicy
 from .experts import ExpertStore, run_expert
 from .latency import LatencyModel
+from .placement import DynamicPlacement
 from .stats import StatsRecorder
 
 IMPLEMENTATION_NAME = "fiddler"
@@ -36,6 +37,7 @@ class EngineState:
     latency: LatencyModel
     stats: StatsRecorder
     routing_counts: list[list[int]]  # [L][E] pairs routed since the last reset (for calibrate)
+    cache: DynamicPlacement | None = None  # set for lru / lfu: misses that transfer are cached
 
 
 class LayerRuntime:
@@ -78,12 +80,19 @@ class LayerRuntime:
             self._write(out, rows, run_expert(self.layer, hidden[rows // top_k],
                                               st.store.resident_weights(idx, e)), pair_weights)
             st.stats.add(idx, "resident", counts[e])
+        if st.cache is not None:
+            st.cache.touch(idx, resident)
         for e in transferred:
             rows = row_lists[e]
-            slot, weights = st.store.begin_transfer(idx, e)
+            victim = st.cache.admit(idx, e, st.store.residents(idx)) if st.cache else None
+            if victim is None:
+                slot, weights = st.store.begin_transfer(idx, e)
+            else:
+                slot, weights = None, st.store.swap_in(idx, e, victim)
             self._write(out, rows, run_expert(self.layer, hidden[rows // top_k], weights),
                         pair_weights)
-            st.store.end_transfer(slot)
+            if slot is not None:
+                st.store.end_transfer(slot)
             st.stats.add(idx, "transfer", counts[e])
             st.stats.add_transfer(idx, st.store.expert_bytes)
         if cpu_job is not None:

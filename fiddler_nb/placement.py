@@ -1,6 +1,9 @@
 """Placement policies: which (layer, expert) pairs live on the fast device.
 
-A policy is a pure function of a `PlacementRequest`; the engine only executes its answer.
+A static policy is a pure function of a `PlacementRequest`; the engine only executes its answer.
+A dynamic policy (`lru`, `lfu`: expert caches like mixtral-offloading's) also answers, on each
+miss, which resident expert of the layer to evict; its bookkeeping is plain Python state with
+no clock, so it is deterministic and testable.
 `make_placement(name)` builds one from the registry and names the known policies on a typo.
 
 Fiddler's policy is `popularity`: fill the GPU expert budget with the experts that a calibration
@@ -34,6 +37,20 @@ class PlacementPolicy(Protocol):
     def place(self, request: PlacementRequest) -> frozenset[Slot]:
         """The set of (layer, expert) to keep on the fast device; at most `budget` of them."""
         ...
+
+
+class DynamicPlacement(PlacementPolicy, Protocol):
+    def touch(self, layer: int, experts: list[int]) -> None:
+        """Resident experts of `layer` were used (hits)."""
+        ...
+
+    def admit(self, layer: int, expert: int, resident: frozenset[int]) -> int | None:
+        """`expert` missed; return the resident expert to evict for it, or None to not cache it."""
+        ...
+
+
+def is_dynamic(policy: PlacementPolicy) -> bool:
+    return hasattr(policy, "admit") and hasattr(policy, "touch")
 
 
 _REGISTRY: dict[str, Callable[..., PlacementPolicy]] = {}
@@ -122,3 +139,67 @@ class NoPlacement:
 
     def place(self, request: PlacementRequest) -> frozenset[Slot]:
         return frozenset()
+
+
+@register("lru")
+class LruCache:
+    """Per-layer cache of the layer's share of the budget; a miss evicts the least recently used.
+
+    Starts from the layer-balanced placement (most popular first when a profile exists).
+    """
+
+    def __init__(self) -> None:
+        self._order: dict[int, dict[int, int]] = {}  # layer -> expert -> last use tick
+        self._tick = 0
+
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        placed = LayerBalanced().place(request)
+        self._order = {layer: {} for layer in range(request.num_layers)}
+        for layer, e in sorted(placed, key=lambda s: (s[0], -_rank(request, s))):
+            self._use(layer, e)
+        return placed
+
+    def _use(self, layer: int, expert: int) -> None:
+        self._tick += 1
+        self._order.setdefault(layer, {})[expert] = self._tick
+
+    def touch(self, layer: int, experts: list[int]) -> None:
+        for e in experts:
+            self._use(layer, e)
+
+    def admit(self, layer: int, expert: int, resident: frozenset[int]) -> int | None:
+        if not resident:
+            return None  # this layer has no cache slots
+        uses = self._order.setdefault(layer, {})
+        victim = min(resident, key=lambda e: (uses.get(e, 0), e))
+        uses.pop(victim, None)
+        self._use(layer, expert)
+        return victim
+
+
+@register("lfu")
+class LfuCache(LruCache):
+    """Like `lru`, but evicts the resident expert used least often (ties: least recently)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hits: dict[tuple[int, int], int] = {}
+
+    def _use(self, layer: int, expert: int) -> None:
+        super()._use(layer, expert)
+        self._hits[(layer, expert)] = self._hits.get((layer, expert), 0) + 1
+
+    def admit(self, layer: int, expert: int, resident: frozenset[int]) -> int | None:
+        if not resident:
+            return None
+        uses = self._order.setdefault(layer, {})
+        victim = min(resident, key=lambda e: (self._hits.get((layer, e), 0), uses.get(e, 0), e))
+        self._use(layer, expert)
+        return victim
+
+
+def _rank(request: PlacementRequest, slot: Slot) -> int:
+    """Popularity count of a slot (0 without a profile), for ordering initial cache recency."""
+    if request.popularity is None:
+        return -slot[1]
+    return int(request.popularity[slot[0], slot[1]])

@@ -14,7 +14,7 @@ def _request(budget, popularity=None, seed=0):
     return PlacementRequest(L, E, budget, popularity, seed)
 
 
-@pytest.mark.parametrize("name", ["popularity", "layer-balanced", "first-layers", "random"])
+@pytest.mark.parametrize("name", ["popularity", "layer-balanced", "first-layers", "random", "lru", "lfu"])
 @pytest.mark.parametrize("budget", [0, 1, 5, 31, 32])
 def test_policies_place_exactly_the_budget(name, budget):
     counts = torch.arange(L * E).reshape(L, E)
@@ -63,3 +63,36 @@ def test_unknown_policy_lists_known_names():
         make_placement("hottest")
     for name in known_placements():
         assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu"])
+def test_caches_start_layer_balanced(name):
+    assert make_placement(name).place(_request(6)) == make_placement("layer-balanced").place(_request(6))
+
+
+def test_lru_evicts_least_recently_used():
+    cache = make_placement("lru")
+    cache.place(_request(L * 2))  # two slots per layer: experts 0 and 1
+    cache.touch(0, [0])  # expert 0 used last -> expert 1 is the LRU victim
+    assert cache.admit(0, 5, frozenset({0, 1})) == 1
+    assert cache.admit(0, 6, frozenset({0, 5})) == 0
+    assert cache.admit(1, 3, frozenset()) is None, "a layer without slots caches nothing"
+
+
+def test_lfu_evicts_least_frequently_used():
+    cache = make_placement("lfu")
+    cache.place(_request(L * 2))
+    cache.touch(0, [1, 1, 0])  # expert 1 used more often, expert 0 more recently
+    assert cache.admit(0, 7, frozenset({0, 1})) == 0
+
+
+def test_lru_engine_caches_misses(mixtral_path):
+    import fiddler_nb as fnb
+
+    engine = fnb.load(mixtral_path, expert_budget=8, placement="lru", execution="transfer")
+    before = engine.placement
+    stats = engine.generate("cache me if you can", max_new_tokens=4).stats
+    assert len(engine.placement) == 8, "a cache keeps its size"
+    assert engine.placement != before, "misses must be admitted into the cache"
+    assert sum(stats.decode.transfers) + sum(stats.prefill.transfers) > 0
+    assert sum(stats.decode.resident_pairs) > 0, "recently used experts must hit"

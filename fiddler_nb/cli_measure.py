@@ -1,0 +1,100 @@
+"""`fiddler-nb profile` and `fiddler-nb plan`: measure this machine, project others.
+
+Registered by `cli.build_parser` through `add_subcommands(sub)`. Parsing stays here; the library
+functions (`profiler.profile_hardware`, `planner.plan`) receive plain values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import SHAPE_PRESETS
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profiler import profile_hardware
+
+    target = args.shape
+    if args.model is not None:
+        from .engine import load
+
+        target = load(args.model, device="cpu", dtype=args.dtype, expert_budget=0,
+                      placement="none")
+    profile = profile_hardware(target, dtype=args.dtype, threads=args.threads, quick=args.quick)
+    print(profile.summary())
+    if args.out:
+        print(f"saved {profile.save(args.out)}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .planner import plan, plan_table
+    from .profiler import HardwareProfile, profile_hardware
+
+    if args.profile is None and args.gpu_preset is None:
+        raise ValueError("plan needs --profile FILE (measured) and/or --gpu-preset NAME")
+    if args.profile is not None:
+        profile = HardwareProfile.load(args.profile)
+    else:  # no saved profile: a quick measurement of this CPU for the shape
+        profile = profile_hardware(args.shape, quick=True)
+    if args.gpu_preset is not None:
+        profile = profile.with_gpu_preset(args.gpu_preset)
+    popularity = None
+    if args.popularity is not None:
+        from .routing import Popularity
+
+        popularity = Popularity.load(args.popularity)
+    budgets = [_budget(b) for b in args.budgets] if args.budgets else [None]
+    records = plan(args.shape, profile, budgets=budgets, popularity=popularity,
+                   prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, skew=args.skew)
+    print(plan_table(records))
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kind": "projected", "profile": profile.to_dict(),
+                                    "records": [asdict(r) for r in records]}, indent=1))
+        print(f"saved {path}")
+    return 0
+
+
+def _budget(text: str) -> int | str | None:
+    """'53' -> 53 experts, '20GiB' -> memory, 'fit' -> the profile's GPU memory."""
+    if text == "fit":
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def add_subcommands(sub) -> None:
+    """Add `profile` and `plan` to the `fiddler-nb` sub-parsers."""
+    from .hardware import known_gpu_presets
+    from .planner import DEFAULT_SKEW
+
+    prof = sub.add_parser("profile", help="measure CPU (and GPU) expert latency and bandwidth")
+    src = prof.add_mutually_exclusive_group()
+    src.add_argument("--shape", default="tiny", choices=sorted(SHAPE_PRESETS),
+                     help="model shape preset to time one expert of (default: tiny)")
+    src.add_argument("--model", default=None, help="a checkpoint directory: time its experts")
+    prof.add_argument("--dtype", default=None, help="bf16 / fp32 / fp16 (default: the shape's)")
+    prof.add_argument("--threads", type=int, default=None,
+                      help="torch threads (default: torch.get_num_threads(), as the engine)")
+    prof.add_argument("--quick", action="store_true", help="fewer points and repeats (<1 min)")
+    prof.add_argument("--out", default=None, help="save the HardwareProfile JSON here")
+    prof.set_defaults(func=cmd_profile)
+
+    pl = sub.add_parser("plan", help="projected tokens/s per strategy and GPU budget")
+    pl.add_argument("--shape", default="mixtral-8x7b", choices=sorted(SHAPE_PRESETS))
+    pl.add_argument("--profile", default=None, help="a HardwareProfile JSON from `profile`")
+    pl.add_argument("--gpu-preset", default=None, choices=known_gpu_presets(),
+                    help="attach a preset GPU (+link), e.g. rtx-4090-pcie4")
+    pl.add_argument("--budgets", nargs="*", default=None,
+                    help="expert counts, memory ('20GiB') or 'fit' (default: fit)")
+    pl.add_argument("--prompt-tokens", type=int, default=512)
+    pl.add_argument("--new-tokens", type=int, default=32)
+    pl.add_argument("--popularity", default=None, help="a recorded Popularity file")
+    pl.add_argument("--skew", type=float, default=DEFAULT_SKEW,
+                    help="Zipf exponent of the synthetic popularity (0 = uniform)")
+    pl.add_argument("--out", default=None, help="save records (and the profile) as JSON")
+    pl.set_defaults(func=cmd_plan)

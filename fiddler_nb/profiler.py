@@ -1,0 +1,391 @@
+"""Measure this machine: CPU expert latency, CPU read bandwidth, and (with CUDA) the GPU side.
+
+`profile_hardware(shape)` times one expert of the model's real shape and dtype with the math of
+`experts.run_expert` (gate_up [2I, H], SiLU gate, down [H, I] through `F.linear`), at the thread
+count the engine uses, for 1, 2, 4, ... 512 routed tokens; it probes CPU read bandwidth several
+ways and keeps the best; with CUDA it measures host<->device bandwidth (pinned and pageable), the
+GPU expert curve and the time to copy one expert into a GPU slot. Without CUDA the GPU parts are
+skipped with the reason recorded -- never invented. Every timing discards warm-up runs,
+synchronises before reading the clock and reports the median.
+
+The result is a frozen `HardwareProfile` that saves to / loads from JSON, records for each part
+whether it was "measured" or came from a preset/default (`sources`), and builds the
+`LatencyModel` that `auto` execution and the planner use.
+
+Shape legend: n = tokens routed to one expert, H = hidden size, I = expert intermediate size,
+C = rotated weight copies (to defeat the CPU's last-level cache).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import ModelShape, get_shape, resolve_dtype
+from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
+from .latency import Curve, LatencyModel, default_latency_model
+
+FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+QUICK_TOKENS = (1, 8, 64, 512)
+PROBE_BYTES = 512 << 20  # bandwidth probe buffers: well past any CPU's last-level cache
+QUICK_PROBE_BYTES = 64 << 20  # still 2x a 32 MiB LLC; quick mode trades accuracy for time
+MIN_SAMPLE_S = 2e-3  # repeat a call inside one sample until it lasts this long (timer noise)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """What was measured on one machine for one expert shape; see `sources` for provenance."""
+
+    shape_name: str
+    hidden_size: int
+    intermediate_size: int
+    dtype: str
+    expert_bytes: int
+    cpu_tokens: tuple[int, ...]  # [P]
+    cpu_ms: tuple[float, ...]  # [P] median ms of one expert on the CPU
+    cpu_probes_gbps: dict[str, float]  # probe name -> GB/s (bytes counted as in its note)
+    cpu_read_gbps: float  # the best probe
+    facts: MachineFacts
+    gpu_tokens: tuple[int, ...] = ()  # measured GPU curve (empty without CUDA)
+    gpu_ms: tuple[float, ...] = ()
+    link_gbps: dict[str, float] = field(default_factory=dict)  # h2d_pinned, d2h_pageable, ...
+    expert_copy_ms: float | None = None  # one expert host -> GPU slot (pinned, measured)
+    activation_ms_per_token: float | None = None  # measured [n, H] round trip slope
+    gpu_preset: dict | None = None  # GpuPreset fields when a preset GPU is attached
+    link_preset: dict | None = None  # LinkPreset fields
+    sources: dict[str, str] = field(default_factory=dict)  # part -> "measured" / "preset:x"
+    skipped: dict[str, str] = field(default_factory=dict)  # part -> why it was not measured
+    notes: tuple[str, ...] = ()
+
+    # ---- combining with presets --------------------------------------------------------
+    def with_gpu_preset(self, name: str, link: str | None = None) -> "HardwareProfile":
+        """This machine's measured CPU with a preset GPU and link (e.g. 'rtx-4090-pcie4')."""
+        gpu, lnk = get_gpu_preset(name, link)
+        sources = dict(self.sources, gpu=f"preset:{gpu.name}", link=f"preset:{lnk.name}")
+        return replace(self, gpu_tokens=(), gpu_ms=(), link_gbps={}, expert_copy_ms=None,
+                       activation_ms_per_token=None, gpu_preset=gpu.to_dict(),
+                       link_preset=lnk.to_dict(), sources=sources)
+
+    @property
+    def has_measured_gpu(self) -> bool:
+        return bool(self.gpu_tokens)
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        if self.gpu_preset is not None:
+            return int(self.gpu_preset["memory_bytes"])
+        return self.facts.gpu_memory_bytes
+
+    # ---- the latency model -------------------------------------------------------------
+    def latency_model(self, expert_bytes: int | None = None,
+                      hidden_bytes: int | None = None) -> LatencyModel:
+        """Curves for an expert of `expert_bytes` (default: the profiled one).
+
+        Another expert size scales the measured CPU (and GPU) milliseconds by the bytes ratio --
+        right while memory-bound, an approximation once compute-bound -- and says so in notes.
+        """
+        nbytes = int(expert_bytes or self.expert_bytes)
+        dtype_bytes = resolve_dtype(self.dtype).itemsize
+        hidden_bytes = int(hidden_bytes or self.hidden_size * dtype_bytes)
+        ratio = nbytes / self.expert_bytes
+        notes = [f"CPU: measured on {self.facts.cpu_model}, {self.facts.threads_used} threads, "
+                 f"{self.dtype} {self.shape_name} expert"]
+        if ratio != 1:
+            notes.append(f"CPU/GPU ms scaled by bytes ratio {ratio:.4g} from the measured "
+                         f"{self.expert_bytes}-byte expert")
+        cpu = Curve(tuple(map(float, self.cpu_tokens)), tuple(m * ratio for m in self.cpu_ms))
+        default = default_latency_model(nbytes, hidden_bytes)
+        if self.has_measured_gpu:
+            gpu = Curve(tuple(map(float, self.gpu_tokens)), tuple(m * ratio for m in self.gpu_ms))
+            h2d = self.link_gbps.get("h2d_pinned", default.h2d_gbps)
+            act = self.activation_ms_per_token or 0.0
+            source = "measured"
+        elif self.gpu_preset is not None:
+            preset = GpuPreset(**self.gpu_preset)
+            link = LinkPreset(**self.link_preset) if self.link_preset else get_gpu_preset(preset.name)[1]
+            gpu, h2d = preset.curve(nbytes, dtype_bytes), link.h2d_gbps
+            act = 2 * hidden_bytes / (link.h2d_gbps * 1e9) * 1e3  # activations there and back
+            source = f"measured cpu + preset:{preset.name}-{link.name}"
+            notes.append(f"GPU/link: preset {preset.name} ({preset.citation}); "
+                         f"{link.name} ({link.citation})")
+        else:
+            gpu, h2d, act = default.gpu, default.h2d_gbps, default.activation_ms_per_token
+            source = "measured cpu + default gpu"
+            notes.append("GPU/link: " + default.notes[0] + " (no CUDA measured, no preset)")
+        return LatencyModel(cpu, gpu, h2d, act, source=source, notes=tuple(notes))
+
+    def crossover(self, expert_bytes: int | None = None) -> int | None:
+        """n*: the smallest token count at which copying an expert beats the CPU."""
+        nbytes = int(expert_bytes or self.expert_bytes)
+        return self.latency_model(nbytes).crossover_tokens(nbytes)
+
+    def summary(self) -> str:
+        """A few lines for humans: machine, curve, bandwidths, n*."""
+        f = self.facts
+        lines = [f"{f.cpu_model}, {f.threads_used} threads of {f.cpu_cores} CPUs; "
+                 f"torch {f.torch_version}; {f.date}",
+                 f"expert {self.shape_name} {self.dtype} H={self.hidden_size} "
+                 f"I={self.intermediate_size} ({self.expert_bytes / 1e6:.1f} MB)",
+                 "CPU ms: " + ", ".join(f"{n}:{m:.3f}" for n, m in zip(self.cpu_tokens, self.cpu_ms)),
+                 f"CPU read {self.cpu_read_gbps:.1f} GB/s (best of " + ", ".join(
+                     f"{k} {v:.1f}" for k, v in self.cpu_probes_gbps.items()) + ")"]
+        if self.link_gbps:
+            lines.append("link GB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in self.link_gbps.items()))
+        lines += [f"skipped {k}: {v}" for k, v in self.skipped.items()]
+        lines.append(f"sources: {self.sources}; crossover n* = {self.crossover()}")
+        return "\n".join(lines)
+
+    # ---- persistence -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HardwareProfile":
+        data = dict(data)
+        data.pop("format_version", None)
+        data["facts"] = MachineFacts.from_dict(data["facts"])
+        for key in ("cpu_tokens", "gpu_tokens"):
+            data[key] = tuple(int(v) for v in data.get(key, ()))
+        for key in ("cpu_ms", "gpu_ms", "notes"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HardwareProfile":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"hardware profile {path} does not exist; measure one with "
+                                    "`fiddler-nb profile --out FILE` or fnb.profile_hardware()")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+# ---- timing helpers ----------------------------------------------------------------------
+def _median_ms(fn: Callable[[], Any], warmup: int, repeats: int,
+               sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall ms of `fn`; each sample repeats fn until it lasts MIN_SAMPLE_S."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    inner = max(1, math.ceil(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-9)))
+    samples = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        samples.append((time.perf_counter() - t0) / inner * 1e3)
+    return statistics.median(samples)
+
+
+def _cuda_median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    """Median ms between CUDA events around `fn` on the current stream."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return statistics.median(samples)
+
+
+def expert_forward(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """The gated-expert math of `experts.run_expert`: x [n, H] -> [n, H]."""
+    h = F.linear(x, gate_up)  # [n, 2I]
+    gate, up = h.chunk(2, dim=-1)  # [n, I] each
+    return F.linear(F.silu(gate) * up, down)  # [n, H]
+
+
+def _expert_weights(hidden: int, inter: int, dtype: torch.dtype, copies: int,
+                    device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    scale = hidden ** -0.5  # keeps activations O(1) so no denormals slow the CPU down
+    return [((torch.randn(2 * inter, hidden, device=device) * scale).to(dtype),  # [2I, H]
+             (torch.randn(hidden, inter, device=device) * scale).to(dtype))  # [H, I]
+            for _ in range(copies)]
+
+
+def measure_cpu_expert(hidden: int, inter: int, dtype: torch.dtype, tokens: Sequence[int],
+                       warmup: int = 2, repeats: int = 5, rotate_bytes: int = 0,
+                       progress: tqdm | None = None) -> list[float]:
+    """Median CPU ms of one expert per token count; weights rotate over C copies so a small
+    expert is read from DRAM, as it would be in a model, not from the last-level cache."""
+    expert_bytes = 3 * hidden * inter * dtype.itemsize
+    copies = max(1, math.ceil(rotate_bytes / expert_bytes))  # C
+    weights = _expert_weights(hidden, inter, dtype, copies)
+    out = []
+    with torch.inference_mode():
+        for n in tokens:
+            x = torch.randn(n, hidden).to(dtype)  # [n, H]
+            turn = iter(range(1 << 62))
+
+            def call():
+                w = weights[next(turn) % copies]
+                return expert_forward(x, *w)
+
+            out.append(_median_ms(call, warmup, repeats))
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+def measure_cpu_bandwidth(nbytes: int = PROBE_BYTES, repeats: int = 5,
+                          progress: tqdm | None = None) -> dict[str, float]:
+    """GB/s of several read-heavy probes; take the best as the machine's read bandwidth.
+
+    sum_fp32: bytes read by a reduction. copy_fp32: bytes read + written by a copy.
+    matvec_bf16 / matvec_fp32: weight bytes streamed by F.linear with one token (the expert's
+    decode access pattern).
+    """
+    probes: dict[str, float] = {}
+    with torch.inference_mode():
+        src = torch.rand(nbytes // 4)
+        probes["sum_fp32"] = nbytes / _median_ms(src.sum, 1, repeats) / 1e6
+        dst = torch.empty_like(src)
+        probes["copy_fp32"] = 2 * nbytes / _median_ms(lambda: dst.copy_(src), 1, repeats) / 1e6
+        del dst
+        cols = 4096  # a Mixtral-sized row: long enough for full-width vector loads
+        for name, dtype in (("matvec_bf16", torch.bfloat16), ("matvec_fp32", torch.float32)):
+            w = src.view(-1, cols).to(dtype)  # [rows, cols]; a no-op view for fp32
+            x = torch.randn(1, cols).to(dtype)
+            probes[name] = w.numel() * dtype.itemsize / _median_ms(lambda: F.linear(x, w), 1,
+                                                                    repeats) / 1e6
+            if progress is not None:
+                progress.update(1)
+    return probes
+
+
+def _measure_cuda(hidden: int, inter: int, dtype: torch.dtype, tokens: Sequence[int],
+                  warmup: int, repeats: int, link_bytes: int, progress: tqdm) -> dict[str, Any]:
+    """H2D/D2H pinned and pageable GB/s, GPU expert curve, one-expert copy ms, activation ms."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    link: dict[str, float] = {}
+    gpu_buf = torch.empty(link_bytes, dtype=torch.uint8, device=dev)
+    for kind, host in (("pinned", torch.empty(link_bytes, dtype=torch.uint8).pin_memory()),
+                       ("pageable", torch.empty(link_bytes, dtype=torch.uint8))):
+        h2d = _cuda_median_ms(lambda: gpu_buf.copy_(host, non_blocking=True), warmup, repeats)
+        d2h = _cuda_median_ms(lambda: host.copy_(gpu_buf, non_blocking=True), warmup, repeats)
+        link[f"h2d_{kind}"] = link_bytes / h2d / 1e6
+        link[f"d2h_{kind}"] = link_bytes / d2h / 1e6
+        progress.update(1)
+    del gpu_buf
+    with torch.inference_mode():
+        gate_up, down = _expert_weights(hidden, inter, dtype, 1, device="cuda")[0]
+        gpu_ms = []
+        for n in tokens:
+            x = torch.randn(n, hidden, device=dev).to(dtype)  # [n, H]
+            gpu_ms.append(_cuda_median_ms(lambda: expert_forward(x, gate_up, down), warmup, repeats))
+            progress.update(1)
+        host = [w.cpu().pin_memory() for w in (gate_up, down)]
+        slot = [torch.empty_like(w) for w in (gate_up, down)]
+        copy_ms = _cuda_median_ms(lambda: [d.copy_(s, non_blocking=True)
+                                           for d, s in zip(slot, host)], warmup, repeats)
+        big = max(tokens)
+        act = {}
+        for n in (1, big):  # hidden states to the CPU and the expert's output back
+            xg = torch.randn(n, hidden, device=dev).to(dtype)
+            xh = torch.empty(n, hidden, dtype=dtype).pin_memory()
+            act[n] = _cuda_median_ms(lambda: (xh.copy_(xg, non_blocking=True),
+                                              xg.copy_(xh, non_blocking=True)), warmup, repeats)
+        progress.update(1)
+    slope = max(0.0, (act[big] - act[1]) / max(big - 1, 1))
+    return {"link_gbps": link, "gpu_ms": tuple(gpu_ms), "expert_copy_ms": copy_ms,
+            "activation_ms_per_token": slope, "activation_fixed_ms": act[1]}
+
+
+# ---- the entry point ---------------------------------------------------------------------
+def _resolve_target(shape_or_engine: Any, dtype: Any) -> tuple[str, int, int, torch.dtype]:
+    """(name, H, I, dtype) from a ModelShape, a preset name or an Engine."""
+    if isinstance(shape_or_engine, str):
+        shape_or_engine = get_shape(shape_or_engine)
+    if isinstance(shape_or_engine, ModelShape):
+        s = shape_or_engine
+        if not s.gated:
+            raise ValueError(f"{s.name}: the profiler times gated (SwiGLU) experts only")
+        return s.name, s.hidden_size, s.intermediate_size, resolve_dtype(dtype or s.dtype)
+    layers = getattr(shape_or_engine, "layers", None)
+    if not layers:
+        raise ValueError("profile_hardware takes a ModelShape, a shape preset name or an Engine, "
+                         f"not {type(shape_or_engine).__name__}")
+    layer = layers[0]
+    first = getattr(layer.module, layer.layout.first_name)  # [E, 2I, H] ([E, H, 2I] transposed)
+    hidden, wide = (first.shape[1], first.shape[2]) if layer.layout.is_transposed \
+        else (first.shape[2], first.shape[1])
+    inter = wide // 2 if layer.layout.has_gate else wide
+    return (Path(str(shape_or_engine.path)).name, int(hidden), int(inter),
+            resolve_dtype(dtype) or first.dtype)
+
+
+def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = None,
+                     threads: int | None = None, quick: bool = False,
+                     tokens: Sequence[int] | None = None) -> HardwareProfile:
+    """Measure this machine for one expert shape (see the module docstring).
+
+    threads: torch threads for the CPU parts (default: torch.get_num_threads(), what the engine
+    uses); restored afterwards. quick: fewer token counts, repeats and smaller probes.
+    """
+    name, hidden, inter, torch_dtype = _resolve_target(shape_or_engine, dtype)
+    tokens = tuple(tokens or (QUICK_TOKENS if quick else FULL_TOKENS))
+    warmup, repeats = (1, 3) if quick else (2, 7)
+    probe_bytes = QUICK_PROBE_BYTES if quick else PROBE_BYTES
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        facts = machine_facts()
+        rotate = 0 if quick else 4 * max(facts.llc_bytes, 32 << 20)  # 4x LLC, at least 128 MiB
+        cuda = torch.cuda.is_available()
+        steps = len(tokens) + 2 + (len(tokens) + 3 if cuda else 0)
+        with tqdm(total=steps, desc=f"profiling {name} {torch_dtype}".replace("torch.", "")) as bar:
+            cpu_ms = measure_cpu_expert(hidden, inter, torch_dtype, tokens, warmup, repeats,
+                                        rotate, bar)
+            probes = measure_cpu_bandwidth(probe_bytes, repeats, bar)
+            cuda_part = _measure_cuda(hidden, inter, torch_dtype, tokens, warmup, repeats,
+                                      probe_bytes, bar) if cuda else None
+    finally:
+        torch.set_num_threads(old_threads)
+    expert_bytes = 3 * hidden * inter * torch_dtype.itemsize
+    sources = {"cpu": "measured", "cpu_bandwidth": "measured"}
+    notes = [f"{'quick' if quick else 'full'} mode: {warmup} warm-up + median of {repeats}",
+             f"CPU weights rotated over {max(1, math.ceil(rotate / expert_bytes))} copies",
+             f"bandwidth probes over {probe_bytes >> 20} MiB buffers"]
+    skipped: dict[str, str] = {}
+    if cuda_part is None:
+        reason = "torch.cuda.is_available() is False on this machine; attach a GPU preset " \
+                 "(with_gpu_preset) to project one"
+        skipped = {k: reason for k in ("gpu", "link", "expert_copy")}
+        extra: dict[str, Any] = {}
+    else:
+        sources.update(gpu="measured", link="measured", expert_copy="measured")
+        notes.append(f"activation round trip fixed cost {cuda_part.pop('activation_fixed_ms'):.4f}"
+                     " ms (not in the per-token slope)")
+        extra = dict(cuda_part, gpu_tokens=tokens)
+    return HardwareProfile(
+        shape_name=name, hidden_size=hidden, intermediate_size=inter,
+        dtype=str(torch_dtype).removeprefix("torch."), expert_bytes=expert_bytes,
+        cpu_tokens=tokens, cpu_ms=tuple(cpu_ms), cpu_probes_gbps=probes,
+        cpu_read_gbps=max(probes.values()), facts=facts, sources=sources, skipped=skipped,
+        notes=tuple(notes), **extra)
