@@ -237,7 +237,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
         layers = find_moe_layers(model)
         store = ExpertStore(layers, dev, scratch_slots)
         tokenizer = _load_tokenizer(root)
-        latency = _latency_from(profile, layers[0].expert_bytes, model)
+        latency = _latency_from(profile, layers[0].expert_bytes, model, dev)
         budget = _budget(expert_budget, gpu_memory, store)
         config = EngineConfig(str(dev), str(layers[0].module.down_proj.dtype).removeprefix("torch."),
                               budget, placement, execution, scratch_slots, seed)
@@ -299,10 +299,10 @@ def parse_bytes(value: str | int) -> int:
     raise ValueError(f"cannot read memory size {value!r}; write e.g. '20GiB' or '512MiB'")
 
 
-def _latency_from(profile: Any, expert_bytes: int, model) -> LatencyModel:
+def _latency_from(profile: Any, expert_bytes: int, model, device: torch.device) -> LatencyModel:
     if profile is None:
         hidden_bytes = model.config.hidden_size * next(model.parameters()).element_size()
-        return default_latency_model(expert_bytes, hidden_bytes)
+        return default_latency_model(expert_bytes, hidden_bytes, device_type=device.type)
     if isinstance(profile, LatencyModel):
         return profile
     from .profiler import HardwareProfile  # noqa: PLC0415 (profiler issue)

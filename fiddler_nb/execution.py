@@ -61,4 +61,6 @@ class Auto:
     def decide(self, counts, expert_bytes, latency, resident_gpu_ms):
         cpu = [latency.cpu_path_ms(n) for n in counts]
         transfer = [latency.transfer_path_ms(n, expert_bytes) for n in counts]
+        if not latency.concurrent:  # one resource: the makespan is the sum, so take each argmin
+            return tuple(t < c for c, t in zip(cpu, transfer))
         return assign_layer(cpu, transfer, resident_gpu_ms).transfer

@@ -66,6 +66,7 @@ class LatencyModel:
     activation_ms_per_token: float = 0.0  # moving one token's activations to the CPU and back
     source: str = "default"  # "measured", "preset:<name>" or "default"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    concurrent: bool = True  # CPU and fast device work in parallel (False: they share the CPU)
 
     def cpu_ms(self, n: float) -> float:
         return self.cpu(n)
@@ -176,13 +177,22 @@ DEFAULT_H2D_GBPS = 25.0
 DEFAULT_CPU_PER_TOKEN_GROWTH = 0.015
 
 
-def default_latency_model(expert_bytes: int, hidden_bytes: int = 0,
-                          max_tokens: int = 4096) -> LatencyModel:
-    """A documented, unmeasured model for one expert of `expert_bytes` bytes."""
+def default_latency_model(expert_bytes: int, hidden_bytes: int = 0, max_tokens: int = 4096,
+                          device_type: str = "cuda") -> LatencyModel:
+    """A documented, unmeasured model for one expert of `expert_bytes` bytes.
+
+    With `device_type="cpu"` the "fast device" is the CPU itself: running a transferred expert
+    costs a memcpy plus the same CPU compute, and nothing overlaps, so `auto` keeps experts on
+    the CPU path (a transfer there only adds work).
+    """
     base_cpu = expert_bytes / (DEFAULT_CPU_GBPS * 1e9) * 1e3
     base_gpu = expert_bytes / (DEFAULT_GPU_GBPS * 1e9) * 1e3
     points = (1.0, float(max_tokens))
     cpu = Curve(points, (base_cpu, base_cpu * (1 + DEFAULT_CPU_PER_TOKEN_GROWTH * max_tokens)))
+    if device_type == "cpu":
+        return LatencyModel(cpu, cpu, DEFAULT_CPU_GBPS, 0.0, source="default",
+                            notes=("unmeasured default, CPU-only: transfers are memcpy + the "
+                                   "same CPU compute",), concurrent=False)
     gpu = Curve(points, (base_gpu, base_gpu * 2))
     per_token = 2 * hidden_bytes / (DEFAULT_H2D_GBPS * 1e9) * 1e3
     return LatencyModel(cpu, gpu, DEFAULT_H2D_GBPS, per_token, source="default",

@@ -1,0 +1,57 @@
+"""Engine behaviour beyond exactness: where weights live, defaults, re-configuration."""
+
+from __future__ import annotations
+
+import torch
+
+import fiddler_nb as fnb
+from fiddler_nb.loading import experts_on_cpu
+
+
+def test_experts_stay_in_cpu_memory_after_generation(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=5, execution="transfer", placement="none")
+    ptrs = [layer.module.gate_up_proj.data_ptr() for layer in engine.layers]
+    engine.generate("weights must not move", max_new_tokens=3)
+    assert experts_on_cpu(engine.model)
+    assert ptrs == [layer.module.gate_up_proj.data_ptr() for layer in engine.layers], \
+        "expert weights were re-allocated during a forward"
+
+
+def test_cpu_only_default_keeps_auto_on_the_cpu(mixtral_path):
+    engine = fnb.load(mixtral_path, device="cpu", expert_budget=0, placement="none")
+    assert engine.latency.source == "default" and not engine.latency.concurrent
+    stats = engine.generate(["a long prompt " * 20, "b"], max_new_tokens=3).stats
+    assert sum(stats.prefill.transfer_pairs) == 0 and sum(stats.decode.transfer_pairs) == 0
+
+
+def test_default_budget_on_cpu_is_everything(mixtral_path):
+    engine = fnb.load(mixtral_path)
+    assert len(engine.placement) == engine.num_layers * engine.num_experts
+
+
+def test_gpu_memory_form_of_the_budget(mixtral_path):
+    probe = fnb.load(mixtral_path, expert_budget=0)
+    engine = fnb.load(mixtral_path, gpu_memory=probe.expert_bytes * 3 + 1)
+    assert engine.config.expert_budget == 3
+
+
+def test_set_expert_budget_reuses_the_model(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=2, placement="layer-balanced")
+    model = engine.model
+    for budget in (0, 7, 32, 1):
+        engine.set_expert_budget(budget)
+        assert len(engine.placement) == budget and engine.model is model
+
+
+def test_token_ids_input_and_batch(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=4, execution="cpu")
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    res = engine.generate(ids, max_new_tokens=3)
+    assert res.token_ids.shape == (2, 3) and res.stats.batch_size == 2
+    assert isinstance(res.text, list) and len(res.text) == 2
+
+
+def test_close_releases_the_model(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=4)
+    engine.close()
+    assert engine.model is None
