@@ -27,6 +27,7 @@ from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, registe
 from .placement import PlacementRequest, is_dynamic, make_placement
 from .routing import Popularity
 from .stats import GenerationStats, StatsRecorder, phase_stats
+from .trace import StepTrace, Tracer
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,21 @@ class Engine:
             if self.tokenizer is not None else []
         text = texts[0] if isinstance(prompt, str) and texts else texts
         return GenerationResult(text, new_ids.cpu(), gen_stats)
+
+    def trace_decode_step(self, prompt: str | Sequence[str] | torch.Tensor) -> StepTrace:
+        """Prefill `prompt`, then time one decode step per layer and lane (CPU/GPU/transfer)."""
+        inputs = self.encode(prompt)
+        with torch.inference_mode():
+            out = self.model(**inputs, use_cache=True)
+            next_ids = out.logits[:, -1:].argmax(dim=-1)  # [B, 1]
+            mask = torch.cat([inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
+            self._state.tracer = Tracer(self.device)
+            try:
+                self.model(input_ids=next_ids, attention_mask=mask,
+                           past_key_values=out.past_key_values, use_cache=True)
+                return self._state.tracer.finish(int(next_ids.shape[0]))
+            finally:
+                self._state.tracer = None
 
     def logits(self, prompt: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
         """[B, T, V] next-token logits of one forward pass (for checks against stock)."""

@@ -24,6 +24,7 @@ from .experts import ExpertStore, run_expert
 from .latency import LatencyModel
 from .placement import DynamicPlacement
 from .stats import StatsRecorder
+from .trace import Tracer
 
 IMPLEMENTATION_NAME = "fiddler"
 
@@ -38,6 +39,7 @@ class EngineState:
     stats: StatsRecorder
     routing_counts: list[list[int]]  # [L][E] pairs routed since the last reset (for calibrate)
     cache: DynamicPlacement | None = None  # set for lru / lfu: misses that transfer are cached
+    tracer: Tracer | None = None  # set while tracing one step (Engine.trace_decode_step)
 
 
 class LayerRuntime:
@@ -75,22 +77,33 @@ class LayerRuntime:
         out = torch.zeros(len(order), hidden_size, dtype=out_dtype, device=hidden.device)  # [S, H]
 
         cpu_job = self._start_cpu_inputs(hidden, pair_weights, on_cpu, row_lists, top_k)
+        tracer = st.tracer
+        mark = tracer.start("gpu") if tracer and resident else None
         for e in resident:
             rows = row_lists[e]
             self._write(out, rows, run_expert(self.layer, hidden[rows // top_k],
                                               st.store.resident_weights(idx, e)), pair_weights)
             st.stats.add(idx, "resident", counts[e])
+        if mark is not None:
+            tracer.stop(idx, "gpu", mark, len(resident))
         if st.cache is not None:
             st.cache.touch(idx, resident)
         for e in transferred:
             rows = row_lists[e]
             victim = st.cache.admit(idx, e, st.store.residents(idx)) if st.cache else None
+            copy_stream = st.store.copy_stream if victim is None else None
+            mark = tracer.start("transfer", copy_stream) if tracer else None
             if victim is None:
                 slot, weights = st.store.begin_transfer(idx, e)
             else:
                 slot, weights = None, st.store.swap_in(idx, e, victim)
+            if tracer:
+                tracer.stop(idx, "transfer", mark, 1, copy_stream)
+                mark = tracer.start("gpu")
             self._write(out, rows, run_expert(self.layer, hidden[rows // top_k], weights),
                         pair_weights)
+            if tracer:
+                tracer.stop(idx, "gpu", mark, 1)
             if slot is not None:
                 st.store.end_transfer(slot)
             st.stats.add(idx, "transfer", counts[e])
@@ -126,6 +139,7 @@ class LayerRuntime:
         st, idx = self.state, self.layer.index
         if ready is not None:
             ready.synchronize()
+        mark = st.tracer.start("cpu") if st.tracer else None
         y_host = torch.empty((x_host.shape[0], x_host.shape[1]), dtype=out.dtype,
                              pin_memory=ready is not None)  # [P, H]
         start = 0
@@ -135,6 +149,8 @@ class LayerRuntime:
             y_host[start:start + n] = y * w_host[start:start + n, None]
             start += n
             st.stats.add(idx, "cpu", n)
+        if mark is not None:
+            st.tracer.stop(idx, "cpu", mark, len(on_cpu))
         if ready is not None:
             st.stats.add_activations(x_host.numel() * x_host.element_size()
                                      + y_host.numel() * y_host.element_size())

@@ -55,3 +55,14 @@ def test_close_releases_the_model(mixtral_path):
     engine = fnb.load(mixtral_path, expert_budget=4)
     engine.close()
     assert engine.model is None
+
+
+def test_trace_decode_step_has_lanes_per_layer(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=8, placement="first-layers", execution="cpu")
+    trace = engine.trace_decode_step("trace me")
+    lanes = {(e.layer, e.lane) for e in trace.events}
+    assert (0, "gpu") in lanes and (3, "cpu") in lanes
+    assert all(0 <= e.start_ms <= e.end_ms <= trace.total_ms for e in trace.events)
+    assert trace.tokens == 1 and engine._state.tracer is None
+    engine.set_execution("transfer")
+    assert any(e.lane == "transfer" for e in engine.trace_decode_step("again").events)

@@ -1,0 +1,78 @@
+"""Timeline of one forward step: when each layer's CPU, GPU and transfer work ran.
+
+Off by default (zero cost); `Engine.trace_decode_step` switches it on for one decode step.
+CPU work is timed on the host clock; on CUDA, GPU and copy-stream work is timed with CUDA
+events (read after the step, so tracing adds no synchronisation inside it). On a CPU-only
+machine every lane runs synchronously on the host and is timed with the host clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+LANES = ("cpu", "gpu", "transfer")
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    layer: int  # MoE layer index
+    lane: str  # one of LANES
+    start_ms: float  # from the start of the step
+    end_ms: float
+    experts: int  # experts run (or copied) in this region
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    events: tuple[TraceEvent, ...]
+    total_ms: float
+    device: str
+    tokens: int  # tokens in the traced step (batch size for a decode step)
+
+    def rows(self) -> list[tuple[int, str, float, float]]:
+        """(layer, lane, start_ms, end_ms) tuples, the input `plots.timeline` takes."""
+        return [(e.layer, e.lane, e.start_ms, e.end_ms) for e in self.events]
+
+
+class Tracer:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._open: list[tuple[int, str, object, object, int]] = []
+        self._t0 = time.perf_counter()
+        self._e0 = None
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            self._e0 = torch.cuda.Event(enable_timing=True)
+            self._e0.record()
+            self._t0 = time.perf_counter()
+
+    def _mark(self, lane: str, stream=None):
+        if self.cuda and lane != "cpu":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(stream)
+            return event
+        return time.perf_counter()
+
+    def start(self, lane: str, stream=None):
+        return self._mark(lane, stream)
+
+    def stop(self, layer: int, lane: str, started, experts: int, stream=None) -> None:
+        self._open.append((layer, lane, started, self._mark(lane, stream), experts))
+
+    def finish(self, tokens: int) -> StepTrace:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        end = time.perf_counter()
+        events = [TraceEvent(layer, lane, self._ms(a), self._ms(b), n)
+                  for layer, lane, a, b, n in self._open]
+        events.sort(key=lambda e: (e.start_ms, e.layer))
+        return StepTrace(tuple(events), (end - self._t0) * 1e3, str(self.device), tokens)
+
+    def _ms(self, mark) -> float:
+        if isinstance(mark, float):
+            return (mark - self._t0) * 1e3
+        return self._e0.elapsed_time(mark)
