@@ -40,8 +40,9 @@ class GenerationResult:
 class _PhaseClock(BaseStreamer):
     """Marks the end of prefill: generate() hands the first new token to the streamer."""
 
-    def __init__(self, engine: "Engine"):
+    def __init__(self, engine: "Engine", inner: BaseStreamer | None = None):
         self.engine = engine
+        self.inner = inner  # a streamer the caller passed to generate(), still served
         self.calls = 0
         self.first_token_at: float | None = None
 
@@ -51,9 +52,12 @@ class _PhaseClock(BaseStreamer):
             self.engine._sync()
             self.first_token_at = time.perf_counter()
             self.engine._state.stats.phase = "decode"
+        if self.inner is not None:
+            self.inner.put(value)
 
     def end(self) -> None:
-        pass
+        if self.inner is not None:
+            self.inner.end()
 
 
 class Engine:
@@ -163,7 +167,7 @@ class Engine:
         generate_kwargs.setdefault("pad_token_id", self.pad_token_id)
         stats = self._state.stats
         stats.reset()
-        clock = _PhaseClock(self)
+        clock = _PhaseClock(self, generate_kwargs.pop("streamer", None))
         self._sync()
         start = time.perf_counter()
         with torch.inference_mode():

@@ -66,3 +66,22 @@ def test_trace_decode_step_has_lanes_per_layer(mixtral_path):
     assert trace.tokens == 1 and engine._state.tracer is None
     engine.set_execution("transfer")
     assert any(e.lane == "transfer" for e in engine.trace_decode_step("again").events)
+
+
+def test_user_streamer_still_receives_tokens(mixtral_path):
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.puts, self.ended = 0, False
+
+        def put(self, value):
+            self.puts += 1
+
+        def end(self):
+            self.ended = True
+
+    collect = Collect()
+    engine = fnb.load(mixtral_path, expert_budget=4)
+    engine.generate("stream", max_new_tokens=3, streamer=collect)
+    assert collect.puts == 1 + 3 and collect.ended
