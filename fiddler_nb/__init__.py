@@ -9,7 +9,10 @@ faster. See README.md for the public API.
 from . import policies
 from .config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
 from .engine import Engine, GenerationResult, load
+from .hardware import GPU_PRESETS, LINK_PRESETS
 from .latency import Curve, LatencyModel, assign_layer
+from .planner import PlanRecord, plan, plan_table
+from .profiler import HardwareProfile, profile_hardware
 from .routing import Popularity, calibrate
 from .stats import GenerationStats, PhaseStats
 from .tiny import make_tiny_checkpoint
@@ -17,7 +20,8 @@ from .tiny import make_tiny_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
-    "Curve", "Engine", "EngineConfig", "GenerationResult", "GenerationStats", "LatencyModel",
-    "ModelShape", "PhaseStats", "Popularity", "SHAPE_PRESETS", "assign_layer", "calibrate",
-    "get_shape", "load", "make_tiny_checkpoint", "policies",
+    "Curve", "Engine", "EngineConfig", "GPU_PRESETS", "GenerationResult", "GenerationStats",
+    "HardwareProfile", "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord",
+    "Popularity", "SHAPE_PRESETS", "assign_layer", "calibrate", "get_shape", "load",
+    "make_tiny_checkpoint", "plan", "plan_table", "policies", "profile_hardware",
 ]

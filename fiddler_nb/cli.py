@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job on the embedded tiny model")
     demo.add_argument("--expert-budget", type=int, default=None)
     demo.set_defaults(func=cmd_demo)
+    from . import cli_measure
+
+    cli_measure.add_subcommands(sub)
     return parser
 
 

@@ -325,8 +325,13 @@ def _latency_from(profile: Any, expert_bytes: int, model, device: torch.device) 
         return default_latency_model(expert_bytes, hidden_bytes, device_type=device.type)
     if isinstance(profile, LatencyModel):
         return profile
-    from .profiler import HardwareProfile  # noqa: PLC0415 (profiler issue)
+    from .profiler import HardwareProfile
 
     if isinstance(profile, (str, Path)):
         profile = HardwareProfile.load(profile)
-    return profile.latency_model()
+    hidden_bytes = model.config.hidden_size * next(model.parameters()).element_size()
+    latency = profile.latency_model(expert_bytes, hidden_bytes)  # scaled if measured elsewhere
+    if device.type == "cpu":  # the fast device is this CPU: a transfer is a copy plus CPU work
+        latency = replace(latency, gpu=latency.cpu, activation_ms_per_token=0.0,
+                          concurrent=False, notes=latency.notes + ("fast device is the CPU",))
+    return latency

@@ -176,7 +176,7 @@ GPU_PRESETS: dict[str, GpuPreset] = {
                                 "HBM2e, 1935 GB/s; BF16 tensor 312 TFLOPS dense; PCIe 4.0 x16"),
     "h100-pcie": GpuPreset("h100-pcie", 80 * _GB, 2000.0, 756.0, "pcie5",
                            "NVIDIA H100 Tensor Core GPU datasheet (H100 PCIe): 80 GB HBM2e, "
-                           "2 TB/s; BF16 tensor 1513 TFLOPS with sparsity (756 dense); "
+                           "2 TB/s (2000 GB/s); BF16 tensor 1513 TFLOPS with sparsity (756 dense); "
                            "PCIe 5.0 x16"),
 }
 

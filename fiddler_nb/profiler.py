@@ -71,7 +71,8 @@ class HardwareProfile:
     def with_gpu_preset(self, name: str, link: str | None = None) -> "HardwareProfile":
         """This machine's measured CPU with a preset GPU and link (e.g. 'rtx-4090-pcie4')."""
         gpu, lnk = get_gpu_preset(name, link)
-        sources = dict(self.sources, gpu=f"preset:{gpu.name}", link=f"preset:{lnk.name}")
+        sources = {k: v for k, v in self.sources.items() if k != "expert_copy"}  # not kept
+        sources.update(gpu=f"preset:{gpu.name}", link=f"preset:{lnk.name}")
         return replace(self, gpu_tokens=(), gpu_ms=(), link_gbps={}, expert_copy_ms=None,
                        activation_ms_per_token=None, gpu_preset=gpu.to_dict(),
                        link_preset=lnk.to_dict(), sources=sources)

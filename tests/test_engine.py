@@ -85,3 +85,14 @@ def test_user_streamer_still_receives_tokens(mixtral_path):
     engine = fnb.load(mixtral_path, expert_budget=4)
     engine.generate("stream", max_new_tokens=3, streamer=collect)
     assert collect.puts == 1 + 3 and collect.ended
+
+
+def test_profile_loads_into_the_engine(mixtral_path, tmp_path):
+    profile = fnb.profile_hardware("tiny", quick=True)
+    path = profile.save(tmp_path / "profile.json")
+    engine = fnb.load(mixtral_path, device="cpu", expert_budget=0, placement="none",
+                      profile=path)
+    assert engine.latency.source.startswith("measured")
+    assert not engine.latency.concurrent, "on a CPU-only engine nothing overlaps"
+    stats = engine.generate("profiled", max_new_tokens=2).stats
+    assert sum(stats.prefill.transfer_pairs) == 0
