@@ -8,20 +8,32 @@ faster. See README.md for the public API.
 
 from . import policies
 from .config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
-from .engine import Engine, GenerationResult, load
+from .bench import BenchRecord, bench
+from .cpu_suite import run_cpu_suite
+from .engine import Engine, GenerationResult, from_model, load
 from .hardware import GPU_PRESETS, LINK_PRESETS
 from .latency import Curve, LatencyModel, assign_layer
 from .planner import PlanRecord, plan, plan_table
 from .profiler import HardwareProfile, profile_hardware
 from .routing import Popularity, calibrate
 from .stats import GenerationStats, PhaseStats
+from .random_checkpoint import make_random_checkpoint, scaled_expert_budget
 from .tiny import make_tiny_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Curve", "Engine", "EngineConfig", "GPU_PRESETS", "GenerationResult", "GenerationStats",
+    "BenchRecord", "Curve", "Engine", "EngineConfig", "GPU_PRESETS", "GenerationResult", "GenerationStats",
     "HardwareProfile", "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord",
-    "Popularity", "SHAPE_PRESETS", "assign_layer", "calibrate", "get_shape", "load",
-    "make_tiny_checkpoint", "plan", "plan_table", "policies", "profile_hardware",
+    "Popularity", "SHAPE_PRESETS", "assign_layer", "bench", "calibrate", "from_model",
+    "get_shape", "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table",
+    "policies", "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget",
 ]
+
+
+def __getattr__(name: str):
+    if name == "run_demo":  # lazy: the report pulls in plotly's HTML machinery
+        from .demo import run_demo
+
+        return run_demo
+    raise AttributeError(f"module 'fiddler_nb' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`fiddler-nb` command line: generate, demo (and, as they land, profile / plan / bench).
+"""`fiddler-nb` command line: generate, demo, profile, plan, bench.
 
 Argument parsing stays here; library functions receive plain values, never a Namespace.
 Errors a user can fix are printed as one line (no traceback) with exit status 2.
@@ -49,21 +49,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import warnings
-
-    from .engine import load
-    from .routing import calibrate
-
-    engine = load("tiny", expert_budget=args.expert_budget or 8, placement="popularity")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        calibrate(engine, [DEFAULT_PROMPT, "Mixture of experts on a small GPU"])
-    result = engine.generate(DEFAULT_PROMPT, max_new_tokens=16)
-    print(f"{engine!r}\n{result.stats.table()}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiddler-nb", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.set_defaults(func=cmd_generate)
-    demo = sub.add_parser("demo", help="the main job on the embedded tiny model")
-    demo.add_argument("--expert-budget", type=int, default=None)
-    demo.set_defaults(func=cmd_demo)
-    from . import cli_measure
+    from . import cli_bench, cli_measure
 
+    demo = sub.add_parser("demo", help="the main job: profile, calibrate, bench, HTML report")
+    cli_bench.add_demo_args(demo)
     cli_measure.add_subcommands(sub)
+    cli_bench.add_subcommands(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from .config import EngineConfig, resolve_device, resolve_dtype
 from .execution import make_execution
 from .experts import GIB, ExpertStore
 from .latency import LatencyModel, default_latency_model
-from .loading import check_checkpoint, check_moe_config, load_model
+from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
 from .placement import PlacementRequest, is_dynamic, make_placement
 from .routing import Popularity
@@ -218,6 +218,8 @@ class Engine:
         for layer in self.layers:
             layer.module.__dict__.pop("_fiddler_runtime", None)
         self.model = None
+        self.layers = []  # drop every reference to the experts' CPU weights
+        self._state = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -275,6 +277,43 @@ def load(path: str | Path, device: str | torch.device | None = None,
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         raise
+
+
+def from_model(model, tokenizer=None, device: str | torch.device | None = None,
+               expert_budget: int | None = None, placement: str = "popularity",
+               execution: str = "auto", popularity: Popularity | None = None,
+               profile: Any = None, scratch_slots: int = 2, seed: int = 0,
+               name: str = "in-memory") -> Engine:
+    """An Engine around a transformers MoE model already in memory (e.g. random weights of a
+    real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
+    """
+    make_placement(placement), make_execution(execution)
+    dev = resolve_device(device)
+    layers = find_moe_layers(model)
+    if any(getattr(layer.module, n).device.type != "cpu"
+           for layer in layers for n in layer.layout.param_names):
+        raise ValueError("from_model needs the experts in CPU memory; load the model on the CPU")
+    model.eval()
+    move_non_experts(model, dev)
+    store = ExpertStore(layers, dev, scratch_slots)
+    try:
+        latency = _latency_from(profile, layers[0].expert_bytes, model, dev)
+        config = EngineConfig(str(dev), str(layers[0].module.down_proj.dtype).removeprefix("torch."),
+                              _budget(expert_budget, None, store), placement, execution,
+                              scratch_slots, seed)
+        engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
+        if popularity is not None:
+            engine.set_popularity(popularity)
+        engine._place(config)
+        return engine
+    except BaseException:
+        store.release()
+        raise
+
+
+def resolve_path(path: str | Path) -> Path:
+    """'tiny' -> the embedded default checkpoint; anything else -> an expanded Path."""
+    return _resolve_path(path)
 
 
 def _resolve_path(path: str | Path) -> Path:

@@ -36,16 +36,28 @@ def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ..
     module, layout = layer.module, layer.layout
     first, down = weights[0], weights[1]
     x = x.to(first.dtype)
-    h = x @ first if layout.is_transposed else F.linear(x, first)  # [n, 2I] or [n, I]
+    h = x @ first if layout.is_transposed else _linear(x, first)  # [n, 2I] or [n, I]
     if layout.has_bias:
         h = h + weights[2]
     h = module._apply_gate(h) if layout.has_gate else module.act_fn(h)  # [n, I]
-    y = h @ down if layout.is_transposed else F.linear(h, down)  # [n, H]
+    y = h @ down if layout.is_transposed else _linear(h, down)  # [n, H]
     if layout.has_bias:
         y = y + weights[3]
     if layout.has_post_expert_norm:
         y = module.post_expert_norm(y)
     return y
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear; for one bf16 token on the CPU, ATen's GEMV instead of oneDNN.
+
+    Measured on our 2-core AVX512-bf16 dev machine (docs/benchmarks.md): at 1 token ATen's
+    bf16 GEMV streams weights ~1.2x faster than oneDNN; from 2 tokens on oneDNN wins by far.
+    """
+    if x.shape[0] == 1 and x.device.type == "cpu" and w.dtype == torch.bfloat16:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return F.linear(x, w)
+    return F.linear(x, w)
 
 
 @dataclass

@@ -1,0 +1,126 @@
+"""`fiddler-nb bench`: the strategy x budget matrix, or `--cpu-suite`.
+
+Registered by `cli.build_parser` through `add_subcommands(sub)`. Parsing stays here; the library
+functions (`bench.bench`, `cpu_suite.run_cpu_suite`, `demo.run_demo`) receive plain values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .bench import STRATEGIES
+
+
+def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
+             total: int | None, card_bytes: int) -> list[int] | None:
+    """Ints as given; 'scaled' = a `card_bytes` card's share for `layers` layers; 'all'."""
+    if not texts:
+        return None
+    out = []
+    for t in texts:
+        if t.isdigit():
+            out.append(int(t))
+        elif t == "scaled":
+            from .random_checkpoint import scaled_expert_budget
+
+            if not full_shape:
+                raise ValueError("--budgets scaled needs --full-shape (e.g. mixtral-8x7b)")
+            out.append(scaled_expert_budget(full_shape, card_bytes, layers))
+        elif t == "all" and total is not None:
+            out.append(total)
+        else:
+            raise ValueError(f"cannot read budget {t!r}; use an integer, 'scaled' or 'all'")
+    return sorted(set(out))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    command = "fiddler-nb " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.cpu_suite:
+        from .cpu_suite import run_cpu_suite
+
+        result = run_cpu_suite(shape=args.shape, dtype=args.dtype or "bfloat16",
+                               layers=args.layers or 2, probe_bytes=args.probe_mib << 20,
+                               command=command)
+        if args.out:
+            result.save(args.out)
+        print(result.summary())  # ratios last
+        return 0
+    from .bench import bench, records_table, save_records
+    from .config import get_shape
+
+    model, layers = args.model, None
+    if args.random_shape:
+        from .random_checkpoint import make_random_checkpoint
+
+        layers = args.layers or 2
+        model = str(make_random_checkpoint(args.model, args.random_shape, layers,
+                                           args.dtype or "bfloat16", args.seed))
+    full_shape = args.full_shape or args.random_shape
+    total = None
+    if full_shape and layers:
+        total = layers * get_shape(full_shape).num_experts
+    budgets = _budgets(args.budgets, full_shape, layers or 0, total, int(args.card_gb * 1e9))
+    records = bench(model, strategies=args.strategies, budgets=budgets,
+                    prompt_lengths=args.prompt_lengths, new_tokens=args.new_tokens,
+                    batches=args.batches, repeats=args.repeats, warmup=args.warmup,
+                    device=args.device, dtype=args.dtype, seed=args.seed,
+                    on_mismatch=args.on_mismatch, full_shape=full_shape, profile=args.profile,
+                    command=command)
+    print(records_table(records))
+    if args.out:
+        print(f"saved {save_records(records, args.out)}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Add `bench` to the `fiddler-nb` sub-parsers."""
+    b = sub.add_parser("bench", help="measure strategies x GPU expert budgets, or --cpu-suite")
+    b.add_argument("--cpu-suite", action="store_true",
+                   help="CPU kernel / engine overhead / layer floor suite (runs anywhere)")
+    b.add_argument("--model", default="tiny",
+                   help="checkpoint dir or 'tiny'; with --random-shape, where to write it")
+    b.add_argument("--random-shape", default=None,
+                   help="write a random checkpoint of this shape preset (e.g. mixtral-8x7b)")
+    b.add_argument("--layers", type=int, default=None,
+                   help="layers of the random model (default 2)")
+    b.add_argument("--shape", default="mixtral-8x7b", help="--cpu-suite: expert shape preset")
+    b.add_argument("--probe-mib", type=int, default=512,
+                   help="--cpu-suite: bandwidth probe buffer size (MiB, well past the LLC)")
+    b.add_argument("--full-shape", default=None,
+                   help="shape preset for derived full-model tok/s and 'scaled' budgets")
+    b.add_argument("--card-gb", type=float, default=24.0,
+                   help="GPU memory (GB) that 'scaled' budgets are taken from")
+    b.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    b.add_argument("--budgets", nargs="*", default=None,
+                   help="GPU expert budgets: integers, 'scaled', 'all' (default: 0, 1/4, 1/2, all)")
+    b.add_argument("--prompt-lengths", nargs="+", type=int, default=[16, 128, 512])
+    b.add_argument("--new-tokens", type=int, default=8)
+    b.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--device", default=None)
+    b.add_argument("--dtype", default=None)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--on-mismatch", default="raise", choices=["raise", "record"],
+                   help="different greedy tokens across strategies: fail, or record and go on")
+    b.add_argument("--profile", default=None,
+                   help="a HardwareProfile JSON for 'auto' (default: the engine's default model)")
+    b.add_argument("--out", default=None, help="write the JSON here")
+    b.set_defaults(func=cmd_bench)
+
+
+def cmd_demo_report(args: argparse.Namespace) -> int:
+    """For cli.py's `demo`: run the main job and print where the report is."""
+    from .demo import run_demo
+
+    print(f"report: {run_demo(args.out_dir, quick=not args.full)}")
+    return 0
+
+
+def add_demo_args(demo: argparse.ArgumentParser) -> None:
+    """Options of `fiddler-nb demo` when cli.py wires it to `cmd_demo_report`."""
+    demo.add_argument("--out-dir", default="reports", help="where demo.html and its JSON go")
+    demo.add_argument("--full", action="store_true", help="longer prompts and more repeats")
+    demo.set_defaults(func=cmd_demo_report)

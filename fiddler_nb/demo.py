@@ -1,0 +1,115 @@
+"""The main job: profile, calibrate, benchmark and report, on the embedded tiny model.
+
+`run_demo(out_dir)` takes a few minutes on a 2-core CPU-only machine and writes
+`<out_dir>/demo.html` (plotly inlined, opens offline) plus the JSON it was drawn from:
+  1. a quick hardware profile for a Mixtral-8x7B bf16 expert (CPU curve, read bandwidth; GPU and
+     link measured when CUDA is present, else a cited preset GPU -- labelled projected);
+  2. the bench matrix on the tiny model (calibration inside `bench`): strategies x GPU expert
+     budgets x prompt lengths x batch 1 and 2, measured, same greedy tokens checked;
+  3. the planner's projection for Mixtral-8x7B on the profiled (or preset) GPU;
+  4. the report: measured section (this machine) and projected section, apart.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .bench import bench, records_table, save_records
+from .plots import latency_curves, tokens_per_s_vs_budget
+from .report import MEASURED_COLUMNS, PROJECTED_COLUMNS, Report
+
+PROJECTED_SHAPE = "mixtral-8x7b"
+PRESET_GPU = "rtx-4090"  # a 24 GB consumer card, the paper's target class
+QUICK = dict(prompt_lengths=(16, 128, 512), repeats=3, new_tokens=8)  # ~20 s of bench on 2 idle cores
+FULL = dict(prompt_lengths=(16, 128, 512), repeats=7, new_tokens=32)
+
+
+def run_demo(out_dir: str | Path = "reports", quick: bool = True, model: str = "tiny",
+             preset_gpu: str = PRESET_GPU, progress: bool = True) -> Path:
+    """Run the main job and return the path of the HTML report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    profile = _profile(quick, preset_gpu, out)
+    records = bench(model, command=command, progress=progress, **(QUICK if quick else FULL))
+    save_records(records, out / "demo_bench.json")
+    print(records_table(records))
+    plan_records = _plan(profile)
+    (out / "demo_plan.json").write_text(json.dumps(
+        {"kind": "projected", "records": [asdict(r) for r in plan_records]}, indent=1))
+    report = Report("fiddler_nb demo: measured here, projected elsewhere")
+    _measured_section(report, records, profile, command)
+    _projected_section(report, profile, plan_records)
+    return report.write(out / "demo.html")
+
+
+def _profile(quick: bool, preset_gpu: str, out: Path):
+    """Measured CPU (+GPU with CUDA); without CUDA the preset GPU is attached (projected)."""
+    try:
+        from .profiler import profile_hardware
+    except ImportError:  # INTEGRATION POINT: profiler.py not merged yet
+        return None
+    profile = profile_hardware(PROJECTED_SHAPE, quick=quick)
+    profile.save(out / "demo_profile.json")
+    return profile if profile.has_measured_gpu else profile.with_gpu_preset(preset_gpu)
+
+
+def _plan(profile):
+    if profile is None:
+        return []
+    try:
+        from .planner import plan
+        from .random_checkpoint import scaled_expert_budget
+    except ImportError:  # INTEGRATION POINT: planner.py not merged yet
+        return []
+    fit = scaled_expert_budget(PROJECTED_SHAPE, profile.gpu_memory_bytes)
+    budgets = sorted({*range(0, fit, max(1, fit // 6)), fit})  # ~7 points up to what fits
+    return plan(PROJECTED_SHAPE, profile, budgets=budgets, prompt_tokens=512, new_tokens=32)
+
+
+def _measured_section(report: Report, records, profile, command: str) -> None:
+    r0 = records[0]
+    report.heading(f"Measured on this machine: {r0.machine}", "measured")
+    report.note(f"{r0.date}; device {r0.device}; model {r0.model} ({r0.layers} MoE layers x "
+                f"{r0.experts} experts, top-{r0.top_k}, H={r0.hidden_size}, "
+                f"I={r0.intermediate_size}, {r0.dtype}); command: {command}")
+    if r0.device == "cpu":
+        report.note("No GPU here: the fast device is the CPU, so every strategy runs on the CPU "
+                    "(this proves the strategies agree and shows engine overheads; it is not a "
+                    "GPU speed-up). GPU numbers appear only in the projected section below.")
+    small = min(r.prompt_tokens for r in records)
+    big = max(r.prompt_tokens for r in records)
+    report.figure(tokens_per_s_vs_budget(measured=records, phase="decode", prompt_tokens=small))
+    report.figure(tokens_per_s_vs_budget(measured=records, phase="prefill", prompt_tokens=big))
+    mismatched = [r for r in records if r.tokens_match is False]
+    report.note("All strategies produced the same greedy tokens." if not mismatched else
+                f"{len(mismatched)} cells produced different tokens from the reference.")
+    report.note("Timing notes: " + "; ".join(n for n in r0.notes if n.startswith("load")) +
+                " (another process on the machine makes CPU timings noisy; medians of "
+                f"{r0.repeats} runs after a discarded warm-up).")
+    report.table(records, MEASURED_COLUMNS, "measured", collapsed=True)
+    if profile is not None:
+        report.heading(f"CPU expert profile ({profile.shape_name}, {profile.dtype})", "measured")
+        report.pre(profile.summary())
+
+
+def _projected_section(report: Report, profile, plan_records) -> None:
+    if profile is None or not plan_records:
+        report.heading("Projection unavailable", "projected")
+        report.note("fiddler_nb.profiler / planner are not installed in this build.")
+        return
+    gpu = profile.gpu_preset["name"] if profile.gpu_preset else profile.facts.gpu_name
+    report.heading(f"Projected: {PROJECTED_SHAPE} on {gpu} with this machine's CPU", "projected")
+    report.note("Nothing below was run: the planner combines the CPU curve measured here with "
+                f"the GPU/link figures ({profile.sources}). Lines are dashed.")
+    lat = profile.latency_model()
+    report.figure(latency_curves(lat, profile.expert_bytes,
+                                 title=f"Projected CPU vs transfer latency, one {PROJECTED_SHAPE} "
+                                       f"expert ({lat.source})"))
+    report.figure(tokens_per_s_vs_budget(projected=plan_records, phase="decode", batch=None,
+                                         title_suffix=f" ({PROJECTED_SHAPE}, {gpu})"))
+    report.table(plan_records, PROJECTED_COLUMNS, "projected")

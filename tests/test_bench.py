@@ -1,0 +1,129 @@
+"""Bench matrix plumbing on the tiny model: records, equal tokens, JSON, plots, report, demo.
+
+No timing assertions: timings on a shared CI machine are noise; the figures' labels and the
+records' structure are what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fiddler_nb as fnb
+from fiddler_nb import bench as bench_mod
+from fiddler_nb.bench import (STRATEGIES, BenchRecord, TokenMismatchError, _check_tokens, bench,
+                              load_records, records_table, save_records)
+
+
+@pytest.fixture(scope="module")
+def records(mixtral_path):
+    return bench(mixtral_path, budgets=[0, 8], prompt_lengths=(8,), batches=(1, 2),
+                 new_tokens=3, repeats=1, warmup=0, progress=False, command="pytest")
+
+
+def test_one_record_per_cell(records):
+    engine_cells = {(r.strategy, r.budget_experts, r.batch) for r in records
+                    if r.strategy != "naive-offload"}
+    # placement 'none' ignores the budget: cpu-experts runs once per case, budget None
+    expected = {(s, b, batch) for s in ("fiddler", "on-demand", "lru-cache") for b in (0, 8)
+                for batch in (1, 2)} | {("cpu-experts", None, 1), ("cpu-experts", None, 2)}
+    assert engine_cells == expected
+    naive = [r for r in records if r.strategy == "naive-offload"]
+    assert len(naive) == 2 and all(r.budget_experts is None for r in naive)  # no GPU here
+    assert all(r.execution == "cpu_offload" and "hook overhead" in r.notes[0] for r in naive)
+    assert {r.strategy for r in records} == set(STRATEGIES)
+
+
+def test_fields_and_same_tokens(records):
+    for r in records:
+        assert r.kind == "measured" and r.skipped is None
+        assert r.tokens_match is True, f"{r.strategy} budget {r.budget_experts} differed"
+        assert r.prompt_tokens == 8 and r.new_tokens == 3 and r.repeats == 1
+        assert r.decode_tps > 0 and r.prefill_tps > 0 and r.time_to_first_token_s > 0
+        assert r.peak_gpu_bytes is None  # CPU-only
+        assert (r.layers, r.experts, r.top_k, r.hidden_size) == (4, 8, 2, 64)
+        assert r.dtype == "float32" and r.device == "cpu" and r.command == "pytest"
+    resident = [r for r in records if r.strategy == "fiddler" and r.budget_experts == 8]
+    assert all(0 < r.decode_hit_rate < 1 for r in resident)
+    transfers = [r for r in records if r.strategy == "on-demand" and r.budget_experts == 0]
+    assert all(r.bytes_moved > 0 for r in transfers)
+
+
+def test_json_round_trip_and_table(records, tmp_path):
+    path = save_records(records, tmp_path / "b.json", extra={"note": "x"})
+    assert json.loads(path.read_text())["kind"] == "measured"
+    assert load_records(path) == records
+    table = records_table(records)
+    assert table.startswith("measured:") and "naive-offload" in table
+
+
+def test_mismatch_raises_or_is_recorded():
+    ref: dict = {}
+    assert _check_tokens((8, 1), torch.tensor([[1, 2]]), ref, "a", "raise")
+    with pytest.raises(TokenMismatchError, match="prompt length 8"):
+        _check_tokens((8, 1), torch.tensor([[1, 3]]), ref, "b", "raise")
+    assert _check_tokens((8, 1), torch.tensor([[1, 3]]), ref, "b", "record") is False
+
+
+def test_unknown_strategy_is_refused(mixtral_path):
+    with pytest.raises(ValueError, match="known: fiddler"):
+        bench(mixtral_path, strategies=["magic"], progress=False)
+
+
+def test_naive_device_map_is_module_level(mixtral_path):
+    from transformers import AutoModelForCausalLM
+
+    from fiddler_nb.naive import naive_device_map
+
+    model = AutoModelForCausalLM.from_pretrained(mixtral_path)
+    dm = naive_device_map(model, gpu_layers=2, gpu="cuda:0")
+    cpu = sorted(k for k, v in dm.items() if v == "cpu")
+    assert cpu == ["model.layers.2.mlp.experts", "model.layers.3.mlp.experts"]
+    for name, _ in model.named_parameters():  # every weight covered by exactly one prefix
+        owners = [k for k in dm if k == "" or name == k or name.startswith(k + ".")]
+        assert len(owners) == 1, (name, owners)
+
+
+def test_random_model_and_budgets(tmp_path):
+    from fiddler_nb.random_checkpoint import (build_random_model, derive_full_model_tps,
+                                              make_random_checkpoint, scaled_expert_budget)
+
+    model = build_random_model("tiny", layers=2, dtype="float32")
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert torch.isfinite(model.model.rotary_emb.inv_freq).all()
+    full = scaled_expert_budget("mixtral-8x7b", 24 * 10**9)
+    assert 40 < full < 64  # ~54 of 256 experts fit a 24 GB card (DESIGN.md §1)
+    assert scaled_expert_budget("mixtral-8x7b", 24 * 10**9, layers=4) == round(full * 4 / 32)
+    assert derive_full_model_tps(0.1, 4, "mixtral-8x7b") == pytest.approx(1.25)
+    path = make_random_checkpoint(tmp_path / "r", "tiny", layers=2, dtype="float32")
+    eng = fnb.load(path, expert_budget=4, placement="first-layers", execution="cpu")
+    assert eng.num_layers == 2 and eng.generate(torch.tensor([[1, 2, 3]]), 2).token_ids.shape == (1, 2)
+
+
+def test_plots_say_measured_or_projected(records):
+    from fiddler_nb.plots import latency_curves, tokens_per_s_vs_budget
+    from fiddler_nb.latency import default_latency_model
+
+    fig = tokens_per_s_vs_budget(measured=records, prompt_tokens=8)
+    assert "measured" in fig.layout.title.text and "tokens/s" in fig.layout.yaxis.title.text
+    assert all(t.line.dash == "solid" for t in fig.data)
+    assert any(t.name.startswith("cpu-experts") for t in fig.data)  # budget None drawn flat
+    lat = default_latency_model(10**6, 256)
+    fig = latency_curves(lat, 10**6)
+    assert "(ms)" in fig.layout.yaxis.title.text and "projected (default)" in fig.layout.title.text
+
+
+def test_demo_writes_a_report(tmp_path, monkeypatch):
+    from fiddler_nb import demo
+
+    monkeypatch.setattr(demo, "QUICK", dict(prompt_lengths=(8,), repeats=1, new_tokens=3))
+    monkeypatch.setattr(demo, "PROJECTED_SHAPE", "tiny")  # a quick profile of a tiny expert
+    path = demo.run_demo(tmp_path, quick=True, progress=False)
+    text = path.read_text()
+    assert path.name == "demo.html" and "[measured]" in text and "[projected]" in text
+    assert text.count("<script type=\"text/javascript\">/**") <= 1  # plotly.js inlined once
+    plan = json.loads((tmp_path / "demo_plan.json").read_text())
+    assert plan["kind"] == "projected" and plan["records"]
+    assert load_records(tmp_path / "demo_bench.json")
