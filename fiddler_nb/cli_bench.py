@@ -42,7 +42,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run_cpu_suite(shape=args.shape, dtype=args.dtype or "bfloat16",
                                layers=args.layers or 2, probe_bytes=args.probe_mib << 20,
-                               command=command)
+                               repeats=args.suite_repeats, command=command)
         if args.out:
             result.save(args.out)
         print(result.summary())  # ratios last
@@ -88,6 +88,8 @@ def add_subcommands(sub) -> None:
     b.add_argument("--shape", default="mixtral-8x7b", help="--cpu-suite: expert shape preset")
     b.add_argument("--probe-mib", type=int, default=512,
                    help="--cpu-suite: bandwidth probe buffer size (MiB, well past the LLC)")
+    b.add_argument("--suite-repeats", type=int, default=None,
+                   help="--cpu-suite: repeats of every part (default: each part's own)")
     b.add_argument("--full-shape", default=None,
                    help="shape preset for derived full-model tok/s and 'scaled' budgets")
     b.add_argument("--card-gb", type=float, default=24.0,

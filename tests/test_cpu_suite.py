@@ -52,7 +52,8 @@ def test_cli_cpu_suite(tmp_path, capsys):
     add_subcommands(parser.add_subparsers(dest="command"))
     out = tmp_path / "suite.json"
     args = parser.parse_args(["bench", "--cpu-suite", "--shape", "tiny", "--dtype", "float32",
-                              "--layers", "1", "--probe-mib", "8", "--out", str(out)])
+                              "--layers", "1", "--probe-mib", "8", "--suite-repeats", "2",
+                              "--out", str(out)])
     assert args.func(args) == 0
     assert "layer_floor_ratio" in json.loads(out.read_text())
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("kernel_bw_ratio=")
