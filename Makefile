@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2 --dist loadfile
+NBMAKE_ARGS ?= --nbmake --nbmake-timeout=300
+# one OpenMP thread per test worker: two workers on two cores without oversubscription
+TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
 .PHONY: setup demo test test-unit clean
 
@@ -20,10 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/fiddler-nb demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) $(NBMAKE_ARGS) tests notebooks
 
 test-unit: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS) tests -m "not browser"
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests -m "not browser"
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -31,9 +31,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "run_demo":  # lazy: the report pulls in plotly's HTML machinery
-        from .demo import run_demo
+_LAZY_MODULES = {"widgets", "nbmode", "plots", "report", "demo"}  # UI: imported on first use
 
-        return run_demo
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "run_demo":  # lazy: the report pulls in plotly's HTML machinery
+        return importlib.import_module(".demo", __name__).run_demo
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'fiddler_nb' has no attribute {name!r}")

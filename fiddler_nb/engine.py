@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
 from .adapters import MoELayer, find_moe_layers
@@ -115,6 +116,18 @@ class Engine:
         """Re-place experts for a budget of `n`; on error the old placement stays."""
         self._place(replace(self.config, expert_budget=n))
 
+    def reconfigure(self, expert_budget: int | None = None, placement: str | None = None,
+                    execution: str | None = None) -> None:
+        """Change several settings with one re-placement (one round of weight copies)."""
+        if execution is not None:
+            make_execution(execution)  # validate before touching anything
+        changes = {k: v for k, v in (("expert_budget", expert_budget), ("placement", placement))
+                   if v is not None}
+        if changes:
+            self._place(replace(self.config, **changes))
+        if execution is not None:
+            self.set_execution(execution)
+
     def set_placement(self, name: str) -> None:
         self._place(replace(self.config, placement=name))
 
@@ -141,7 +154,11 @@ class Engine:
         counts = self.popularity.counts if self.popularity is not None else None
         request = PlacementRequest(self.num_layers, self.num_experts, config.expert_budget,
                                    counts, config.seed)
-        store.set_placement(policy.place(request))
+        if config.expert_budget == 0 and not is_dynamic(policy):
+            placed = frozenset()  # nothing to rank: no popularity needed, no warning
+        else:
+            placed = policy.place(request)
+        store.set_placement(placed)
         self._state.cache = policy if is_dynamic(policy) else None
         self.config = config
 
@@ -192,13 +209,13 @@ class Engine:
         """Prefill `prompt`, then time one decode step per layer and lane (CPU/GPU/transfer)."""
         inputs = self.encode(prompt)
         with torch.inference_mode():
-            out = self.model(**inputs, use_cache=True)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(**inputs, cache=cache, use_cache=True)
             next_ids = out.logits[:, -1:].argmax(dim=-1)  # [B, 1]
             mask = torch.cat([inputs["attention_mask"], torch.ones_like(next_ids)], dim=1)
             self._state.tracer = Tracer(self.device)
             try:
-                self.model(input_ids=next_ids, attention_mask=mask,
-                           past_key_values=out.past_key_values, use_cache=True)
+                self.model(input_ids=next_ids, attention_mask=mask, cache=cache, use_cache=True)
                 return self._state.tracer.finish(int(next_ids.shape[0]))
             finally:
                 self._state.tracer = None

@@ -37,6 +37,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                    router_jitter_noise=0.0, input_jitter_noise=0.0),
     "gpt_oss": dict(intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
                     head_dim=16, sliding_window=32,
+                    max_position_embeddings=131072,  # = YaRN factor 32 x original 4096
                     layer_types=["sliding_attention", "full_attention"] * 2),
 }
 DEFAULT_ARCH = "mixtral"

@@ -1,0 +1,243 @@
+"""Write the numbered tutorial notebooks (no outputs) from the cell lists below.
+
+Run `python notebooks/_build.py` after editing; the committed .ipynb files are its output.
+Each notebook: a title, a setup cell, then one short call per step with a markdown cell saying
+what the step shows and why. Logic lives in the package; sizes come from `fiddler_nb.nbmode`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+SETUP = """import fiddler_nb as fnb
+from fiddler_nb import nbmode, plots, widgets
+
+S = nbmode.sizes()  # smoke on CPU-only machines, full on CUDA (FIDDLER_NB_MODE overrides)
+print(f"mode: {S.mode} ({S.reason})")"""
+SETUP_MD = ("**Setup.** `nbmode.sizes()` is the one switch: on a CPU-only machine every size is "
+            "tiny (smoke mode: the numbers show the machinery works, not GPU speed); on a CUDA "
+            "machine the same cells measure the real thing. Set `FIDDLER_NB_MODE=smoke|full` "
+            "to force a mode.")
+
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}  # name -> [(kind, source)]
+
+
+def md(text: str) -> tuple[str, str]:
+    return ("md", text)
+
+
+def code(text: str) -> tuple[str, str]:
+    return ("code", text)
+
+
+NOTEBOOKS["01_quickstart"] = [
+    md("# 01 Quickstart: run an MoE model with experts split between GPU and CPU\n\n"
+       "Fiddler (arXiv 2402.07033) keeps attention, norms, routers and the most *popular* "
+       "experts on the GPU and the other experts in CPU memory; each activated expert either "
+       "runs on the CPU or has its weights copied over, whichever is faster on this machine."),
+    md(SETUP_MD), code(SETUP),
+    md("**Load a model.** `fnb.load` puts non-expert weights on the fast device and keeps "
+       "`expert_budget` experts there; the rest stay in CPU memory. In smoke mode this is the "
+       "embedded tiny Mixtral (built locally, no download) with a quarter of its experts "
+       "resident; in full mode a Mixtral-8x7B-shaped model with a 24 GB card's share. "
+       "`S.load()` is `fnb.load(path, expert_budget=0)`, then `fnb.calibrate(eng, prompts)` "
+       "(routing popularity: which experts are hot), then `eng.set_expert_budget(...)`."),
+    code("eng = S.load()\neng"),
+    md("**Generate.** The result carries the text, the token ids and statistics: prefill and "
+       "decode time, and per layer how many expert-token pairs ran on a resident expert, on "
+       "the CPU, or after copying weights. (The tiny model has random weights: its text is "
+       "gibberish bytes; the statistics are what matter here.)"),
+    code("res = eng.generate(S.prompt(), max_new_tokens=S.new_tokens)\n"
+         "print(repr(res.text))\nprint(res.stats.table())"),
+    md("**Routing popularity.** Which experts the router picked on the calibration set decides "
+       "which experts are worth keeping on the GPU: counts per MoE layer x expert. "
+       "`fnb.calibrate(eng, your_prompts)` records new ones and re-places at once."),
+    code("eng.popularity.counts"),
+    md("**Change the GPU expert budget without reloading.** A smaller budget means fewer "
+       "resident experts, so more pairs run on the CPU: watch the `resident` and `cpu` columns."),
+    code("eng.set_expert_budget(eng.num_layers * eng.num_experts // 8)\n"
+         "print(eng)\nprint(eng.generate(S.prompt(), max_new_tokens=S.new_tokens).stats.table())"),
+    md("**One decode step, layer by layer.** Each bar is one MoE layer's expert work on a "
+       "lane: resident experts on the GPU, offloaded ones on the CPU, copies on the transfer "
+       "lane. On a GPU the CPU and GPU lanes overlap; on a CPU-only machine they cannot."),
+    code("plots.decode_timeline(eng.trace_decode_step(S.prompt()))"),
+    md("**The transformers model still works unchanged** -- the orchestration is plugged in as "
+       "an experts implementation, so `model.generate` runs through it too."),
+    code("eng.model.generate(**eng.encode(S.prompt()), max_new_tokens=4, do_sample=False)"),
+]
+
+NOTEBOOKS["02_profile_your_hardware"] = [
+    md("# 02 Profile your hardware\n\n"
+       "Whether an offloaded expert should run on the CPU or be copied to the GPU depends on "
+       "this machine: CPU speed for one expert, memory bandwidth, and the host-GPU link. The "
+       "profiler measures what is here and never invents what is not."),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.profiler import profile_hardware"),
+    md("**Measure one Mixtral-8x7B expert on this CPU** (real shape and dtype, random weights) "
+       "for a few token counts, and probe CPU read bandwidth. Smoke mode uses fewer points and "
+       "smaller probes; without CUDA the GPU parts are skipped with the reason recorded."),
+    code('prof = profile_hardware("mixtral-8x7b", quick=S.profile_quick, tokens=S.profile_tokens)\n'
+         "print(prof.summary())"),
+    md("**Save the profile** as JSON so the engine (`fnb.load(..., profile=path)`) and the "
+       "planner can use it later without measuring again."),
+    code('profile_path = prof.save(nbmode.output_dir() / "profile-mixtral-8x7b.json")\nprofile_path'),
+    md("**CPU path vs copy-to-GPU path for one expert.** Without a measured GPU the GPU side "
+       "is the documented default (see the title). The CPU cost grows with the tokens routed "
+       "to the expert, the copy cost is nearly flat: they cross at n*."),
+    code("plots.latency_curves(prof.latency_model(), prof.expert_bytes)"),
+    md("**Attach a GPU you do not have.** A preset (vendor figures, cited) combined with the "
+       "CPU measured here gives a *projected* crossover -- here the paper's 24 GB Quadro RTX "
+       "6000 on PCIe 3."),
+    code("with_gpu = prof.with_gpu_preset(S.gpu_preset)\n"
+         "print(with_gpu.latency_model().source, '| crossover n* =', with_gpu.crossover())\n"
+         "plots.latency_curves(with_gpu.latency_model(), with_gpu.expert_bytes)"),
+]
+
+NOTEBOOKS["03_tune_the_gpu_expert_budget"] = [
+    md("# 03 Tune the GPU expert budget\n\n"
+       "How many experts to keep on the GPU, which ones (placement), and what to do with the "
+       "others (execution) -- try them live. The tuner re-places experts without reloading."),
+    md(SETUP_MD), code(SETUP),
+    md("**Load and calibrate**: `S.load()` records routing popularity on a calibration set, so "
+       "`popularity` placement knows which experts are hot, then places the budget."),
+    code("eng = S.load()\neng"),
+    md("**The tuner.** Move the budget slider (experts; the label gives the memory in GiB), "
+       "pick a placement and an execution policy and a prompt length, then press *Measure*. "
+       "Each run adds a point to the plot of decode tokens/s against the budget; errors show "
+       "in red under the controls."),
+    code("tuner = widgets.tuner(eng, prompt_tokens=S.prompt_tokens, new_tokens=S.new_tokens)\ntuner"),
+    md("**Sweep the budget** -- the same as pressing the sweep button: a few budgets from 0 to "
+       "all experts, with a progress bar. The plot above updates in place."),
+    code("points = tuner.run_sweep()\nprint(widgets.describe(points[-1]))"),
+    md("**Where the time goes** for the points just measured: prefill vs decode seconds."),
+    code("plots.phase_breakdown(points[:1] + points[-1:])"),
+]
+
+NOTEBOOKS["04_fiddler_vs_naive_offloading"] = [
+    md("# 04 Fiddler vs naive offloading\n\n"
+       "The paper's comparison on this machine: Fiddler (popular experts resident, the rest run "
+       "on the CPU or copied, whichever is faster), an LRU expert cache, copying every missing "
+       "expert on demand, all experts on the CPU, and accelerate's offloading of whole layers."),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.bench import bench, records_table"),
+    md("**Run the matrix**: every strategy x GPU expert budget x prompt length, with a "
+       "warm-up, medians of repeats, and a check that all strategies produce the same tokens."),
+    code("records = bench(S.model_path(), prompt_lengths=S.prompt_sweep,\n"
+         "                new_tokens=S.new_tokens, batches=(1,), repeats=2)\n"
+         "print(records_table(records))"),
+    md("**Decode tokens/s against the budget**, one line per strategy. On a CPU-only machine "
+       "the 'GPU' is the CPU, so no strategy can win by overlapping: the figure shows the "
+       "mechanics; on a GPU it shows the paper's gap."),
+    code("plots.tokens_per_s_vs_budget(measured=records, prompt_tokens=S.prompt_sweep[-1])"),
+    md("**Prefill vs decode per strategy** with no expert resident (budget 0, where the "
+       "strategies differ most) at the longest prompt: long prompts favour copying hot "
+       "experts, decode favours the CPU."),
+    code("plots.phase_breakdown(records, budget=0, prompt_tokens=S.prompt_sweep[-1])"),
+]
+
+NOTEBOOKS["05_expert_popularity_and_placement"] = [
+    md("# 05 Expert popularity and placement\n\n"
+       "Fiddler fills the GPU with the experts the router picks most often. This notebook "
+       "records routing popularity, shows which experts each placement policy keeps on the "
+       "GPU, and measures how often decode finds its expert resident."),
+    md(SETUP_MD), code(SETUP),
+    md("**Load, and record routing popularity** on a calibration set (`S.load()` already "
+       "calibrated once; calling `fnb.calibrate` again shows the step and re-places)."),
+    code("eng = S.load(execution='cpu')\npop = fnb.calibrate(eng, S.calibration_set())\npop.tokens, pop.source"),
+    md("**Popularity heatmap** (share of each layer's routed pairs per expert); outlined "
+       "cells are the experts the `popularity` placement keeps on the GPU."),
+    code("plots.popularity_heatmap(pop, eng.placement)"),
+    md("**Another policy** with the same budget: `layer-balanced` keeps the same number of "
+       "experts per layer (the most popular of each layer) -- compare the outlines."),
+    code("eng.set_placement('layer-balanced')\nplots.popularity_heatmap(pop, eng.placement)"),
+    md("**Hit rate per placement**: run every static policy at this budget and count how many "
+       "decode expert-token pairs found their expert resident (the rest ran on the CPU)."),
+    code("points = widgets.sweep(eng, [eng.config.expert_budget],\n"
+         "                      placements=('popularity', 'layer-balanced', 'first-layers', 'random', 'none'),\n"
+         "                      executions=('cpu',), prompt_tokens=S.prompt_tokens, new_tokens=S.new_tokens)\n"
+         "plots.hit_rates(points)"),
+    md("**Keep the popularity as data**, not as a literal in code: save it and pass it to "
+       "`fnb.load(..., popularity=path)` next time."),
+    code('path = pop.save(nbmode.output_dir() / "popularity.safetensors")\n'
+         "fnb.Popularity.load(path).counts.sum(dim=1)"),
+]
+
+NOTEBOOKS["06_plan_a_bigger_model"] = [
+    md("# 06 Plan a bigger model\n\n"
+       "Will unquantized Mixtral-8x7B (bf16, ~94 GB) run usefully on a 24 GB GPU with *this* "
+       "CPU? The planner projects tokens/s from the CPU measured here and a cited GPU preset. "
+       "Nothing runs a model: every number below is **projected**."),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.planner import plan, plan_table, resolve_budget\n"
+                              "from fiddler_nb.profiler import profile_hardware"),
+    md("**Measure this CPU on a Mixtral expert** and attach a 24 GB GPU preset (the paper's "
+       "Quadro RTX 6000 in smoke mode)."),
+    code('prof = profile_hardware("mixtral-8x7b", quick=S.profile_quick, tokens=S.profile_tokens)\n'
+         "prof24 = prof.with_gpu_preset(S.gpu_preset)\nprint(prof24.summary())"),
+    md("**How many experts fit** on the card after the non-expert weights (~3.2 GB), a 1 GiB "
+       "reserve for activations and two copy buffers -- of Mixtral's 256 experts (352 MB each)."),
+    code('shape = fnb.get_shape("mixtral-8x7b")\n'
+         "fit = resolve_budget(None, shape, prof24.gpu_memory_bytes)\nfit, shape.total_experts"),
+    md("**Project every strategy** at budgets from 0 to what fits."),
+    code("records = plan(shape, prof24, budgets=S.budgets(fit), prompt_tokens=S.prompt_tokens,\n"
+         "               new_tokens=S.new_tokens, samples=S.plan_samples)\nprint(plan_table(records))"),
+    md("**Projected decode tokens/s against the budget** (dashed: projected)."),
+    code("plots.tokens_per_s_vs_budget(projected=records)"),
+    md("**Projected prefill vs decode** at the budget that fits the card."),
+    code("plots.phase_breakdown(records, budget=fit)"),
+    md("**Explore interactively**: the same tuner as notebook 03, fed with the model shape and "
+       "the profile instead of an engine, projects instead of measuring."),
+    code('planner_tuner = widgets.tuner(("mixtral-8x7b", prof24), prompt_tokens=S.prompt_tokens,\n'
+         "                              new_tokens=S.new_tokens)\nplanner_tuner.run_sweep()\nplanner_tuner"),
+]
+
+NOTEBOOKS["07_bring_your_own_model"] = [
+    md("# 07 Bring your own model\n\n"
+       "Any transformers 5.x MoE checkpoint whose experts use the fused experts interface "
+       "(Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3, PhiMoE, gpt-oss) loads by path."),
+    md(SETUP_MD), code(SETUP + "\nimport tempfile"),
+    md("**Your checkpoint.** Put its directory in `MY_CHECKPOINT`. Left empty, this notebook "
+       "writes a seeded tiny Qwen2-MoE checkpoint (with a shared expert) to a temporary folder "
+       "and loads that by path, exactly as it would load yours."),
+    code("MY_CHECKPOINT = None  # e.g. '/models/Mixtral-8x7B-Instruct-v0.1'\n"
+         "path = MY_CHECKPOINT or fnb.make_tiny_checkpoint(tempfile.mkdtemp() + '/qwen2-moe', arch='qwen2_moe')\n"
+         "path"),
+    md("**Load it by path** with nothing resident yet (`expert_budget=0`, `placement='none'`): "
+       "on a GPU nothing is copied before we know which experts are worth it."),
+    code("eng = fnb.load(path, expert_budget=0, placement='none')\neng"),
+    md("**Calibrate on your own prompts** (replace `S.calibration_set()` with text like your "
+       "workload) to learn which experts your data uses."),
+    code("pop = fnb.calibrate(eng, S.calibration_set())\npop.counts"),
+    md("**Place the most popular quarter of the experts** on the GPU; the rest stay in CPU "
+       "memory. Outlined cells in the heatmap are the resident experts."),
+    code("eng.set_placement('popularity')\neng.set_expert_budget(eng.num_layers * eng.num_experts // 4)\n"
+         "plots.popularity_heatmap(pop, eng.placement)"),
+    md("**Generate** and read the per-phase statistics."),
+    code("res = eng.generate(S.prompt(), max_new_tokens=S.new_tokens)\nprint(res.stats.table())"),
+    md("**Tune it** with the same widget as notebook 03."),
+    code("tuner = widgets.tuner(eng, prompt_tokens=S.prompt_tokens, new_tokens=S.new_tokens)\n"
+         "tuner.run()\ntuner"),
+]
+
+
+def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src)
+                             for kind, src in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        nb = build(name, cells)
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{name[:2]}-{i:02d}"  # stable ids: rebuilding gives no diff
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Notebook 03 in a real browser: JupyterLab + headless Chromium, the tuner moved and re-run.
+
+Runs all cells of a copy of notebooks/03 in JupyterLab, waits for the tuner (ipywidgets) and its
+plotly FigureWidget to render, moves the budget slider one step with the keyboard, presses
+"Measure this budget" and checks the plot in the DOM gained a point and the status line names
+the new budget. A screenshot goes to the test's tmp folder and reports/browser/screenshot.png.
+Skipped (with the reason) without /usr/bin/chromium or the playwright package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from browser_helpers import (CHROMIUM, CHROMIUM_ARGS, jupyter_lab, missing_requirements,
+                             plot_points)
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "03_tune_the_gpu_expert_budget.ipynb"
+TUNER = ".fnb-tuner"  # widgets.CSS_CLASS
+RUN_ALL_S = 180  # kernel start + model build + calibration + a 5-budget sweep, smoke mode
+CLICK_S = 60  # one measured point on the tiny model
+VIEWPORT = {"width": 1400, "height": 1000}
+FIGURES = 2  # plotly figures notebook 03 shows once every cell ran: the tuner's, the breakdown
+
+
+def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _budget_readout(page) -> int:
+    text = page.locator(f"{TUNER} .widget-readout").first.inner_text()
+    return int(re.sub(r"\D", "", text))
+
+
+def test_tuner_renders_and_reruns_in_jupyterlab(tmp_path):
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+    cache = os.environ.get("FIDDLER_NB_CACHE") or str(tmp_path / "cache")
+    env = {"FIDDLER_NB_CACHE": cache, "FIDDLER_NB_MODE": "smoke"}
+    shot = tmp_path / "screenshot.png"
+    with jupyter_lab(root, env) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                     headless=True)
+        page = browser.new_page(viewport=VIEWPORT)
+        try:
+            before, after, budget, status, errors = _drive(page, server, shot)
+        except BaseException:
+            page.screenshot(path=str(shot), full_page=True)  # what the page showed at failure
+            _keep(shot)
+            raise
+        finally:
+            browser.close()
+    _keep(shot)
+    assert after == before + 1, f"the plot had {before} points and now has {after}"
+    assert f"budget {budget + 1} experts" in status, f"status line after the click: {status!r}"
+    assert errors.strip() == "", f"the tuner showed an error: {errors!r}"
+
+
+def _drive(page, server, shot: Path) -> tuple[int, int, int, str, str]:
+    """Run all cells, move the slider, click Measure; (points before, after, budget, status,
+    error line)."""
+    page.goto(server.notebook_url(NOTEBOOK))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    _wait(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), 60,
+          "the kernel to start")
+    page.click(".lm-MenuBar-item:has-text('Run')")
+    page.click(".lm-Menu-item:has-text('Run All Cells')")
+
+    page.wait_for_selector(f"{TUNER} .js-plotly-plot", timeout=RUN_ALL_S * 1000)
+    _wait(lambda: page.locator(".jp-Notebook .js-plotly-plot").count() >= FIGURES,
+          RUN_ALL_S, "the last cell's figure (all cells run)")
+    before = plot_points(page, TUNER)
+    assert before > 0, "the sweep cell drew no points in the tuner plot"
+    budget = _budget_readout(page)
+
+    page.locator(f"{TUNER} .noUi-handle").first.focus()
+    page.keyboard.press("ArrowRight")  # one step up
+    _wait(lambda: _budget_readout(page) == budget + 1, 10, "the slider to move")
+    page.click(f"{TUNER} button:has-text('Measure this budget')")
+
+    after = _wait(lambda: plot_points(page, TUNER) > before and plot_points(page, TUNER),
+                  CLICK_S, "a new point in the tuner plot")
+    status = page.locator(f"{TUNER} .widget-html").first.inner_text()
+    page.locator(TUNER).scroll_into_view_if_needed()
+    page.screenshot(path=str(shot))
+    errors = page.locator(f"{TUNER} .widget-html").nth(1).inner_text()
+    return before, after, budget, status, errors
+
+
+def _keep(shot: Path) -> None:
+    """Copy the screenshot to reports/browser/screenshot.png (git-ignored)."""
+    if shot.is_file():
+        reports = REPO / "reports" / "browser"
+        reports.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, reports / "screenshot.png")
