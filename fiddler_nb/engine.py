@@ -165,6 +165,8 @@ class Engine:
     # ---- running ---------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[str] | torch.Tensor) -> dict[str, torch.Tensor]:
         """Token ids (and attention mask) on the fast device for a prompt, prompts or ids."""
+        if _is_empty(prompt):
+            raise ValueError("the prompt is empty; pass text, a list of texts or token ids")
         if isinstance(prompt, torch.Tensor):
             ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
             return {"input_ids": ids.to(self.device),
@@ -178,6 +180,8 @@ class Engine:
     def generate(self, prompt: str | Sequence[str] | torch.Tensor, max_new_tokens: int = 32,
                  **generate_kwargs: Any) -> GenerationResult:
         """Greedy by default; any Hugging Face generate() keyword passes through."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         inputs = self.encode(prompt)
         batch, prompt_len = inputs["input_ids"].shape
         generate_kwargs.setdefault("do_sample", False)
@@ -261,6 +265,9 @@ def load(path: str | Path, device: str | torch.device | None = None,
     "20GiB". profile: a HardwareProfile / LatencyModel / JSON path for `auto` execution.
     """
     make_placement(placement), make_execution(execution)  # unknown names fail before loading
+    if not isinstance(scratch_slots, int) or scratch_slots < 1:
+        raise ValueError(f"scratch_slots must be >= 1 (GPU buffers for transferred experts), "
+                         f"got {scratch_slots!r}")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     root = _resolve_path(path)
@@ -294,6 +301,14 @@ def load(path: str | Path, device: str | torch.device | None = None,
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         raise
+
+
+def _is_empty(prompt: Any) -> bool:
+    if isinstance(prompt, torch.Tensor):
+        return prompt.numel() == 0
+    if isinstance(prompt, str):
+        return not prompt
+    return len(prompt) == 0 or any(not p for p in prompt)
 
 
 def from_model(model, tokenizer=None, device: str | torch.device | None = None,

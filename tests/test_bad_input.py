@@ -133,3 +133,27 @@ def test_budget_above_device_memory_says_how_many_fit(mixtral_path, monkeypatch)
     monkeypatch.setattr(ExpertStore, "max_resident_experts", lambda self: 3)
     with pytest.raises(BudgetError, match=r"only 3 experts fit.*expert_budget<=3"):
         fnb.load(mixtral_path, expert_budget=4)
+
+
+@pytest.mark.parametrize("prompt", ["", [], ["ok", ""]])
+def test_empty_prompt(mixtral_path, prompt):
+    engine = fnb.load(mixtral_path, expert_budget=2)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.generate(prompt)
+
+
+def test_bad_generation_length_and_slots(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=2)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+        engine.generate("x", max_new_tokens=0)
+    with pytest.raises(ValueError, match="scratch_slots must be >= 1"):
+        fnb.load(mixtral_path, scratch_slots=0)
+
+
+def test_causal_lm_without_experts_interface_is_named(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="'bert' has no MoE layer"):
+        fnb.load(tmp_path)

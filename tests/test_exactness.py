@@ -119,3 +119,27 @@ def test_model_generate_works_unchanged(mixtral_path):
     out = engine.model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=258)
     assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
     assert engine.model.config._experts_implementation == "fiddler"
+
+
+def test_sharded_checkpoint_matches_stock(tmp_path, stock_model):
+    """A checkpoint split over several safetensors shards with an index loads the same."""
+    path = fnb.make_tiny_checkpoint(tmp_path / "qwen", arch="qwen2_moe", seed=3)
+    model = stock_model(str(path))
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    sharded = tmp_path / "sharded"
+    assert (sharded / "model.safetensors.index.json").is_file()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (sharded / name).write_bytes((path / name).read_bytes())
+    engine = fnb.load(sharded, expert_budget=5, placement="random", execution="transfer")
+    inputs = engine.encode(PROMPTS)
+    want, want_logits = _tokens_and_logits(model, inputs)
+    got, logits = _tokens_and_logits(engine.model, inputs)
+    assert torch.equal(got, want)
+    assert (logits - want_logits).abs().max().item() <= FP32_ATOL
+
+
+def test_bf16_checkpoint_keeps_its_dtype(tmp_path):
+    path = fnb.make_tiny_checkpoint(tmp_path / "bf16", arch="olmoe", dtype="bfloat16")
+    engine = fnb.load(path, expert_budget=3)
+    assert engine.config.dtype == "bfloat16"
+    assert engine.model.lm_head.weight.dtype == torch.bfloat16
