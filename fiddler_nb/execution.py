@@ -9,9 +9,10 @@ Shape legend: A = activated non-resident experts of one layer.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from .latency import LatencyModel, assign_layer
+from .registry import Registry
 
 
 class ExecutionPolicy(Protocol):
@@ -23,25 +24,17 @@ class ExecutionPolicy(Protocol):
         ...
 
 
-_REGISTRY: dict[str, Callable[..., ExecutionPolicy]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return wrap
+_REGISTRY: Registry[ExecutionPolicy] = Registry("execution policy")
+register = _REGISTRY.register  # class decorator: @register("name")
 
 
 def known_executions() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.known()
 
 
 def make_execution(name: str, **kwargs) -> ExecutionPolicy:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown execution policy {name!r}; known: {', '.join(known_executions())}")
-    return _REGISTRY[name](**kwargs)
+    """A new policy by name; unknown names raise ValueError listing the known ones."""
+    return _REGISTRY.make(name, **kwargs)
 
 
 @register("cpu")

@@ -15,9 +15,11 @@ from __future__ import annotations
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
+
+from .registry import Registry
 
 Slot = tuple[int, int]  # (MoE layer index, expert index)
 
@@ -53,26 +55,17 @@ def is_dynamic(policy: PlacementPolicy) -> bool:
     return hasattr(policy, "admit") and hasattr(policy, "touch")
 
 
-_REGISTRY: dict[str, Callable[..., PlacementPolicy]] = {}
-
-
-def register(name: str):
-    """Class decorator adding a placement policy to the registry under `name`."""
-    def wrap(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return wrap
+_REGISTRY: Registry[PlacementPolicy] = Registry("placement policy")
+register = _REGISTRY.register  # class decorator: @register("name")
 
 
 def known_placements() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.known()
 
 
 def make_placement(name: str, **kwargs) -> PlacementPolicy:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown placement policy {name!r}; known: {', '.join(known_placements())}")
-    return _REGISTRY[name](**kwargs)
+    """A new policy by name; unknown names raise ValueError listing the known ones."""
+    return _REGISTRY.make(name, **kwargs)
 
 
 def _ranked_experts(request: PlacementRequest, layer: int) -> list[int]:

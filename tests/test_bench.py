@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb import bench as bench_mod
-from fiddler_nb.bench import (STRATEGIES, BenchRecord, TokenMismatchError, _check_tokens, bench,
-                              load_records, records_table, save_records)
+from fiddler_nb.bench import (STRATEGIES, TokenMismatchError, _check_tokens, bench, load_records,
+                              records_table, save_records)
 
 
 @pytest.fixture(scope="module")
