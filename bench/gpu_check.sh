@@ -30,10 +30,7 @@ prof = p('mixtral-8x7b', quick=True); prof.save(sys.argv[1]); print(prof.summary
 
 # 1. the matrix: all strategies at the 24 GB-scaled budget; tokens compared, mismatches recorded
 #    (bf16 on GPU vs CPU rounds differently, so a flip is recorded, not fatal)
-"$PYTHON" -c "from fiddler_nb.cli_bench import add_subcommands; import argparse, sys
-p = argparse.ArgumentParser(); add_subcommands(p.add_subparsers(dest='c'))
-a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))" \
-  bench --model "$CKPT" --random-shape mixtral-8x7b --layers "$LAYERS" --dtype bfloat16 \
+"$PYTHON" -m fiddler_nb.cli bench --model "$CKPT" --random-shape mixtral-8x7b --layers "$LAYERS" --dtype bfloat16 \
   --budgets scaled --prompt-lengths 16 512 --batches 1 --new-tokens "$NEW_TOKENS" \
   --repeats 2 --warmup 1 --on-mismatch record --profile "$OUT/profile.json" \
   --out "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.txt"
@@ -58,7 +55,4 @@ print(json.dumps(out, indent=1))
 PY
 
 # 3. the CPU suite on this host's CPU (bandwidth floor, kernel, engine overhead), if time allows
-timeout 120 "$PYTHON" -c "from fiddler_nb.cli_bench import add_subcommands; import argparse, sys
-p = argparse.ArgumentParser(); add_subcommands(p.add_subparsers(dest='c'))
-a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))" \
-  bench --cpu-suite --out "$OUT/cpu_suite.json" 2>&1 | tail -8 || echo "cpu suite skipped (time)"
+timeout 120 "$PYTHON" -m fiddler_nb.cli bench --cpu-suite --out "$OUT/cpu_suite.json" 2>&1 | tail -8 || echo "cpu suite skipped (time)"

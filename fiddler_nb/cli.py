@@ -26,7 +26,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placement", default="popularity", choices=known_placements())
     p.add_argument("--execution", default="auto", choices=known_executions())
     p.add_argument("--popularity", default=None, help="a popularity file from calibrate")
-    p.add_argument("--profile", default=None, help="a HardwareProfile JSON for 'auto'")
+    p.add_argument("--profile", default=None,
+                   help="a HardwareProfile JSON for 'auto', or 'quick' to measure this machine now")
 
 
 def _load_engine(args: argparse.Namespace):

@@ -31,6 +31,9 @@ from .stats import GenerationStats, StatsRecorder, phase_stats
 from .trace import StepTrace, Tracer
 
 
+QUICK_PROFILE = "quick"  # profile= value: measure this machine at load time
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     text: list[str] | str  # str for a single prompt, list for a batch
@@ -137,6 +140,16 @@ class Engine:
 
     def set_latency_model(self, latency: LatencyModel) -> None:
         self._state.latency = latency
+
+    def use_profile(self, profile: Any) -> LatencyModel:
+        """Decide `auto` from a HardwareProfile (or its JSON path, or "quick": measure now)."""
+        if isinstance(profile, str) and profile == QUICK_PROFILE:
+            from .profiler import profile_hardware
+
+            profile = profile_hardware(self, quick=True)
+        latency = _latency_from(profile, self.expert_bytes, self.model, self.device)
+        self.set_latency_model(latency)
+        return latency
 
     def set_popularity(self, popularity: Popularity) -> None:
         if (popularity.num_layers, popularity.num_experts) != (self.num_layers, self.num_experts):
@@ -262,7 +275,9 @@ def load(path: str | Path, device: str | torch.device | None = None,
 
     expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
     (all of them on a CPU-only machine). gpu_memory: the same budget given as memory, e.g.
-    "20GiB". profile: a HardwareProfile / LatencyModel / JSON path for `auto` execution.
+    "20GiB". profile: for `auto` execution, a HardwareProfile / LatencyModel / JSON path, or
+    "quick" to measure this machine now (seconds); None uses the documented default
+    (`latency.default_latency_model`), and `engine.latency.source` says which was used.
     """
     make_placement(placement), make_execution(execution)  # unknown names fail before loading
     if not isinstance(scratch_slots, int) or scratch_slots < 1:
@@ -288,6 +303,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
         config = EngineConfig(str(dev), str(layers[0].module.down_proj.dtype).removeprefix("torch."),
                               budget, placement, execution, scratch_slots, seed)
         engine = Engine(model, tokenizer, layers, store, config, latency, None, str(root))
+        if isinstance(profile, str) and profile == QUICK_PROFILE:
+            engine.use_profile(QUICK_PROFILE)
         if popularity is not None:
             engine.popularity = popularity
             engine.set_popularity(popularity)  # validates the shape
@@ -334,6 +351,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                               _budget(expert_budget, None, store), placement, execution,
                               scratch_slots, seed)
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
+        if isinstance(profile, str) and profile == QUICK_PROFILE:
+            engine.use_profile(QUICK_PROFILE)
         if popularity is not None:
             engine.set_popularity(popularity)
         engine._place(config)
@@ -391,7 +410,8 @@ def parse_bytes(value: str | int) -> int:
 
 
 def _latency_from(profile: Any, expert_bytes: int, model, device: torch.device) -> LatencyModel:
-    if profile is None:
+    if profile is None or (isinstance(profile, str) and profile == QUICK_PROFILE):
+        # "quick": the engine measures once it exists (Engine.use_profile); until then the default
         hidden_bytes = model.config.hidden_size * next(model.parameters()).element_size()
         return default_latency_model(expert_bytes, hidden_bytes, device_type=device.type)
     if isinstance(profile, LatencyModel):

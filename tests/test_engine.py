@@ -96,3 +96,8 @@ def test_profile_loads_into_the_engine(mixtral_path, tmp_path):
     assert not engine.latency.concurrent, "on a CPU-only engine nothing overlaps"
     stats = engine.generate("profiled", max_new_tokens=2).stats
     assert sum(stats.prefill.transfer_pairs) == 0
+
+
+def test_quick_profile_at_load(mixtral_path):
+    engine = fnb.load(mixtral_path, profile="quick", expert_budget=2)
+    assert engine.latency.source.startswith("measured")
