@@ -14,10 +14,18 @@ NEW_TOKENS="${NEW_TOKENS:-8}"    # naive offload copies every offloaded expert p
 CKPT="${CKPT:-/tmp/fnb-random-mixtral-${LAYERS}L}"
 mkdir -p "$OUT"
 
-"$PYTHON" - <<'PY'
-import torch, sys
+"$PYTHON" - "$OUT/versions.txt" <<'PY'
+import os, sys
+import accelerate, torch, transformers
 assert torch.cuda.is_available(), "gpu_check.sh needs CUDA"
-print(torch.__version__, torch.cuda.get_device_name(0), file=sys.stderr)
+versions = (f"torch {torch.__version__} ({torch.cuda.get_device_name(0)}), "
+            f"transformers {transformers.__version__}, accelerate {accelerate.__version__}")
+open(sys.argv[1], "w").write(versions + "\n")
+print(versions, file=sys.stderr)
+have = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+if have < (5, 24) and not os.environ.get("ALLOW_OLD_TRANSFORMERS"):
+    sys.exit(f"transformers {transformers.__version__} < 5.24 (the tested pin in "
+             "requirements/constraints.txt): install it, or set ALLOW_OLD_TRANSFORMERS=1")
 PY
 nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current \
   --format=csv > "$OUT/gpu.csv" 2>/dev/null || true

@@ -197,15 +197,18 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     try:
         for budget, strategy in runs:
             placement, execution = STRATEGIES[strategy]
-            eng.set_execution(execution)
-            eng.set_placement(placement)
-            eng.set_expert_budget(budget)
+            if budget > eng._state.store.max_resident_experts():
+                records += [_skipped(case, budget, base, "budget does not fit this GPU",
+                                     strategy, placement, execution) for case in cases]
+                bar.update(len(cases))
+                continue
+            eng.reconfigure(expert_budget=budget, placement=placement, execution=execution)
             for case in cases:
                 records.append(_run_engine_cell(eng, strategy, budget, case, prompts[case],
                                                 warmup, base, reference, on_mismatch))
                 bar.update(1)
         eng.close()
-        eng = None  # close() keeps .layers (the CPU experts): drop them before a second copy loads
+        eng = None  # drop the engine's CPU experts before accelerate loads a second copy
         if "naive-offload" in strategies:
             records += _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base,
                                   reference, on_mismatch, bar)
@@ -340,8 +343,9 @@ def _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base, refe
     return out
 
 
-def _skipped(case, budget, base, reason: str) -> BenchRecord:
-    return BenchRecord(strategy="naive-offload", placement="accelerate", execution="-",
+def _skipped(case, budget, base, reason: str, strategy: str = "naive-offload",
+             placement: str = "accelerate", execution: str = "-") -> BenchRecord:
+    return BenchRecord(strategy=strategy, placement=placement, execution=execution,
                        budget_experts=budget, prompt_tokens=case[0], batch=case[1],
                        prefill_tps=None, decode_tps=None, time_to_first_token_s=None,
                        prefill_hit_rate=None, decode_hit_rate=None, bytes_moved=None,

@@ -151,11 +151,15 @@ class Engine:
         self.set_latency_model(latency)
         return latency
 
-    def set_popularity(self, popularity: Popularity) -> None:
+    def _check_popularity(self, popularity: Popularity) -> None:
         if (popularity.num_layers, popularity.num_experts) != (self.num_layers, self.num_experts):
             raise ValueError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] "
                              f"but the model has {self.num_layers} MoE layers x "
                              f"{self.num_experts} experts; record it on this model")
+
+    def set_popularity(self, popularity: Popularity) -> None:
+        """Use these routing counts; placement 'popularity' re-places at once."""
+        self._check_popularity(popularity)
         self.popularity = popularity
         if self.config.placement == "popularity":
             self._place(self.config)
@@ -306,8 +310,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
         if isinstance(profile, str) and profile == QUICK_PROFILE:
             engine.use_profile(QUICK_PROFILE)
         if popularity is not None:
-            engine.popularity = popularity
-            engine.set_popularity(popularity)  # validates the shape
+            engine._check_popularity(popularity)
+            engine.popularity = popularity  # placed once, just below
         engine._place(config)
         return engine
     except BaseException:
@@ -354,7 +358,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
         if isinstance(profile, str) and profile == QUICK_PROFILE:
             engine.use_profile(QUICK_PROFILE)
         if popularity is not None:
-            engine.set_popularity(popularity)
+            engine._check_popularity(popularity)
+            engine.popularity = popularity  # placed once, just below
         engine._place(config)
         return engine
     except BaseException:

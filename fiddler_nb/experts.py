@@ -13,6 +13,7 @@ to one expert, H = hidden size, I = expert intermediate size.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ..
     if layout.has_bias:
         y = y + weights[3]
     if layout.has_post_expert_norm:
-        y = module.post_expert_norm(y)
+        y = _post_norm_on(module, y.device)(y)
     return y
 
 
@@ -66,6 +67,17 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
+def _post_norm_on(module, device: torch.device):
+    """The experts' post-norm with its (small) weights on `device`: one copy per device, since
+    the same expert may run on the CPU or the fast device."""
+    norms = module.__dict__.setdefault("_fnb_post_norms", {})
+    if device not in norms:
+        base = module.post_expert_norm
+        on_base = next(base.parameters(), torch.empty(0)).device == device
+        norms[device] = base if on_base else copy.deepcopy(base).to(device)
+    return norms[device]
+
+
 @dataclass
 class _LayerSlots:
     resident: dict[int, int]  # expert -> row in the resident tensors
@@ -84,6 +96,7 @@ class ExpertStore:
         self.expert_bytes = layers[0].expert_bytes
         self.num_experts = layers[0].num_experts
         self._slots = [_LayerSlots({}, None) for _ in layers]
+        self._row_read: dict[tuple[int, int], object] = {}
         if self.is_cuda:
             self._pin_cpu_weights()
         self.copy_stream = torch.cuda.Stream(device) if self.is_cuda else None
@@ -106,6 +119,8 @@ class ExpertStore:
         if not self.is_cuda:
             return total
         free, _ = torch.cuda.mem_get_info(self.device)
+        # blocks torch's allocator caches but does not use are free to us (empty_cache frees them)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         free += self._resident_bytes()  # re-placing frees the current residents first
         fit = max(0, (free - self.reserve_bytes) // self.expert_bytes)
         return int(min(total, fit))
@@ -124,22 +139,24 @@ class ExpertStore:
                               f"free for activations); pass expert_budget<={fit}")
 
     def set_placement(self, placement: frozenset[tuple[int, int]]) -> None:
-        """Make exactly `placement` resident. On failure the previous placement is kept."""
-        old = [(s.resident, s.tensors) for s in self._slots]
+        """Make exactly `placement` resident. On failure the previous placement is rebuilt."""
+        old = self.placement  # pairs only: holding the old tensors would need 2x GPU memory
         try:
-            for s in self._slots:  # free first so the new copies fit where the old ones were
-                s.resident, s.tensors = {}, None
-            if self.is_cuda:
-                torch.cuda.empty_cache()
-            for i, layer in enumerate(self.layers):
-                experts = sorted(e for (l, e) in placement if l == i)
-                self._slots[i] = self._build_layer(layer, experts)
-            if self.is_cuda:
-                torch.cuda.synchronize(self.device)
+            self._build_all(placement)
         except BaseException:
-            for s, (resident, tensors) in zip(self._slots, old):
-                s.resident, s.tensors = resident, tensors
+            self._build_all(old)  # the failed copies were freed first, so the old ones fit again
             raise
+
+    def _build_all(self, placement: frozenset[tuple[int, int]]) -> None:
+        self._row_read = {}  # (layer, row) -> CUDA event after the last kernel reading the row
+        for s in self._slots:  # free first so the new copies fit where the old ones were
+            s.resident, s.tensors = {}, None
+        if self.is_cuda:
+            torch.cuda.empty_cache()
+        for i, layer in enumerate(self.layers):
+            self._slots[i] = self._build_layer(layer, sorted(e for (l, e) in placement if l == i))
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
 
     def _build_layer(self, layer: MoELayer, experts: list[int]) -> _LayerSlots:
         resident = {e: row for row, e in enumerate(experts)}
@@ -174,8 +191,9 @@ class ExpertStore:
     def swap_in(self, layer: int, expert: int, victim: int) -> tuple[torch.Tensor, ...]:
         """Replace resident `victim` with `expert` (a cache fill); returns the new weights.
 
-        On CUDA the copy is ordered on the compute stream, after every kernel already enqueued
-        that reads the victim's row. On the CPU the fill is a real copy into a scratch slot.
+        On CUDA the copy runs on the copy stream once the last kernel that read the victim's row
+        is done (`mark_read` events), so it overlaps other experts' compute; the compute stream
+        then waits for it. On the CPU the fill is a real copy into a scratch slot.
         """
         slots = self._slots[layer]
         row = slots.resident.pop(victim)
@@ -184,9 +202,26 @@ class ExpertStore:
             slot, weights = self.begin_transfer(layer, expert)
             self.end_transfer(slot)
             return weights
-        for dst, src in zip(slots.tensors, self.cpu_weights(layer, expert)):
-            dst[row].copy_(src, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.copy_stream):
+            last_read = self._row_read.get((layer, row))
+            # a row nobody has marked may have reads still queued: wait for all queued compute
+            if last_read is None:
+                self.copy_stream.wait_stream(compute)
+            else:
+                self.copy_stream.wait_event(last_read)
+            for dst, src in zip(slots.tensors, self.cpu_weights(layer, expert)):
+                dst[row].copy_(src, non_blocking=True)
+        compute.wait_stream(self.copy_stream)
         return tuple(t[row] for t in slots.tensors)
+
+    def mark_read(self, layer: int, expert: int) -> None:
+        """Record that the compute stream has enqueued its reads of a resident expert's row
+        (lets a later cache fill of that row start as early as possible)."""
+        if self.is_cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self._row_read[(layer, self._slots[layer].resident[expert])] = event
 
     def begin_transfer(self, layer: int, expert: int) -> tuple[int, tuple[torch.Tensor, ...]]:
         """Start copying one expert into the next scratch slot; returns (slot, weights there).
@@ -210,6 +245,12 @@ class ExpertStore:
             for d, s in zip(dst, src):
                 d.copy_(s)
         return slot, dst
+
+    def wait_for_free_slot(self) -> None:
+        """Make the copy stream wait until the next scratch slot's last reader is done."""
+        event = self._slot_free[self._next_scratch]
+        if self.is_cuda and event is not None:
+            self.copy_stream.wait_event(event)
 
     def end_transfer(self, slot: int) -> None:
         if self.is_cuda:
@@ -239,3 +280,6 @@ class ExpertStore:
         self._scratch = ()
         if self.is_cuda:
             torch.cuda.empty_cache()
+            empty_host_cache = getattr(torch.accelerator, "empty_host_cache", None)
+            if empty_host_cache is not None:  # cached pinned blocks go back to the OS too
+                empty_host_cache()

@@ -104,9 +104,11 @@ def load_model(root: Path, device: torch.device, dtype: torch.dtype | None) -> n
 
 
 def move_non_experts(model: nn.Module, device: torch.device) -> None:
-    """Move every parameter and buffer not owned by a routed-experts module to `device`."""
+    """Move every parameter and buffer not owned by a routed-experts module (or its children,
+    e.g. a post-expert norm) to `device`."""
+    inside = {id(m) for e in model.modules() if is_experts_module(e) for m in e.modules()}
     for module in model.modules():
-        if is_experts_module(module):
+        if id(module) in inside:
             continue
         for name, param in module.named_parameters(recurse=False):
             if param.device != device:

@@ -83,6 +83,8 @@ class LayerRuntime:
             rows = row_lists[e]
             self._write(out, rows, run_expert(self.layer, hidden[rows // top_k],
                                               st.store.resident_weights(idx, e)), pair_weights)
+            if st.cache is not None:
+                st.store.mark_read(idx, e)  # a cache fill may reuse this row soon
             st.stats.add(idx, "resident", counts[e])
         if mark is not None:
             tracer.stop(idx, "gpu", mark, len(resident))
@@ -91,7 +93,9 @@ class LayerRuntime:
         for e in transferred:
             rows = row_lists[e]
             victim = st.cache.admit(idx, e, st.store.residents(idx)) if st.cache else None
-            copy_stream = st.store.copy_stream if victim is None else None
+            copy_stream = st.store.copy_stream
+            if tracer and victim is None and copy_stream is not None:
+                st.store.wait_for_free_slot()  # the lane starts once the slot is free to fill
             mark = tracer.start("transfer", copy_stream) if tracer else None
             if victim is None:
                 slot, weights = st.store.begin_transfer(idx, e)
@@ -106,6 +110,8 @@ class LayerRuntime:
                 tracer.stop(idx, "gpu", mark, 1)
             if slot is not None:
                 st.store.end_transfer(slot)
+            else:
+                st.store.mark_read(idx, e)
             st.stats.add(idx, "transfer", counts[e])
             st.stats.add_transfer(idx, st.store.expert_bytes)
         if cpu_job is not None:
@@ -130,7 +136,7 @@ class LayerRuntime:
         x_host.copy_(x, non_blocking=True)
         w_host.copy_(w, non_blocking=True)
         ready = torch.cuda.Event()
-        ready.record()
+        ready.record(torch.cuda.current_stream(hidden.device))
         return rows, x_host, w_host, ready
 
     def _finish_cpu(self, out, job, on_cpu, counts) -> None:

@@ -47,13 +47,13 @@ class Tracer:
         if self.cuda:
             torch.cuda.synchronize(device)
             self._e0 = torch.cuda.Event(enable_timing=True)
-            self._e0.record()
+            self._e0.record(torch.cuda.current_stream(device))
             self._t0 = time.perf_counter()
 
     def _mark(self, lane: str, stream=None):
         if self.cuda and lane != "cpu":
             event = torch.cuda.Event(enable_timing=True)
-            event.record(stream)
+            event.record(stream if stream is not None else torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 
