@@ -165,6 +165,8 @@ class HardwareProfile:
             data[key] = tuple(int(v) for v in data.get(key, ()))
         for key in ("cpu_ms", "gpu_ms", "notes"):
             data[key] = tuple(data.get(key, ()))
+        if data.get("cpu_probes_gbps"):  # files written before copy probes were excluded
+            data["cpu_read_gbps"] = best_read_gbps(data["cpu_probes_gbps"])
         return cls(**data)
 
     @classmethod
