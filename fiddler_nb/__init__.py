@@ -10,7 +10,8 @@ from . import policies
 from .config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
 from .bench import BenchRecord, bench
 from .cpu_suite import run_cpu_suite
-from .engine import Engine, GenerationResult, from_model, load
+from .engine import Engine, GenerationResult
+from .factory import from_model, load
 from .hardware import GPU_PRESETS, LINK_PRESETS
 from .latency import Curve, LatencyModel, assign_layer
 from .planner import PlanRecord, plan, plan_table

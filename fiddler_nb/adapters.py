@@ -102,10 +102,11 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
         raise UnsupportedModelError(
             f"model type {model_type!r} has no MoE layer that uses transformers' experts "
             f"interface; supported architectures include {', '.join(TESTED_ARCHITECTURES)}")
-    counts = {layer.num_experts for layer in layers}
-    if len(counts) != 1:
-        raise UnsupportedModelError(f"MoE layers have different expert counts {sorted(counts)}; "
-                                    "fiddler_nb needs the same number of experts in every layer")
+    shapes = {tuple(tuple(getattr(l.module, n).shape) for n in l.layout.param_names) + (l.layout,)
+              for l in layers}
+    if len(shapes) != 1:
+        raise UnsupportedModelError("MoE layers have different expert counts or shapes; "
+                                    "fiddler_nb needs the same experts in every MoE layer")
     return layers
 
 

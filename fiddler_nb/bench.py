@@ -158,7 +158,7 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     shape preset (e.g. "mixtral-8x7b") whose layer count scales decode tok/s into the derived
     full-model figure. profile: a HardwareProfile / JSON for `auto` (default: the engine's).
     """
-    from .engine import load
+    from .factory import load
     from .hardware import machine_facts
     from .routing import calibrate
 
@@ -197,7 +197,7 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     try:
         for budget, strategy in runs:
             placement, execution = STRATEGIES[strategy]
-            if budget > eng._state.store.max_resident_experts():
+            if budget > eng.max_resident_experts():
                 records += [_skipped(case, budget, base, "budget does not fit this GPU",
                                      strategy, placement, execution) for case in cases]
                 bar.update(len(cases))
@@ -297,7 +297,7 @@ def _run_engine_cell(eng, strategy: str, budget: int, case, ids: torch.Tensor, w
 def _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base, reference,
                on_mismatch, bar) -> list[BenchRecord]:
     from .config import resolve_device, resolve_dtype
-    from .engine import _resolve_path
+    from .factory import resolve_path
     from .naive import load_naive, timed_generate
 
     dev = resolve_device(device)
@@ -306,7 +306,7 @@ def _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base, refe
     run_budgets = budgets if dev.type == "cuda" else [None]
     for budget in run_budgets:
         try:
-            naive, setup, calls = load_naive(_resolve_path(model), resolve_dtype(dtype),
+            naive, setup, calls = load_naive(resolve_path(model), resolve_dtype(dtype),
                                              budget or 0, dev)
         except ImportError as err:
             out += [_skipped(case, budget, base, f"accelerate not importable: {err}")

@@ -31,7 +31,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_engine(args: argparse.Namespace):
-    from .engine import load
+    from .factory import load
 
     return load(args.model, device=args.device, dtype=args.dtype,
                 expert_budget=args.expert_budget, gpu_memory=args.gpu_memory,

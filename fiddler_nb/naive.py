@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
 from .adapters import find_moe_layers, is_experts_module
+from .timing import FirstTokenClock, sync, with_clock
 
 CPU_NOTE = ("no CUDA: accelerate cpu_offload hooks with execution device cpu; no weights cross a "
             "link, so this measures hook overhead only (not an offloading number); the expert "
@@ -101,22 +101,6 @@ def load_naive(path: str | Path, dtype: torch.dtype | None, expert_budget: int,
                              per_layer_bytes, note), calls
 
 
-class _FirstToken(BaseStreamer):
-    """Marks when generate() hands over the first new token (the end of prefill)."""
-
-    def __init__(self, sync):
-        self.sync, self.calls, self.at = sync, 0, None
-
-    def put(self, value: torch.Tensor) -> None:
-        self.calls += 1
-        if self.calls == 2:  # call 1 is the prompt
-            self.sync()
-            self.at = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-
 @dataclass(frozen=True)
 class TimedGeneration:
     token_ids: torch.Tensor  # [B, new] on the CPU
@@ -127,18 +111,14 @@ class TimedGeneration:
 def timed_generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int,
                    device: torch.device, **generate_kwargs) -> TimedGeneration:
     """Greedy generate with the clock read after a device synchronise, prefill split off."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     ids = input_ids.to(device)
-    clock = _FirstToken(sync)
-    sync()
+    clock = FirstTokenClock(device)
+    sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             streamer=clock, do_sample=False, **generate_kwargs)
-    sync()
+                             do_sample=False, **with_clock(generate_kwargs, clock))
+    sync(device)
     end = time.perf_counter()
-    first = clock.at or end
+    first = clock.first_token_at or end
     return TimedGeneration(out[:, ids.shape[1]:].cpu(), first - start, end - first)

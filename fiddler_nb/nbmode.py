@@ -73,7 +73,7 @@ class NotebookSizes:
         `calibration_set()` so 'popularity' placement knows the hot experts, then `placement`
         places the budget: a GPU never holds more than the budget, nothing falls back silently.
         """
-        from .engine import load
+        from .factory import load
         from .routing import calibrate as record
 
         eng = load(model or self.model_path(), expert_budget=0, placement="none", **kwargs)

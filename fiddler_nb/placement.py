@@ -178,6 +178,10 @@ class LfuCache(LruCache):
         super().__init__()
         self._hits: dict[tuple[int, int], int] = {}
 
+    def place(self, request: PlacementRequest) -> frozenset[Slot]:
+        self._hits = {}  # a new placement starts a new count
+        return super().place(request)
+
     def _use(self, layer: int, expert: int) -> None:
         super()._use(layer, expert)
         self._hits[(layer, expert)] = self._hits.get((layer, expert), 0) + 1
@@ -187,6 +191,8 @@ class LfuCache(LruCache):
             return None
         uses = self._order.setdefault(layer, {})
         victim = min(resident, key=lambda e: (self._hits.get((layer, e), 0), uses.get(e, 0), e))
+        self._hits.pop((layer, victim), None)  # an evicted expert starts from zero when it returns
+        uses.pop(victim, None)
         self._use(layer, expert)
         return victim
 

@@ -82,9 +82,7 @@ def calibrate(engine: "Engine", prompts: Sequence[str] | str,
         prompts = [prompts]
     if not prompts:
         raise ValueError("calibrate needs at least one prompt")
-    state = engine._state
-    for row in state.routing_counts:
-        row[:] = [0] * len(row)
+    engine.reset_routing_counts()
     tokens = 0
     with torch.inference_mode():
         for prompt in prompts:
@@ -96,7 +94,7 @@ def calibrate(engine: "Engine", prompts: Sequence[str] | str,
                 tokens += max_new_tokens * int(ids["input_ids"].shape[0])
             else:
                 engine.model(**ids)
-    popularity = Popularity(torch.tensor(state.routing_counts, dtype=torch.int64), tokens,
+    popularity = Popularity(torch.tensor(engine.routing_counts, dtype=torch.int64), tokens,
                             source=f"calibrate({len(prompts)} prompts) on {engine.path}")
     engine.set_popularity(popularity)
     return popularity

@@ -107,10 +107,20 @@ def default_tiny_path(arch: str = DEFAULT_ARCH, seed: int = 0) -> Path:
     """
     import os
 
+    import shutil
+
     base = Path(os.environ.get("FIDDLER_NB_CACHE", Path.home() / ".cache" / "fiddler_nb"))
     path = base / f"tiny-{arch}-seed{seed}"
     if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        make_tiny_checkpoint(tmp, arch=arch, seed=seed)
-        tmp.replace(path) if not path.exists() else None
+        try:
+            make_tiny_checkpoint(tmp, arch=arch, seed=seed)
+            if path.exists():  # a half-written folder from an interrupted run: replace it
+                shutil.rmtree(path, ignore_errors=True)
+            tmp.replace(path)
+        except OSError:
+            if not (path / "config.json").is_file():  # not another process winning the race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path

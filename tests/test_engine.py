@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import fiddler_nb as fnb
@@ -101,3 +102,74 @@ def test_profile_loads_into_the_engine(mixtral_path, tmp_path):
 def test_quick_profile_at_load(mixtral_path):
     engine = fnb.load(mixtral_path, profile="quick", expert_budget=2)
     assert engine.latency.source.startswith("measured")
+
+
+def test_generate_keywords_pass_through(mixtral_path, stock_model):
+    """Beam search, several return sequences, dict outputs and an explicit mask all work."""
+    engine = fnb.load(mixtral_path, expert_budget=6, placement="layer-balanced", execution="cpu")
+    beams = engine.generate("beam me", max_new_tokens=3, num_beams=2)
+    assert beams.token_ids.shape == (1, 3) and beams.stats.prefill.seconds > 0
+    many = engine.generate("sample", max_new_tokens=3, do_sample=True, num_return_sequences=3)
+    assert many.token_ids.shape == (3, 3) and isinstance(many.text, list) and len(many.text) == 3
+    assert many.stats.batch_size == 3 and many.stats.decode.tokens == 3 * 2
+    as_dict = engine.generate("dict", max_new_tokens=2, return_dict_in_generate=True)
+    assert as_dict.token_ids.shape == (1, 2)
+    ids = torch.tensor([[258, 258, 5, 6, 7], [9, 10, 11, 12, 13]])  # row 0 left-padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    got = engine.generate(ids, max_new_tokens=3, attention_mask=mask).token_ids
+    with torch.inference_mode():
+        want = stock_model(mixtral_path).generate(ids, attention_mask=mask, max_new_tokens=3,
+                                                  do_sample=False, pad_token_id=258)
+    assert torch.equal(got, want[:, 5:])
+
+
+def test_batch_prompts_with_a_tokenizer_without_pad_token(tmp_path, mixtral_path, stock_model):
+    """Causal-LM tokenizers often have no pad token and pad on the right: batches still work."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    ckpt = tmp_path / "nopad"
+    shutil.copytree(mixtral_path, ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok.pad_token = None
+    tok.padding_side = "right"
+    tok.save_pretrained(ckpt)
+    engine = fnb.load(ckpt, expert_budget=4, execution="cpu")
+    prompts = ["a much longer first prompt", "short"]
+    res = engine.generate(prompts, max_new_tokens=3)
+    inputs = engine.encode(prompts)
+    assert inputs["attention_mask"][1, 0] == 0, "batches must be padded on the left"
+    with torch.inference_mode():
+        want = stock_model(str(ckpt)).generate(**inputs, max_new_tokens=3, do_sample=False,
+                                               pad_token_id=engine.pad_token_id)
+    assert torch.equal(res.token_ids, want[:, inputs["input_ids"].shape[1]:])
+
+
+def test_closed_engine_says_so(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=4)
+    engine.close()
+    assert "closed" in repr(engine)
+    with pytest.raises(RuntimeError, match="engine is closed"):
+        engine.generate("x")
+
+
+def test_failed_from_model_leaves_the_model_stock(mixtral_path, stock_model):
+    from fiddler_nb.experts import BudgetError
+
+    model = stock_model(mixtral_path)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        want = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=258)
+    with pytest.raises(BudgetError):
+        fnb.from_model(model, device="cpu", expert_budget=999, execution="transfer")
+    assert model.config._experts_implementation != "fiddler"
+    with torch.inference_mode():
+        got = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=258)
+    assert torch.equal(got, want)
+
+
+def test_stats_phase_resets_after_generate(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=4)
+    engine.generate("x", max_new_tokens=2)
+    assert engine._state.stats.phase == "prefill"

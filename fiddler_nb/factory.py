@@ -1,0 +1,185 @@
+"""Building an Engine: `load` (a checkpoint directory or 'tiny') and `from_model` (in memory).
+
+Everything a user can get wrong is checked before weights are read; if anything fails after,
+GPU memory is released and the model is handed back untouched (no engine half-attached).
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import find_moe_layers
+from .config import EngineConfig, resolve_device, resolve_dtype
+from .engine import QUICK_PROFILE, Engine
+from .execution import make_execution
+from .experts import GIB, ExpertStore
+from .latency import LatencyModel, default_latency_model
+from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
+from .placement import make_placement
+from .routing import Popularity
+
+
+def load(path: str | Path, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None, expert_budget: int | None = None,
+         placement: str = "popularity", execution: str = "auto",
+         popularity: Popularity | str | Path | None = None,
+         profile: Any = None, gpu_memory: str | int | None = None,
+         scratch_slots: int = 2, seed: int = 0) -> Engine:
+    """Load a checkpoint directory (or 'tiny') as an Engine. See the README for each argument.
+
+    expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
+    (all of them on a CPU-only machine). gpu_memory: the same budget given as memory for resident
+    experts, e.g. "20GiB" (not the whole card: non-expert weights come on top). profile: for
+    `auto` execution, a HardwareProfile / LatencyModel / JSON path, or "quick" to measure this
+    machine now (seconds); None uses the documented default (`latency.default_latency_model`),
+    and `engine.latency.source` says which was used.
+    """
+    _check_options(placement, execution, scratch_slots)
+    if expert_budget is not None and gpu_memory is not None:
+        raise ValueError("pass expert_budget or gpu_memory, not both")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    root = resolve_path(path)
+    check_checkpoint(root)
+    check_moe_config(root)
+    if isinstance(popularity, (str, Path)):
+        popularity = Popularity.load(popularity)
+    model = None
+    try:
+        model = load_model(root, dev, torch_dtype)
+        return _build(model, _load_tokenizer(root), dev, expert_budget, gpu_memory, placement,
+                      execution, popularity, profile, scratch_slots, seed, str(root))
+    except BaseException:
+        del model
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        raise
+
+
+def from_model(model, tokenizer=None, device: str | torch.device | None = None,
+               expert_budget: int | None = None, placement: str = "popularity",
+               execution: str = "auto", popularity: Popularity | None = None,
+               profile: Any = None, scratch_slots: int = 2, seed: int = 0,
+               name: str = "in-memory") -> Engine:
+    """An Engine around a transformers MoE model already in memory (e.g. random weights of a
+    real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
+    """
+    _check_options(placement, execution, scratch_slots)
+    dev = resolve_device(device)
+    layers = find_moe_layers(model)
+    if any(getattr(layer.module, n).device.type != "cpu"
+           for layer in layers for n in layer.layout.param_names):
+        raise ValueError("from_model needs the experts in CPU memory; load the model on the CPU")
+    model.eval()
+    move_non_experts(model, dev)
+    return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
+                  profile, scratch_slots, seed, name)
+
+
+def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, placement: str,
+           execution: str, popularity, profile, scratch_slots: int, seed: int,
+           name: str) -> Engine:
+    """Attach an Engine to a model whose non-experts are on `dev`; undo everything on error."""
+    layers = find_moe_layers(model)
+    store = ExpertStore(layers, dev, scratch_slots)
+    engine = None
+    try:
+        latency = latency_from(profile, layers[0].expert_bytes, model, dev)
+        budget = _budget(expert_budget, gpu_memory, store)
+        dtype = str(layers[0].module.down_proj.dtype).removeprefix("torch.")
+        config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed)
+        engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
+        if isinstance(profile, str) and profile == QUICK_PROFILE:
+            engine.use_profile(QUICK_PROFILE)
+        if popularity is not None:
+            engine._check_popularity(popularity)
+            engine.popularity = popularity  # placed once, just below
+        engine._place(config)
+        return engine
+    except BaseException:
+        if engine is not None:
+            engine.close()  # detaches from the model: it behaves like stock transformers again
+        else:
+            store.release()
+        raise
+
+
+def _check_options(placement: str, execution: str, scratch_slots: int) -> None:
+    make_placement(placement), make_execution(execution)  # unknown names fail before loading
+    if not isinstance(scratch_slots, int) or scratch_slots < 1:
+        raise ValueError(f"scratch_slots must be >= 1 (GPU buffers for transferred experts), "
+                         f"got {scratch_slots!r}")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """'tiny' -> the embedded default checkpoint; anything else -> an expanded Path."""
+    if str(path) == "tiny":
+        from .tiny import default_tiny_path
+
+        return default_tiny_path()
+    return Path(path).expanduser()
+
+
+def _load_tokenizer(root: Path):
+    """The checkpoint's tokenizer, set up for batches: left padding (generation continues each
+    row at its end) and, as usual for causal LMs without one, EOS as the pad token."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root)
+    except (OSError, ValueError, TypeError):
+        return None  # token ids still work; encode() says so if text is given
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _budget(expert_budget: int | None, gpu_memory: str | int | None, store: ExpertStore) -> int:
+    if gpu_memory is not None:
+        expert_budget = int(parse_bytes(gpu_memory) // store.expert_bytes)
+        expert_budget = min(expert_budget, len(store.layers) * store.num_experts)
+    if expert_budget is None:
+        return store.max_resident_experts()
+    return expert_budget
+
+
+def parse_bytes(value: str | int) -> int:
+    """'20GiB' / '20 GB' / '512MiB' / 1234 -> bytes."""
+    if isinstance(value, int):
+        return value
+    units = {"gib": GIB, "gb": 10**9, "mib": 1 << 20, "mb": 10**6, "kib": 1 << 10, "kb": 10**3,
+             "b": 1}
+    text = str(value).strip().lower().replace(" ", "")
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise ValueError(f"cannot read memory size {value!r}; write e.g. '20GiB' or '512MiB'")
+
+
+def latency_from(profile: Any, expert_bytes: int, model, device: torch.device) -> LatencyModel:
+    """The LatencyModel `auto` decides with, from whatever `profile` the user passed."""
+    hidden_bytes = model.config.hidden_size * next(model.parameters()).element_size()
+    if profile is None or (isinstance(profile, str) and profile == QUICK_PROFILE):
+        # "quick": the engine measures once it exists (Engine.use_profile); until then the default
+        return default_latency_model(expert_bytes, hidden_bytes, device_type=device.type)
+    if isinstance(profile, LatencyModel):
+        return profile
+    from .profiler import HardwareProfile
+
+    if isinstance(profile, (str, Path)):
+        profile = HardwareProfile.load(profile)
+    latency = profile.latency_model(expert_bytes, hidden_bytes)  # scaled if measured elsewhere
+    if device.type == "cpu":  # the fast device is this CPU: a transfer is a copy plus CPU work
+        latency = replace(latency, gpu=latency.cpu, activation_ms_per_token=0.0,
+                          concurrent=False, notes=latency.notes + ("fast device is the CPU",))
+    return latency
