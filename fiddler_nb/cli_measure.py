@@ -19,7 +19,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     target = args.shape
     if args.model is not None:
-        from .engine import load
+        from .factory import load
 
         target = load(args.model, device="cpu", dtype=args.dtype, expert_budget=0,
                       placement="none")
@@ -31,7 +31,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .planner import plan, plan_table
+    from .planner import UNMEASURED_GPU, gpu_is_unmeasured, plan, plan_table
     from .profiler import HardwareProfile, profile_hardware
 
     if args.profile is None and args.gpu_preset is None:
@@ -42,6 +42,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         profile = profile_hardware(args.shape, quick=True)
     if args.gpu_preset is not None:
         profile = profile.with_gpu_preset(args.gpu_preset)
+    elif gpu_is_unmeasured(profile):
+        print(f"warning: {UNMEASURED_GPU}")  # first, before any projected number
     popularity = None
     if args.popularity is not None:
         from .routing import Popularity
@@ -90,7 +92,8 @@ def add_subcommands(sub) -> None:
     pl.add_argument("--gpu-preset", default=None, choices=known_gpu_presets(),
                     help="attach a preset GPU (+link), e.g. rtx-4090-pcie4")
     pl.add_argument("--budgets", nargs="*", default=None,
-                    help="expert counts, memory ('20GiB') or 'fit' (default: fit)")
+                    help="expert counts, the whole card's memory ('20GiB'; non-expert weights, "
+                         "reserve and scratch subtracted) or 'fit' (default: fit)")
     pl.add_argument("--prompt-tokens", type=int, default=512)
     pl.add_argument("--new-tokens", type=int, default=32)
     pl.add_argument("--popularity", default=None, help="a recorded Popularity file")

@@ -1,8 +1,10 @@
 """CPU benchmark suite that runs on every machine (DESIGN.md §4, CPU targets).
 
   (a) kernel:   one expert of `shape` (default Mixtral-8x7B, bf16) at 1 token through the
-                engine's own kernel `experts.run_expert`; weight GB/s vs the machine's read
-                bandwidth (best of several probes). Target kernel_bw_ratio >= 0.8.
+                engine's own kernel `experts.run_expert` (its `_linear` takes ATen's GEMV for one
+                bf16 CPU token); weight GB/s vs the machine's read bandwidth (best read-only
+                probe, `profiler.best_read_gbps`). Target kernel_bw_ratio >= 0.8. For
+                comparison only, the same math through plain `F.linear` (oneDNN) is timed too.
   (b) overhead: tiny-model decode tokens/s through the engine (everything on the CPU) vs stock
                 transformers on the same checkpoint, interleaved repeats. Target >= 0.9.
   (c) layers:   a `layers`-layer model with `shape`'s real sizes decoding on CPU experts:
@@ -24,15 +26,16 @@ import shlex
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import ModelShape, get_shape, resolve_dtype
+from .profiler import best_read_gbps, measure_cpu_bandwidth
 
 PROBE_BYTES = 512 << 20  # bandwidth probe buffers, well past any last-level cache
 KERNEL_COPIES = 2  # experts rotated over so each call reads its weights from DRAM
@@ -41,7 +44,7 @@ OVERHEAD_REPEATS = 7  # interleaved engine/stock pairs
 OVERHEAD_NEW_TOKENS = 32
 LAYER_NEW_TOKENS = 9  # 8 decode steps after the first token
 PROMPT_TOKENS = 8
-LAYER_REPEATS = 5  # interleaved as-is / proposed-kernel pairs; (c) is the noisiest part
+LAYER_REPEATS = 5  # median of 5 decodes; (c) is the noisiest part
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class CpuSuiteResult:
     kernel_bw_ratio: float | None  # median kernel GB/s / read_gbps
     engine_overhead_ratio: float | None  # median of interleaved engine/stock decode tok/s pairs
     layer_floor_ratio: float | None  # floor s/layer / median measured s/layer
-    read_gbps: float  # best read-only probe, before and after (read_gbps_of)
+    read_gbps: float  # best read-only probe, before and after (profiler.best_read_gbps)
     probes_gbps: dict[str, float]
     kernel: dict[str, Any] = field(default_factory=dict)
     overhead: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +61,7 @@ class CpuSuiteResult:
     date: str = ""
     command: str = ""
     load_average_after: float = 0.0  # 1-minute load average at the end (noise warning)
-    kernel_native_gemv_ratio: float | None = None  # every matmul with oneDNN off (comparison)
+    kernel_onednn_ratio: float | None = None  # comparison: plain F.linear (oneDNN) GB/s / read
     kind: str = "measured"
 
     def save(self, path: str | Path) -> Path:
@@ -76,23 +79,21 @@ class CpuSuiteResult:
         if k:
             lines.append(f"(a) {k['shape']} {k['dtype']} expert at 1 token: {k['ms']:.3f} ms, "
                          f"{k['gbps']:.1f} GB/s of weights (best sample {k['best_gbps']:.1f}); "
-                         f"oneDNN off {k['native_gemv_ms']:.3f} ms, "
-                         f"{k['native_gemv_gbps']:.1f} GB/s")
+                         f"comparison, plain F.linear (oneDNN): {k['onednn_ms']:.3f} ms, "
+                         f"{k['onednn_gbps']:.1f} GB/s")
         if o:
             lines.append(f"(b) tiny decode: engine {o['engine_tps']:.1f} tok/s, stock "
                          f"{o['stock_tps']:.1f} tok/s")
         if l:
             lines.append(f"(c) {l['layers']}-layer {l['shape']} {l['dtype']} decode: "
                          f"{l['s_per_layer'] * 1e3:.2f} ms/layer vs floor "
-                         f"{l['floor_s_per_layer'] * 1e3:.2f} ms/layer (oneDNN off "
-                         f"{l['native_gemv_s_per_layer'] * 1e3:.2f} ms/layer, ratio "
-                         f"{l['native_gemv_ratio']:.3f})")
+                         f"{l['floor_s_per_layer'] * 1e3:.2f} ms/layer")
         lines.append(f"load average: {self.machine.get('load_average_1m', 0):.2f} at start, "
                      f"{self.load_average_after:.2f} at end (other work on the machine = noise)")
         lines.append(f"kernel_bw_ratio={_fmt(self.kernel_bw_ratio)} (target >= 0.8)  "
                      f"engine_overhead_ratio={_fmt(self.engine_overhead_ratio)} (target >= 0.9)  "
                      f"layer_floor_ratio={_fmt(self.layer_floor_ratio)}  "
-                     f"(oneDNN off: {_fmt(self.kernel_native_gemv_ratio)})")
+                     f"(kernel via oneDNN, comparison: {_fmt(self.kernel_onednn_ratio)})")
         return "\n".join(lines)
 
 
@@ -101,24 +102,8 @@ def _fmt(v: float | None) -> str:
 
 
 def read_bandwidth(probe_bytes: int = PROBE_BYTES, repeats: int = 5) -> dict[str, float]:
-    """GB/s of several read probes (the profiler's when present, else a sum probe)."""
-    try:
-        from .profiler import measure_cpu_bandwidth
-    except ImportError:  # INTEGRATION POINT: profiler.py not merged
-        src = torch.rand(probe_bytes // 4)
-        src.sum()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            src.sum()
-        return {"sum_fp32": probe_bytes * repeats / (time.perf_counter() - t0) / 1e9}
+    """GB/s of the profiler's bandwidth probes; `best_read_gbps` picks the read figure."""
     return measure_cpu_bandwidth(probe_bytes, repeats)
-
-
-def read_gbps_of(probes: dict[str, float]) -> float:
-    """Best read-only probe: a copy's GB/s counts written bytes too, so it is kept for the
-    record but not taken as *read* bandwidth (it ran up to 1.5x the sum probe here)."""
-    reads = [v for k, v in probes.items() if not k.startswith("copy")]
-    return max(reads or probes.values())
 
 
 def experts_module(shape: ModelShape, dtype: torch.dtype, copies: int, seed: int = 0):
@@ -150,25 +135,16 @@ def _samples_s(fn, warmup: int, repeats: int) -> list[float]:
     return samples
 
 
-@contextmanager
-def onednn_disabled():
-    """Route matmuls to ATen's native CPU kernels instead of oneDNN (a global flag: main thread).
-
-    Proposed for `experts.run_expert` at 1 token in bf16: on the 2-core AMD EPYC dev machine
-    ATen's bf16 GEMV streamed expert weights ~1.2x faster than oneDNN's (interleaved A/B), while
-    oneDNN wins from 2 tokens up (docs/benchmarks.md).
-    """
-    prev = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(prev)
+def _onednn_expert(layer, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Comparison only: `run_expert`'s gated math through plain `F.linear` (oneDNN for bf16),
+    i.e. without the one-token GEMV choice of `experts._linear`. x: [1, H] -> [1, H]."""
+    h = layer.module._apply_gate(F.linear(x, weights[0]))  # [1, I]
+    return F.linear(h, weights[1])  # [1, H]
 
 
 def run_kernel(shape: ModelShape, dtype: torch.dtype, repeats: int = KERNEL_REPEATS) -> dict:
     """(a) ms and weight GB/s of `experts.run_expert` at 1 token, rotating over expert copies;
-    interleaved with the same call under `onednn_disabled()` (a comparison: every matmul on ATen)."""
+    interleaved with `_onednn_expert` (comparison: the same math through plain F.linear)."""
     from .adapters import expert_weights
     from .experts import run_expert
 
@@ -180,24 +156,23 @@ def run_kernel(shape: ModelShape, dtype: torch.dtype, repeats: int = KERNEL_REPE
     def engine_kernel():
         return run_expert(layer, x, weights[next(turn) % KERNEL_COPIES])
 
-    def native_kernel():
-        with onednn_disabled():
-            return engine_kernel()
+    def onednn_kernel():
+        return _onednn_expert(layer, x, weights[next(turn) % KERNEL_COPIES])
 
-    samples: dict[str, list[float]] = {"engine": [], "native": []}
+    samples: dict[str, list[float]] = {"engine": [], "onednn": []}
     with torch.inference_mode():
         for _ in range(2 * KERNEL_COPIES):  # warm-up, both paths
-            engine_kernel(), native_kernel()
+            engine_kernel(), onednn_kernel()
         for _ in range(repeats):  # interleaved so both see the same background load
-            for name, fn in (("engine", engine_kernel), ("native", native_kernel)):
+            for name, fn in (("engine", engine_kernel), ("onednn", onednn_kernel)):
                 samples[name] += _samples_s(fn, warmup=0, repeats=1)
     nbytes = layer.expert_bytes
-    seconds, native = statistics.median(samples["engine"]), statistics.median(samples["native"])
+    seconds, onednn = statistics.median(samples["engine"]), statistics.median(samples["onednn"])
     return {"shape": shape.name, "dtype": str(dtype).removeprefix("torch."),
             "expert_bytes": nbytes, "ms": seconds * 1e3, "gbps": nbytes / seconds / 1e9,
             "best_ms": min(samples["engine"]) * 1e3,
             "best_gbps": nbytes / min(samples["engine"]) / 1e9,
-            "native_gemv_ms": native * 1e3, "native_gemv_gbps": nbytes / native / 1e9,
+            "onednn_ms": onednn * 1e3, "onednn_gbps": nbytes / onednn / 1e9,
             "threads": torch.get_num_threads(), "repeats": repeats}
 
 
@@ -206,10 +181,10 @@ def run_overhead(model: str = "tiny", repeats: int = OVERHEAD_REPEATS,
     """(b) decode tok/s of the engine (all on the CPU) vs stock transformers, interleaved."""
     from transformers import AutoModelForCausalLM
 
-    from .engine import _resolve_path, load
+    from .factory import load, resolve_path
     from .naive import timed_generate
 
-    path = _resolve_path(model)
+    path = resolve_path(model)
     cpu = torch.device("cpu")
     eng = load(path, device="cpu", placement="layer-balanced", execution="cpu")  # all resident
     stock = AutoModelForCausalLM.from_pretrained(path, device_map=None).eval()
@@ -240,7 +215,7 @@ def run_overhead(model: str = "tiny", repeats: int = OVERHEAD_REPEATS,
 def run_layers(shape: ModelShape, dtype: torch.dtype, layers: int, read_gbps: float,
                new_tokens: int = LAYER_NEW_TOKENS, repeats: int = LAYER_REPEATS) -> dict:
     """(c) decode seconds per layer on CPU experts vs the bandwidth floor."""
-    from .engine import from_model
+    from .factory import from_model
     from .random_checkpoint import build_random_model
 
     model = build_random_model(shape, layers, dtype)
@@ -248,16 +223,10 @@ def run_layers(shape: ModelShape, dtype: torch.dtype, layers: int, read_gbps: fl
                      name=f"random-{shape.name}-{layers}L")
     ids = torch.randint(0, 256, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     eng.generate(ids, 2, min_new_tokens=2)  # warm-up
-    per_token, native = [], []  # [repeats] s/token: engine, and with oneDNN off everywhere
-
-    def step() -> float:
+    per_token = []  # [repeats] s/token
+    for _ in range(repeats):
         st = eng.generate(ids, new_tokens, min_new_tokens=new_tokens).stats
-        return st.decode.seconds / max(st.decode.tokens, 1)
-
-    for _ in range(repeats):  # interleaved
-        per_token.append(step())
-        with onednn_disabled():
-            native.append(step())
+        per_token.append(st.decode.seconds / max(st.decode.tokens, 1))
     expert_bytes = eng.expert_bytes
     non_expert = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
                      if ".experts." not in n and "embed" not in n and "lm_head" not in n) / layers
@@ -268,8 +237,6 @@ def run_layers(shape: ModelShape, dtype: torch.dtype, layers: int, read_gbps: fl
     return {"shape": shape.name, "dtype": str(dtype).removeprefix("torch."), "layers": layers,
             "s_per_token": s_token, "s_per_layer": s_token / layers, "floor_s_per_layer": floor,
             "best_ratio": floor / (min(per_token) / layers),
-            "native_gemv_s_per_layer": statistics.median(native) / layers,
-            "native_gemv_ratio": floor / (statistics.median(native) / layers),
             "floor_all_weights_s_per_layer": floor_all, "ratio": floor / (s_token / layers),
             "ratio_all_weights": floor_all / (s_token / layers), "new_tokens": new_tokens,
             "activated_expert_bytes_per_layer": shape.top_k * expert_bytes,
@@ -304,7 +271,7 @@ def run_cpu_suite(shape: str | ModelShape = "mixtral-8x7b", dtype: str = "bfloat
         after = read_bandwidth(probe_bytes)
         probes = {k: max(v, after.get(k, 0.0)) for k, v in probes.items()}
         bar.update(1)
-        read = read_gbps_of(probes)
+        read = best_read_gbps(probes)
         if "layers" in parts:
             out["layers"] = run_layers(shape, torch_dtype, layers, read,
                                        new_tokens or LAYER_NEW_TOKENS, repeats or LAYER_REPEATS)
@@ -312,7 +279,7 @@ def run_cpu_suite(shape: str | ModelShape = "mixtral-8x7b", dtype: str = "bfloat
     k = out.get("kernel")
     return CpuSuiteResult(
         kernel_bw_ratio=k["gbps"] / read if k else None,
-        kernel_native_gemv_ratio=k["native_gemv_gbps"] / read if k else None,
+        kernel_onednn_ratio=k["onednn_gbps"] / read if k else None,
         engine_overhead_ratio=out["overhead"]["ratio"] if "overhead" in out else None,
         layer_floor_ratio=out["layers"]["ratio"] if "layers" in out else None,
         read_gbps=read, probes_gbps=probes, kernel=k or {}, overhead=out.get("overhead", {}),

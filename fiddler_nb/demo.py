@@ -19,7 +19,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .bench import bench, records_table, save_records
+from .planner import plan
 from .plots import latency_curves, tokens_per_s_vs_budget
+from .profiler import profile_hardware
+from .random_checkpoint import scaled_expert_budget
 from .report import MEASURED_COLUMNS, PROJECTED_COLUMNS, Report
 
 PROJECTED_SHAPE = "mixtral-8x7b"
@@ -49,23 +52,12 @@ def run_demo(out_dir: str | Path = "reports", quick: bool = True, model: str = "
 
 def _profile(quick: bool, preset_gpu: str, out: Path):
     """Measured CPU (+GPU with CUDA); without CUDA the preset GPU is attached (projected)."""
-    try:
-        from .profiler import profile_hardware
-    except ImportError:  # INTEGRATION POINT: profiler.py not merged yet
-        return None
     profile = profile_hardware(PROJECTED_SHAPE, quick=quick)
     profile.save(out / "demo_profile.json")
     return profile if profile.has_measured_gpu else profile.with_gpu_preset(preset_gpu)
 
 
 def _plan(profile):
-    if profile is None:
-        return []
-    try:
-        from .planner import plan
-        from .random_checkpoint import scaled_expert_budget
-    except ImportError:  # INTEGRATION POINT: planner.py not merged yet
-        return []
     fit = scaled_expert_budget(PROJECTED_SHAPE, profile.gpu_memory_bytes)
     budgets = sorted({*range(0, fit, max(1, fit // 6)), fit})  # ~7 points up to what fits
     return plan(PROJECTED_SHAPE, profile, budgets=budgets, prompt_tokens=512, new_tokens=32)
@@ -92,16 +84,11 @@ def _measured_section(report: Report, records, profile, command: str) -> None:
                 " (another process on the machine makes CPU timings noisy; medians of "
                 f"{r0.repeats} runs after a discarded warm-up).")
     report.table(records, MEASURED_COLUMNS, "measured", collapsed=True)
-    if profile is not None:
-        report.heading(f"CPU expert profile ({profile.shape_name}, {profile.dtype})", "measured")
-        report.pre(profile.summary())
+    report.heading(f"CPU expert profile ({profile.shape_name}, {profile.dtype})", "measured")
+    report.pre(profile.summary())
 
 
 def _projected_section(report: Report, profile, plan_records) -> None:
-    if profile is None or not plan_records:
-        report.heading("Projection unavailable", "projected")
-        report.note("fiddler_nb.profiler / planner are not installed in this build.")
-        return
     gpu = profile.gpu_preset["name"] if profile.gpu_preset else profile.facts.gpu_name
     report.heading(f"Projected: {PROJECTED_SHAPE} on {gpu} with this machine's CPU", "projected")
     report.note("Nothing below was run: the planner combines the CPU curve measured here with "

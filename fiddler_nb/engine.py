@@ -293,11 +293,3 @@ def _is_empty(prompt: Any) -> bool:
         return not prompt
     return len(prompt) == 0 or any(not p for p in prompt)
 
-
-def __getattr__(name: str):
-    """`load`, `from_model`, `parse_bytes` and `resolve_path` live in factory.py."""
-    if name in {"load", "from_model", "parse_bytes", "resolve_path", "_resolve_path"}:
-        from . import factory
-
-        return getattr(factory, name.lstrip("_"))
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,6 +46,13 @@ DEFAULT_SKEW = 0.5  # mild skew: routing of trained MoEs is far from Zipf-1 but 
 RESERVE_BYTES = GIB  # GPU memory kept for activations / KV cache, as ExpertStore does
 SCRATCH_SLOTS = 2  # transfer buffers, as EngineConfig.scratch_slots
 BASELINES = ("naive-offload", "on-demand", "lru-cache", "cpu-experts")
+UNMEASURED_GPU = ("GPU/link: unmeasured default (attach a preset with with_gpu_preset or "
+                  "--gpu-preset)")  # said loudly: such a projection is not about any real GPU
+
+
+def gpu_is_unmeasured(profile: HardwareProfile) -> bool:
+    """No measured GPU and no preset: the latency model falls back to the default GPU figures."""
+    return not profile.has_measured_gpu and profile.gpu_preset is None
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ def resolve_budget(budget: int | str | None, shape: ModelShape, gpu_memory_bytes
         if budget is None:
             memory = gpu_memory_bytes
         else:
-            from .engine import parse_bytes  # noqa: PLC0415 (keeps this module import-light)
+            from .factory import parse_bytes  # keeps this module import-light
 
             memory = parse_bytes(budget)
         free = memory - shape.non_expert_bytes - RESERVE_BYTES - SCRATCH_SLOTS * shape.expert_bytes
@@ -171,10 +178,19 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
          popularity: Popularity | None = None, prompt_tokens: int = 512, new_tokens: int = 32,
          skew: float = DEFAULT_SKEW, samples: int = 256, seed: int = 0,
          baselines: Sequence[str] = BASELINES) -> list[PlanRecord]:
-    """Project prefill/decode tokens/s for each budget x strategy (see the module docstring)."""
+    """Project prefill/decode tokens/s for each budget x strategy (see the module docstring).
+
+    budgets: experts (int), None (what fits the profile's GPU memory) or a memory string such
+    as "20GiB". A memory string is the *whole card's* memory: the non-expert weights, a 1 GiB
+    reserve and the scratch slots are subtracted before counting experts -- unlike
+    `fnb.load(gpu_memory=...)`, whose memory is for resident experts only.
+    A profile with neither a measured GPU nor a preset still projects, on the documented default
+    GPU figures, and every record's notes (and `plan_table`'s header) say so (`UNMEASURED_GPU`).
+    """
     shape = get_shape(shape) if isinstance(shape, str) else shape
     profile = HardwareProfile.load(profile) if isinstance(profile, (str, Path)) else profile
     lat = profile.latency_model(shape.expert_bytes, shape.hidden_size * shape.dtype_bytes)
+    notes = lat.notes + ((UNMEASURED_GPU,) if gpu_is_unmeasured(profile) else ())
     shares, pop_source = _shares(shape, popularity, skew)
     gen = torch.Generator().manual_seed(seed)
     decode = _sample_routing(shares, samples, shape.top_k, gen)  # L x [N, k]
@@ -211,7 +227,7 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
                 end_to_end_s=(pre_ms + max(new_tokens - 1, 0) * dec_ms) / 1e3,
                 decode_gpu_hit_rate=hits / max(activated, 1),
                 decode_h2d_bytes_per_token=copied * shape.expert_bytes,
-                cpu_roofline_decode_tps=roofline, notes=lat.notes, **common))
+                cpu_roofline_decode_tps=roofline, notes=notes, **common))
     return records
 
 
@@ -250,7 +266,8 @@ def plan_table(records: Sequence[PlanRecord]) -> str:
     if not records:
         return "projected: (no records)"
     r0 = records[0]
-    head = (f"projected (not measured): {r0.model}, prompt {r0.prompt_tokens} + {r0.new_tokens} "
+    warn = f"{UNMEASURED_GPU}\n" if any(UNMEASURED_GPU in r.notes for r in records) else ""
+    head = (f"{warn}projected (not measured): {r0.model}, prompt {r0.prompt_tokens} + {r0.new_tokens} "
             f"new tokens, popularity {r0.popularity_source}\n  latency: {r0.latency_source}; "
             f"machine: {r0.machine}")
     cols = f"{'strategy':<24}{'budget':>7}{'hit%':>7}{'prefill tok/s':>15}{'decode tok/s':>14}" \

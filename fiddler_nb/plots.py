@@ -24,6 +24,14 @@ STRATEGY_COLORS = {  # one colour per strategy across every figure
     "lru-cache": "#9467bd", "naive-offload": "#7f7f7f",
 }
 CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)  # x points of latency curves
+MEASURED, PROJECTED = "measured", "projected"
+KINDS = (MEASURED, PROJECTED)
+LANES = ("cpu", "gpu", "transfer")  # as fiddler_nb.trace.LANES
+LANE_COLORS = {"cpu": "#4c78a8", "gpu": "#54a24b", "transfer": "#e45756"}
+PHASE_COLORS = {"prefill": "#f58518", "decode": "#4c78a8"}
+PROJECTED_PATTERN = "/"  # hatching marks projected bars (bars have no dash style)
+OUTLINE = dict(color="#111111", width=2)  # resident-expert outline in the heatmap
+TEMPLATE = "plotly_white"
 
 
 def _pick(records: Sequence[Any], prompt_tokens: int | None, batch: int | None) -> list[Any]:
@@ -98,16 +106,6 @@ def latency_curves(latency: Any, expert_bytes: int, title: str = "",
                       xaxis_title="tokens routed to the expert", yaxis_title="latency (ms)",
                       xaxis_type="log", yaxis_type="log")
     return fig
-
-
-MEASURED, PROJECTED = "measured", "projected"
-KINDS = (MEASURED, PROJECTED)
-LANES = ("cpu", "gpu", "transfer")  # as fiddler_nb.trace.LANES
-LANE_COLORS = {"cpu": "#4c78a8", "gpu": "#54a24b", "transfer": "#e45756"}
-PHASE_COLORS = {"prefill": "#f58518", "decode": "#4c78a8"}
-PROJECTED_PATTERN = "/"  # hatching marks projected bars (bars have no dash style)
-OUTLINE = dict(color="#111111", width=2)  # resident-expert outline in the heatmap
-TEMPLATE = "plotly_white"
 
 
 def _check_kind(kind: str) -> str:

@@ -1,7 +1,8 @@
 """Measure this machine: CPU expert latency, CPU read bandwidth, and (with CUDA) the GPU side.
 
 `profile_hardware(shape)` times one expert of the model's real shape and dtype with the math of
-`experts.run_expert` (gate_up [2I, H], SiLU gate, down [H, I] through `F.linear`), at the thread
+`experts.run_expert` (gate_up [2I, H], SiLU gate, down [H, I] through the engine's own
+`experts._linear`, so one bf16 token takes the same ATen GEMV path), at the thread
 count the engine uses, for 1, 2, 4, ... 512 routed tokens; it probes CPU read bandwidth several
 ways and keeps the best; with CUDA it measures host<->device bandwidth (pinned and pageable), the
 GPU expert curve and the time to copy one expert into a GPU slot. Without CUDA the GPU parts are
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import ModelShape, get_shape, resolve_dtype
+from .experts import _linear
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
 from .latency import Curve, LatencyModel, default_latency_model
 
@@ -217,10 +219,10 @@ def _cuda_median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
 
 
 def expert_forward(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """The gated-expert math of `experts.run_expert`: x [n, H] -> [n, H]."""
-    h = F.linear(x, gate_up)  # [n, 2I]
+    """The gated-expert math of `experts.run_expert`, with its kernel: x [n, H] -> [n, H]."""
+    h = _linear(x, gate_up)  # [n, 2I]
     gate, up = h.chunk(2, dim=-1)  # [n, I] each
-    return F.linear(F.silu(gate) * up, down)  # [n, H]
+    return _linear(F.silu(gate) * up, down)  # [n, H]
 
 
 def _expert_weights(hidden: int, inter: int, dtype: torch.dtype, copies: int,
@@ -343,10 +345,15 @@ def _resolve_target(shape_or_engine: Any, dtype: Any) -> tuple[str, int, int, to
         raise ValueError("profile_hardware takes a ModelShape, a shape preset name or an Engine, "
                          f"not {type(shape_or_engine).__name__}")
     layer = layers[0]
-    first = getattr(layer.module, layer.layout.first_name)  # [E, 2I, H] ([E, H, 2I] transposed)
-    hidden, wide = (first.shape[1], first.shape[2]) if layer.layout.is_transposed \
-        else (first.shape[2], first.shape[1])
-    inter = wide // 2 if layer.layout.has_gate else wide
+    layout = layer.layout
+    if not layout.has_gate or layout.has_bias or layout.is_transposed:
+        raise ValueError(
+            f"the profiler times gated (SwiGLU), unbiased, untransposed experts; this engine's "
+            f"experts have has_gate={layout.has_gate}, has_bias={layout.has_bias}, "
+            f"is_transposed={layout.is_transposed}. Profile a matching ModelShape preset "
+            "instead (profile_hardware('<preset name>'), see fiddler_nb.config)")
+    first = getattr(layer.module, layout.first_name)  # [E, 2I, H]
+    hidden, inter = first.shape[2], first.shape[1] // 2
     return (Path(str(shape_or_engine.path)).name, int(hidden), int(inter),
             resolve_dtype(dtype) or first.dtype)
 

@@ -123,7 +123,8 @@ def scaled_expert_budget(shape: ModelShape | str = "mixtral-8x7b",
     """Experts a `gpu_memory_bytes` card holds for the full model, scaled to `layers` layers.
 
     Full model: (memory - non-expert weights - 1 GiB reserve - 2 scratch slots) // expert bytes,
-    as the planner counts (Mixtral-8x7B, 24 GB: 54 of 256). Scaled: that share of each layer.
+    as the planner counts (Mixtral-8x7B, 24 GB = 24e9 bytes: 53 of 256). Scaled: that share of
+    each layer.
     """
     from .planner import resolve_budget  # noqa: PLC0415 (planner imports the profiler)
 

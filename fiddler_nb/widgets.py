@@ -96,7 +96,7 @@ def as_plan_input(target: Any, shape: ModelShape | str | None = None) -> PlanInp
 
 
 def is_engine(target: Any) -> bool:
-    return hasattr(target, "generate") and hasattr(target, "set_expert_budget")
+    return hasattr(target, "generate") and hasattr(target, "reconfigure")
 
 
 # ---- the pure callbacks ------------------------------------------------------------------
@@ -114,12 +114,11 @@ def run_point(engine: Any, budget: int, placement: str, execution: str, prompt_t
     """Re-place `engine`'s experts (no reload), generate, and return the measured point."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be at least 2 to time a decode step, got {new_tokens}")
-    if budget != engine.config.expert_budget:
-        engine.set_expert_budget(int(budget))
-    if placement != engine.config.placement:
-        engine.set_placement(placement)
-    if execution != engine.config.execution:
-        engine.set_execution(execution)
+    cfg = engine.config  # one re-placement for all changes; a failure leaves cfg as it was
+    engine.reconfigure(
+        expert_budget=int(budget) if budget != cfg.expert_budget else None,
+        placement=placement if placement != cfg.placement else None,
+        execution=execution if execution != cfg.execution else None)
     ids = prompt_ids(engine, prompt_tokens)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # no early EOS stop
     for _ in range(warmup):

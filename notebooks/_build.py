@@ -171,8 +171,9 @@ NOTEBOOKS["06_plan_a_bigger_model"] = [
        "Nothing runs a model: every number below is **projected**."),
     md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.planner import plan, plan_table, resolve_budget\n"
                               "from fiddler_nb.profiler import profile_hardware"),
-    md("**Measure this CPU on a Mixtral expert** and attach a 24 GB GPU preset (the paper's "
-       "Quadro RTX 6000 in smoke mode)."),
+    md("**Measure this CPU on a Mixtral expert** and attach a 24 GB GPU preset: the paper's "
+       "Quadro RTX 6000 (`S.gpu_preset`, the same in smoke and full mode, so projections compare "
+       "with the paper even on a machine with another GPU)."),
     code('prof = profile_hardware("mixtral-8x7b", quick=S.profile_quick, tokens=S.profile_tokens)\n'
          "prof24 = prof.with_gpu_preset(S.gpu_preset)\nprint(prof24.summary())"),
     md("**How many experts fit** on the card after the non-expert weights (~3.2 GB), a 1 GiB "

@@ -43,6 +43,23 @@ def test_kernel_uses_the_engine_layout():
     assert layer.num_experts == 2 and layer.layout.has_gate
     out = run_kernel(get_shape("tiny"), torch.float32, repeats=3)
     assert out["gbps"] > 0 and out["repeats"] == 3
+    assert out["onednn_gbps"] > 0, "the plain-F.linear comparison is reported alongside"
+
+
+def test_oneDNN_comparison_computes_the_engine_math():
+    from fiddler_nb.adapters import expert_weights
+    from fiddler_nb.cpu_suite import _onednn_expert
+    from fiddler_nb.experts import run_expert
+
+    layer = experts_module(get_shape("tiny"), torch.bfloat16, copies=1)
+    x, weights = torch.randn(1, 64).bfloat16(), expert_weights(layer, 0)
+    torch.testing.assert_close(_onednn_expert(layer, x, weights), run_expert(layer, x, weights))
+
+
+def test_read_bandwidth_rule_is_the_profilers():
+    from fiddler_nb import cpu_suite, profiler
+
+    assert cpu_suite.best_read_gbps is profiler.best_read_gbps
 
 
 def test_cli_cpu_suite(tmp_path, capsys):

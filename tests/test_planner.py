@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fiddler_nb.config import SHAPE_PRESETS, ModelShape
-from fiddler_nb.planner import PlanRecord, plan, plan_table, resolve_budget, zipf_shares
+from fiddler_nb.planner import (UNMEASURED_GPU, PlanRecord, plan, plan_table, resolve_budget,
+                                zipf_shares)
 from fiddler_nb.hardware import MachineFacts
 from fiddler_nb.profiler import HardwareProfile
 from fiddler_nb.routing import Popularity
@@ -106,6 +107,35 @@ def test_zipf_shares_and_budget_resolution():
     assert torch.equal(zipf_shares(1, 4, 0.0), torch.full((1, 4), 0.25, dtype=torch.float64))
     mixtral = SHAPE_PRESETS["mixtral-8x7b"]
     fit_24gb = resolve_budget(None, mixtral, 24 * 10**9)
-    assert 45 <= fit_24gb <= 60, "~56 of 256 Mixtral experts fit a 24 GB card (DESIGN.md)"
+    assert 45 <= fit_24gb <= 60, "53 of 256 Mixtral experts fit a 24e9-byte card (DESIGN.md)"
     assert resolve_budget("24GB", mixtral, 0) == fit_24gb
     assert resolve_budget(10_000, mixtral, 0) == mixtral.total_experts
+
+
+def test_unmeasured_default_gpu_is_said_loudly():
+    records = plan("mixtral-8x7b", synthetic_profile(), budgets=(0, 16), samples=8,
+                   prompt_tokens=16, baselines=())
+    assert records and all(UNMEASURED_GPU in r.notes for r in records)
+    assert plan_table(records).splitlines()[0] == UNMEASURED_GPU
+    preset = plan("mixtral-8x7b", synthetic_profile().with_gpu_preset("rtx-4090-pcie4"),
+                  budgets=(0,), samples=8, prompt_tokens=16, baselines=())
+    assert UNMEASURED_GPU not in preset[0].notes and UNMEASURED_GPU not in plan_table(preset)
+
+
+@pytest.mark.parametrize("preset", [None, "rtx-4090-pcie4"])
+def test_cli_plan_warns_first_without_a_gpu_preset(tmp_path, capsys, preset):
+    import argparse
+
+    from fiddler_nb.cli_measure import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="command"))
+    path = synthetic_profile().save(tmp_path / "p.json")
+    argv = ["plan", "--shape", "mixtral-8x7b", "--profile", str(path), "--budgets", "0"]
+    args = parser.parse_args(argv + (["--gpu-preset", preset] if preset else []))
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    if preset is None:
+        assert lines[0] == f"warning: {UNMEASURED_GPU}"
+    else:
+        assert not any(UNMEASURED_GPU in line for line in lines)

@@ -28,12 +28,20 @@ def synthetic_profile(**kw) -> HardwareProfile:
 
 
 @pytest.fixture(scope="module")
-def quick_tiny() -> HardwareProfile:
-    return profile_hardware("tiny", quick=True, threads=1)
+def quick_tiny_run() -> tuple[HardwareProfile, int, int]:
+    """(profile, torch threads before the call, torch threads after it)."""
+    before = torch.get_num_threads()
+    profile = profile_hardware("tiny", quick=True, threads=1)
+    return profile, before, torch.get_num_threads()
 
 
-def test_quick_profile_of_tiny_shape(quick_tiny):
-    p = quick_tiny
+@pytest.fixture(scope="module")
+def quick_tiny(quick_tiny_run) -> HardwareProfile:
+    return quick_tiny_run[0]
+
+
+def test_quick_profile_of_tiny_shape(quick_tiny_run):
+    p, threads_before, threads_after = quick_tiny_run
     assert p.shape_name == "tiny" and p.dtype == "float32"
     assert p.cpu_tokens == (1, 8, 64, 512) and all(ms > 0 for ms in p.cpu_ms)
     assert set(p.cpu_probes_gbps) >= {"sum_fp32", "copy_fp32", "matvec_bf16"}
@@ -44,7 +52,8 @@ def test_quick_profile_of_tiny_shape(quick_tiny):
     if not torch.cuda.is_available():
         assert "gpu" in p.skipped and "gpu" not in p.sources, "a GPU part must never be faked"
         assert p.gpu_ms == () and p.link_gbps == {}
-    assert torch.get_num_threads() >= 1
+    assert threads_after == threads_before, \
+        f"profile_hardware(threads=1) left torch at {threads_after} threads, not {threads_before}"
 
 
 def test_profile_json_round_trip(tmp_path, quick_tiny):
@@ -114,7 +123,7 @@ def test_profile_is_frozen():
 
 
 def test_profile_of_a_loaded_engine_uses_its_expert_shape():
-    from fiddler_nb.engine import load
+    from fiddler_nb.factory import load
 
     engine = load("tiny", device="cpu", expert_budget=0, placement="none")
     try:
@@ -125,3 +134,30 @@ def test_profile_of_a_loaded_engine_uses_its_expert_shape():
     assert (p.hidden_size, p.intermediate_size) == (64, 128)
     assert p.expert_bytes == expert_bytes
     assert p.cpu_tokens == (1, 4)
+
+
+def test_profile_of_an_engine_with_other_experts_says_what_to_do(tiny_checkpoints):
+    from fiddler_nb.factory import load
+
+    engine = load(tiny_checkpoints["gpt_oss"], device="cpu", expert_budget=0, placement="none")
+    try:
+        layout = engine.layers[0].layout
+        assert layout.has_bias or layout.is_transposed, "gpt-oss experts are biased/transposed"
+        with pytest.raises(ValueError, match="ModelShape preset"):
+            profile_hardware(engine, quick=True, threads=1, tokens=(1,))
+    finally:
+        engine.close()
+
+
+def test_profiler_times_the_engines_kernel():
+    """expert_forward must go through experts._linear (ATen GEMV for one bf16 CPU token)."""
+    from fiddler_nb import profiler
+    from fiddler_nb.experts import _linear
+
+    assert profiler._linear is _linear
+    torch.manual_seed(0)
+    x = torch.randn(1, 64).bfloat16()
+    gate_up, down = torch.randn(256, 64).bfloat16(), torch.randn(64, 128).bfloat16()
+    h = _linear(x, gate_up)
+    want = _linear(torch.nn.functional.silu(h[:, :128]) * h[:, 128:], down)
+    assert torch.equal(profiler.expert_forward(x, gate_up, down), want)

@@ -45,6 +45,14 @@ def test_run_point_re_places_without_reloading(engine):
         pt.budget_experts = 3  # frozen
 
 
+def test_run_point_failure_leaves_every_setting_unchanged(engine):
+    before = engine.config
+    with pytest.raises(ValueError):
+        widgets.run_point(engine, 10**6, "first-layers", "auto", prompt_tokens=4,
+                          new_tokens=NEW_TOKENS)
+    assert engine.config == before, "a refused budget must not half-apply placement/execution"
+
+
 def test_project_point_is_labelled_projected():
     plan_input = widgets.as_plan_input(synthetic_profile())
     pt = widgets.project_point(plan_input, 64, "popularity", "auto", 128, 16)
