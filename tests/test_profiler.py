@@ -151,10 +151,10 @@ def test_profile_of_an_engine_with_other_experts_says_what_to_do(tiny_checkpoint
 
 def test_profiler_times_the_engines_kernel():
     """expert_forward must go through experts._linear (ATen GEMV for one bf16 CPU token)."""
-    from fiddler_nb import profiler
+    from fiddler_nb import probes, profiler
     from fiddler_nb.experts import _linear
 
-    assert profiler._linear is _linear
+    assert probes._linear is _linear
     torch.manual_seed(0)
     x = torch.randn(1, 64).bfloat16()
     gate_up, down = torch.randn(256, 64).bfloat16(), torch.randn(64, 128).bfloat16()
