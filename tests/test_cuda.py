@@ -28,19 +28,26 @@ def test_experts_stay_pinned_on_cpu_and_non_experts_on_gpu(mixtral_path):
     assert engine.model.lm_head.weight.device.type == "cuda"
 
 
-@pytest.mark.parametrize("execution", ["cpu", "transfer", "auto"])
-def test_cuda_matches_stock(mixtral_path, stock_model, execution):
-    engine = fnb.load(mixtral_path, device="cuda", expert_budget=8, execution=execution,
-                      placement="layer-balanced")
-    ref = stock_model(mixtral_path).cuda()
+CUDA_ATOL = 1e-4  # fp32 on GPU: TF32-free matmuls, but a different reduction order than the CPU
+
+
+def _assert_matches_stock(engine, ref) -> None:
+    """Greedy tokens equal and fp32 logits close, batch 2 with left padding."""
     inputs = engine.encode(["a longer prompt to route many tokens " * 4, "b"])
     with torch.inference_mode():
         want = ref.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=258)
         got = engine.model.generate(**inputs, max_new_tokens=6, do_sample=False,
                                     pad_token_id=258)
         err = (engine.model(**inputs).logits - ref(**inputs).logits).abs().max().item()
-    assert torch.equal(got, want)
-    assert err < 1e-4
+    assert torch.equal(got, want), "tokens differ from stock transformers"
+    assert err < CUDA_ATOL, f"max |dlogit| {err:.2e}"
+
+
+@pytest.mark.parametrize("execution", ["cpu", "transfer", "auto"])
+def test_cuda_matches_stock(mixtral_path, stock_model, execution):
+    engine = fnb.load(mixtral_path, device="cuda", expert_budget=8, execution=execution,
+                      placement="layer-balanced")
+    _assert_matches_stock(engine, stock_model(mixtral_path).cuda())
 
 
 def test_budget_beyond_free_memory_is_refused(mixtral_path):
@@ -57,13 +64,7 @@ def test_transfer_paths_match_stock(mixtral_path, stock_model, placement, slots)
     """Cache fills (lru), a single reused scratch slot, and plain transfers give stock tokens."""
     engine = fnb.load(mixtral_path, device="cuda", expert_budget=8, placement=placement,
                       execution="transfer", scratch_slots=slots)
-    ref = stock_model(mixtral_path).cuda()
-    inputs = engine.encode(["a longer prompt to route many tokens " * 4, "b"])
-    with torch.inference_mode():
-        want = ref.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=258)
-        got = engine.model.generate(**inputs, max_new_tokens=6, do_sample=False,
-                                    pad_token_id=258)
-    assert torch.equal(got, want)
+    _assert_matches_stock(engine, stock_model(mixtral_path).cuda())
 
 
 def test_replacement_frees_old_residents_first(mixtral_path):
