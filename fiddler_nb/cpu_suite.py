@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import ModelShape, get_shape, resolve_dtype
-from .profiler import best_read_gbps, measure_cpu_bandwidth
+from .probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
 
-PROBE_BYTES = 512 << 20  # bandwidth probe buffers, well past any last-level cache
 KERNEL_COPIES = 2  # experts rotated over so each call reads its weights from DRAM
 KERNEL_REPEATS = 15
 OVERHEAD_REPEATS = 7  # interleaved engine/stock pairs

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .adapters import MoELayer
 
 GIB = 1 << 30
+DEFAULT_RESERVE_BYTES = GIB  # kept free on the GPU for activations and KV cache
 
 
 class BudgetError(ValueError):
@@ -88,7 +89,7 @@ class ExpertStore:
     """Residency and weight movement for all MoE layers of one model."""
 
     def __init__(self, layers: list[MoELayer], device: torch.device, scratch_slots: int = 2,
-                 reserve_bytes: int = GIB):
+                 reserve_bytes: int = DEFAULT_RESERVE_BYTES):
         self.layers = layers
         self.device = device
         self.is_cuda = device.type == "cuda"

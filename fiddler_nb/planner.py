@@ -36,15 +36,16 @@ import torch
 
 from .config import ModelShape, get_shape
 from .execution import make_execution
-from .experts import GIB
+from .config import EngineConfig
+from .experts import DEFAULT_RESERVE_BYTES
 from .latency import LatencyModel
 from .placement import PlacementRequest, make_placement
 from .profiler import HardwareProfile
 from .routing import Popularity
 
 DEFAULT_SKEW = 0.5  # mild skew: routing of trained MoEs is far from Zipf-1 but not uniform
-RESERVE_BYTES = GIB  # GPU memory kept for activations / KV cache, as ExpertStore does
-SCRATCH_SLOTS = 2  # transfer buffers, as EngineConfig.scratch_slots
+RESERVE_BYTES = DEFAULT_RESERVE_BYTES  # GPU memory kept for activations / KV cache
+SCRATCH_SLOTS = EngineConfig.scratch_slots  # transfer buffers, the engine's default
 BASELINES = ("naive-offload", "on-demand", "lru-cache", "cpu-experts")
 UNMEASURED_GPU = ("GPU/link: unmeasured default (attach a preset with with_gpu_preset or "
                   "--gpu-preset)")  # said loudly: such a projection is not about any real GPU

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
 
+from .trace import LANES
+
 STRATEGY_COLORS = {  # one colour per strategy across every figure
     "fiddler": "#d62728", "cpu-experts": "#1f77b4", "on-demand": "#2ca02c",
     "lru-cache": "#9467bd", "naive-offload": "#7f7f7f",
@@ -26,7 +28,6 @@ STRATEGY_COLORS = {  # one colour per strategy across every figure
 CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)  # x points of latency curves
 MEASURED, PROJECTED = "measured", "projected"
 KINDS = (MEASURED, PROJECTED)
-LANES = ("cpu", "gpu", "transfer")  # as fiddler_nb.trace.LANES
 LANE_COLORS = {"cpu": "#4c78a8", "gpu": "#54a24b", "transfer": "#e45756"}
 PHASE_COLORS = {"prefill": "#f58518", "decode": "#4c78a8"}
 PROJECTED_PATTERN = "/"  # hatching marks projected bars (bars have no dash style)

@@ -176,7 +176,6 @@ class HardwareProfile:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-# ---- timing helpers ----------------------------------------------------------------------
 def _resolve_target(shape_or_engine: Any, dtype: Any) -> tuple[str, int, int, torch.dtype]:
     """(name, H, I, dtype) from a ModelShape, a preset name or an Engine."""
     if isinstance(shape_or_engine, str):

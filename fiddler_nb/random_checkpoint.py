@@ -21,13 +21,12 @@ from typing import Any
 import torch
 
 from .config import ModelShape, get_shape, resolve_dtype
+from .tiny import ROUTER_STD
 
 TILE_ELEMENTS = 1_000_003  # a prime: tiled rows never line up with the block period
 TILE_REPEATS = 64  # copy ~128 MB per call in bf16: few Python iterations, little extra memory
 INIT_STD = 0.02  # transformers' default initializer_range
-ROUTER_STD = 0.5  # decisive routing, as tiny.py: near-equal router scores flip top-k on noise
 VOCAB_SIZE = 512  # >= the 260-token byte tokenizer, a multiple of 64; keeps lm_head tiny
-GIB = 1 << 30
 CARD_24GB = 24 * 10**9  # "a 24 GB card" as GPU vendors count bytes (RTX 4090 / L4 / Quadro RTX 6000)
 
 # Attention facts ModelShape does not carry, from each model's config.json.

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -56,15 +57,12 @@ class Popularity:
         if not path.is_file():
             raise FileNotFoundError(f"popularity file {path} does not exist; record one with "
                                     "fnb.calibrate(engine, prompts).save(path)")
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # one read: header metadata and the tensor
             meta = f.metadata() or {}
-        tensors = load_file(str(path))
-        if "counts" not in tensors:
-            raise ValueError(f"{path} holds no 'counts' tensor; is it a fiddler_nb popularity file?")
-        return cls(tensors["counts"].to(torch.int64), int(meta.get("tokens", 0)),
-                   meta.get("source", ""))
+            if "counts" not in f.keys():
+                raise ValueError(f"{path} holds no 'counts' tensor; is it a fiddler_nb popularity file?")
+            counts = f.get_tensor("counts")
+        return cls(counts.to(torch.int64), int(meta.get("tokens", 0)), meta.get("source", ""))
 
     def to_json(self) -> str:
         return json.dumps({"counts": self.counts.tolist(), "tokens": self.tokens,

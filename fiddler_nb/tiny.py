@@ -41,6 +41,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                     layer_types=["sliding_attention", "full_attention"] * 2),
 }
 DEFAULT_ARCH = "mixtral"
+ROUTER_STD = 0.5  # decisive routing: near-equal router scores would flip top-k on noise
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")  # ids 256..259, after the 256 bytes
 
 
@@ -97,7 +98,7 @@ def _scale_routers(model: torch.nn.Module, seed: int) -> None:
         for name, param in model.named_parameters():
             is_router = (".gate.weight" in name or ".router.weight" in name) and param.dim() == 2
             if is_router and param.shape[0] < param.shape[1] * 4:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+                param.copy_(torch.randn(param.shape, generator=gen) * ROUTER_STD)
 
 
 def default_tiny_path(arch: str = DEFAULT_ARCH, seed: int = 0) -> Path:

@@ -33,7 +33,7 @@ class StepTrace:
     tokens: int  # tokens in the traced step (batch size for a decode step)
 
     def rows(self) -> list[tuple[int, str, float, float]]:
-        """(layer, lane, start_ms, end_ms) tuples, the input `plots.timeline` takes."""
+        """(layer, lane, start_ms, end_ms) tuples, the input `plots.decode_timeline` takes."""
         return [(e.layer, e.lane, e.start_ms, e.end_ms) for e in self.events]
 
 

@@ -27,8 +27,8 @@ from .config import ModelShape, get_shape
 from .experts import GIB
 from .execution import known_executions
 from .placement import known_placements
+from .plots import MEASURED, PROJECTED
 
-MEASURED, PROJECTED = "measured", "projected"
 WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
 SWEEP_POINTS = 5  # budgets the Sweep button runs, evenly spread over the slider's range
 MAX_PROMPT_TOKENS = 4096  # slider limit; a model's own position limit may be lower
