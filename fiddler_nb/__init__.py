@@ -4,42 +4,55 @@ CPU-GPU orchestration after Fiddler (Kamahori et al., arXiv 2402.07033): non-exp
 the most popular experts on the GPU, the rest in CPU memory; each activated expert runs on the
 CPU or has its weights copied over, whichever a latency model measured on this machine says is
 faster. See README.md for the public API.
+
+Layers (imports run one way, top to bottom of this list; tests/test_layers.py checks it):
+  runtime/     the engine: model facts, loading, experts, policies, latency model, orchestration
+  measure/     this machine's facts, probes, profiler, planner (projections)
+  api.py       the entry points: load, from_model, use_profile, calibrate
+  benchmarks/  measured comparisons: bench matrix, naive offload, CPU suite, random checkpoints
+  notebook/    plots, widgets, nbmode, and the demo report
+  cli/         the `fiddler-nb` command
 """
 
-from . import policies
-from .config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
-from .bench import BenchRecord, bench
-from .cpu_suite import run_cpu_suite
-from .engine import Engine, GenerationResult
-from .factory import from_model, load
-from .hardware import GPU_PRESETS, LINK_PRESETS
-from .latency import Curve, LatencyModel, assign_layer
-from .planner import PlanRecord, plan, plan_table
-from .profiler import HardwareProfile, profile_hardware
-from .routing import Popularity, calibrate
-from .stats import GenerationStats, PhaseStats
-from .random_checkpoint import make_random_checkpoint, scaled_expert_budget
-from .tiny import make_tiny_checkpoint
+from .api import calibrate, from_model, load, use_profile
+from .benchmarks.cpu_suite import run_cpu_suite
+from .benchmarks.matrix import BenchRecord, bench
+from .benchmarks.random_checkpoint import make_random_checkpoint, scaled_expert_budget
+from .measure.hardware import GPU_PRESETS, LINK_PRESETS
+from .measure.planner import PlanRecord, plan, plan_table
+from .measure.profiler import HardwareProfile, profile_hardware
+from .runtime import policies
+from .runtime.config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
+from .runtime.engine import Engine, GenerationResult
+from .runtime.errors import BudgetError, CheckpointError, FiddlerError, UnsupportedModelError
+from .runtime.latency import Curve, LatencyModel, assign_layer
+from .runtime.popularity import Popularity
+from .runtime.stats import GenerationStats, PhaseStats
+from .runtime.tiny import make_tiny_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BenchRecord", "Curve", "Engine", "EngineConfig", "GPU_PRESETS", "GenerationResult", "GenerationStats",
-    "HardwareProfile", "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord",
-    "Popularity", "SHAPE_PRESETS", "assign_layer", "bench", "calibrate", "from_model",
+    "BenchRecord", "BudgetError", "CheckpointError", "Curve", "Engine", "EngineConfig",
+    "FiddlerError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "HardwareProfile",
+    "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord", "Popularity",
+    "SHAPE_PRESETS", "UnsupportedModelError", "assign_layer", "bench", "calibrate", "from_model",
     "get_shape", "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table",
     "policies", "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget",
+    "use_profile",
 ]
 
-
-_LAZY_MODULES = {"widgets", "nbmode", "plots", "report", "demo"}  # UI: imported on first use
+# UI modules, imported on first use (the report pulls in plotly's HTML machinery)
+_LAZY_MODULES = {"widgets": "notebook.widgets", "nbmode": "notebook.nbmode",
+                 "plots": "notebook.plots", "demo": "notebook.demo",
+                 "report": "benchmarks.report"}
 
 
 def __getattr__(name: str):
     import importlib
 
-    if name == "run_demo":  # lazy: the report pulls in plotly's HTML machinery
-        return importlib.import_module(".demo", __name__).run_demo
+    if name == "run_demo":
+        return importlib.import_module(".notebook.demo", __name__).run_demo
     if name in _LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_LAZY_MODULES[name]}", __name__)
     raise AttributeError(f"module 'fiddler_nb' has no attribute {name!r}")

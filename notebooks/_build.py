@@ -2,7 +2,7 @@
 
 Run `python notebooks/_build.py` after editing; the committed .ipynb files are its output.
 Each notebook: a title, a setup cell, then one short call per step with a markdown cell saying
-what the step shows and why. Logic lives in the package; sizes come from `fiddler_nb.nbmode`.
+what the step shows and why. Logic lives in the package; sizes come from `fiddler_nb.notebook.nbmode`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ NOTEBOOKS["02_profile_your_hardware"] = [
        "Whether an offloaded expert should run on the CPU or be copied to the GPU depends on "
        "this machine: CPU speed for one expert, memory bandwidth, and the host-GPU link. The "
        "profiler measures what is here and never invents what is not."),
-    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.profiler import profile_hardware"),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.measure.profiler import profile_hardware"),
     md("**Measure one Mixtral-8x7B expert on this CPU** (real shape and dtype, random weights) "
        "for a few token counts, and probe CPU read bandwidth. Smoke mode uses fewer points and "
        "smaller probes; without CUDA the GPU parts are skipped with the reason recorded."),
@@ -121,7 +121,7 @@ NOTEBOOKS["04_fiddler_vs_naive_offloading"] = [
        "The paper's comparison on this machine: Fiddler (popular experts resident, the rest run "
        "on the CPU or copied, whichever is faster), an LRU expert cache, copying every missing "
        "expert on demand, all experts on the CPU, and accelerate's offloading of whole layers."),
-    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.bench import bench, records_table"),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.benchmarks.matrix import bench, records_table"),
     md("**Run the matrix**: every strategy x GPU expert budget x prompt length, with a "
        "warm-up, medians of repeats, and a check that all strategies produce the same tokens."),
     code("records = bench(S.model_path(), prompt_lengths=S.prompt_sweep,\n"
@@ -169,8 +169,8 @@ NOTEBOOKS["06_plan_a_bigger_model"] = [
        "Will unquantized Mixtral-8x7B (bf16, ~94 GB) run usefully on a 24 GB GPU with *this* "
        "CPU? The planner projects tokens/s from the CPU measured here and a cited GPU preset. "
        "Nothing runs a model: every number below is **projected**."),
-    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.planner import plan, plan_table, resolve_budget\n"
-                              "from fiddler_nb.profiler import profile_hardware"),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.measure.planner import plan, plan_table, resolve_budget\n"
+                              "from fiddler_nb.measure.profiler import profile_hardware"),
     md("**Measure this CPU on a Mixtral expert** and attach a 24 GB GPU preset: the paper's "
        "Quadro RTX 6000 (`S.gpu_preset`, the same in smoke and full mode, so projections compare "
        "with the paper even on a machine with another GPU)."),

@@ -3,7 +3,7 @@
 #   Mixtral-8x7B per-layer shapes, bf16, LAYERS layers (random weights, small vocab), GPU expert
 #   budget scaled to a 24 GB card (`scaled`: 53 of 256 experts -> 7 for 4 layers), all five
 #   strategies, decode (16-token prompt) and a 512-token prefill, batch 1. Writes JSON under $OUT.
-# Usage: OUT=/some/dir [PYTHON=.venv/bin/python] [LAYERS=4] bash bench/gpu_check.sh
+# Usage: OUT=/some/dir [PYTHON=.venv/bin/python] [LAYERS=4] bash scripts/gpu_check.sh
 # Needs a CUDA build of torch with the package installed (pip install -e .).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,13 +32,13 @@ nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.c
 grep -m1 "model name" /proc/cpuinfo > "$OUT/cpu.txt" || true
 
 # 0. a quick measured profile (CPU curve, PCIe, GPU curve) so `auto` decides from this machine
-"$PYTHON" -c "from fiddler_nb.profiler import profile_hardware as p; import sys
+"$PYTHON" -c "from fiddler_nb.measure.profiler import profile_hardware as p; import sys
 prof = p('mixtral-8x7b', quick=True); prof.save(sys.argv[1]); print(prof.summary())" \
   "$OUT/profile.json" 2>&1 | tail -12
 
 # 1. the matrix: all strategies at the 24 GB-scaled budget; tokens compared, mismatches recorded
 #    (bf16 on GPU vs CPU rounds differently, so a flip is recorded, not fatal)
-"$PYTHON" -m fiddler_nb.cli bench --model "$CKPT" --random-shape mixtral-8x7b --layers "$LAYERS" --dtype bfloat16 \
+"$PYTHON" -m fiddler_nb.cli.main bench --model "$CKPT" --random-shape mixtral-8x7b --layers "$LAYERS" --dtype bfloat16 \
   --budgets scaled --prompt-lengths 16 512 --batches 1 --new-tokens "$NEW_TOKENS" \
   --repeats 2 --warmup 1 --on-mismatch record --profile "$OUT/profile.json" \
   --out "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.txt"
@@ -63,4 +63,4 @@ print(json.dumps(out, indent=1))
 PY
 
 # 3. the CPU suite on this host's CPU (bandwidth floor, kernel, engine overhead), if time allows
-timeout 120 "$PYTHON" -m fiddler_nb.cli bench --cpu-suite --out "$OUT/cpu_suite.json" 2>&1 | tail -8 || echo "cpu suite skipped (time)"
+timeout 120 "$PYTHON" -m fiddler_nb.cli.main bench --cpu-suite --out "$OUT/cpu_suite.json" 2>&1 | tail -8 || echo "cpu suite skipped (time)"

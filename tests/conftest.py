@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from fiddler_nb.adapters import TESTED_ARCHITECTURES
-from fiddler_nb.tiny import make_tiny_checkpoint
+from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.tiny import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)

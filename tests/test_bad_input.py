@@ -10,9 +10,9 @@ import weakref
 import pytest
 
 import fiddler_nb as fnb
-from fiddler_nb.adapters import UnsupportedModelError
-from fiddler_nb.experts import BudgetError
-from fiddler_nb.loading import CheckpointError
+from fiddler_nb.runtime.errors import UnsupportedModelError
+from fiddler_nb.runtime.errors import BudgetError
+from fiddler_nb.runtime.errors import CheckpointError
 
 
 def test_missing_path(tmp_path):
@@ -128,7 +128,7 @@ def test_text_prompt_without_tokenizer(tmp_path, mixtral_path):
 
 
 def test_budget_above_device_memory_says_how_many_fit(mixtral_path, monkeypatch):
-    from fiddler_nb.experts import ExpertStore
+    from fiddler_nb.runtime.experts import ExpertStore
 
     monkeypatch.setattr(ExpertStore, "max_resident_experts", lambda self: 3)
     with pytest.raises(BudgetError, match=r"only 3 experts fit.*expert_budget<=3"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.bench import (STRATEGIES, TokenMismatchError, _check_tokens, bench, load_records,
+from fiddler_nb.benchmarks.matrix import (STRATEGIES, TokenMismatchError, _check_tokens, bench, load_records,
                               records_table, save_records)
 
 
@@ -74,7 +74,7 @@ def test_unknown_strategy_is_refused(mixtral_path):
 def test_naive_device_map_is_module_level(mixtral_path):
     from transformers import AutoModelForCausalLM
 
-    from fiddler_nb.naive import naive_device_map
+    from fiddler_nb.benchmarks.naive import naive_device_map
 
     model = AutoModelForCausalLM.from_pretrained(mixtral_path)
     dm = naive_device_map(model, gpu_layers=2, gpu="cuda:0")
@@ -86,7 +86,7 @@ def test_naive_device_map_is_module_level(mixtral_path):
 
 
 def test_random_model_and_budgets(tmp_path):
-    from fiddler_nb.random_checkpoint import (build_random_model, derive_full_model_tps,
+    from fiddler_nb.benchmarks.random_checkpoint import (build_random_model, derive_full_model_tps,
                                               make_random_checkpoint, scaled_expert_budget)
 
     model = build_random_model("tiny", layers=2, dtype="float32")
@@ -102,8 +102,8 @@ def test_random_model_and_budgets(tmp_path):
 
 
 def test_plots_say_measured_or_projected(records):
-    from fiddler_nb.plots import latency_curves, tokens_per_s_vs_budget
-    from fiddler_nb.latency import default_latency_model
+    from fiddler_nb.notebook.plots import latency_curves, tokens_per_s_vs_budget
+    from fiddler_nb.runtime.latency import default_latency_model
 
     fig = tokens_per_s_vs_budget(measured=records, prompt_tokens=8)
     assert "measured" in fig.layout.title.text and "tokens/s" in fig.layout.yaxis.title.text
@@ -115,7 +115,7 @@ def test_plots_say_measured_or_projected(records):
 
 
 def test_demo_writes_a_report(tmp_path, monkeypatch):
-    from fiddler_nb import demo
+    from fiddler_nb.notebook import demo
 
     monkeypatch.setattr(demo, "QUICK", dict(prompt_lengths=(8,), repeats=1, new_tokens=3))
     monkeypatch.setattr(demo, "PROJECTED_SHAPE", "tiny")  # a quick profile of a tiny expert

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fiddler_nb.cli import main
+from fiddler_nb.cli.main import main
 
 
 def test_generate_prints_text_and_table(mixtral_path, capsys):

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from fiddler_nb.cpu_suite import CpuSuiteResult, experts_module, run_cpu_suite, run_kernel
-from fiddler_nb.config import get_shape
+from fiddler_nb.benchmarks.cpu_suite import CpuSuiteResult, experts_module, run_cpu_suite, run_kernel
+from fiddler_nb.runtime.config import get_shape
 
 SMALL_PROBE = 8 << 20  # bytes: fast, and no timing is asserted
 
@@ -47,9 +47,9 @@ def test_kernel_uses_the_engine_layout():
 
 
 def test_oneDNN_comparison_computes_the_engine_math():
-    from fiddler_nb.adapters import expert_weights
-    from fiddler_nb.cpu_suite import _onednn_expert
-    from fiddler_nb.experts import run_expert
+    from fiddler_nb.runtime.adapters import expert_weights
+    from fiddler_nb.benchmarks.cpu_suite import _onednn_expert
+    from fiddler_nb.runtime.experts import run_expert
 
     layer = experts_module(get_shape("tiny"), torch.bfloat16, copies=1)
     x, weights = torch.randn(1, 64).bfloat16(), expert_weights(layer, 0)
@@ -57,13 +57,14 @@ def test_oneDNN_comparison_computes_the_engine_math():
 
 
 def test_read_bandwidth_rule_is_the_profilers():
-    from fiddler_nb import cpu_suite, profiler
+    from fiddler_nb.benchmarks import cpu_suite
+    from fiddler_nb.measure import profiler
 
     assert cpu_suite.best_read_gbps is profiler.best_read_gbps
 
 
 def test_cli_cpu_suite(tmp_path, capsys):
-    from fiddler_nb.cli_bench import add_subcommands
+    from fiddler_nb.cli.bench import add_subcommands
 
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="command"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.experts import BudgetError
+from fiddler_nb.runtime.errors import BudgetError
 
 pytestmark = [
     pytest.mark.cuda,

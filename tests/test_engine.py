@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.loading import experts_on_cpu
+from fiddler_nb.runtime.loading import experts_on_cpu
 
 
 def test_experts_stay_in_cpu_memory_after_generation(mixtral_path):
@@ -155,7 +155,7 @@ def test_closed_engine_says_so(mixtral_path):
 
 
 def test_failed_from_model_leaves_the_model_stock(mixtral_path, stock_model):
-    from fiddler_nb.experts import BudgetError
+    from fiddler_nb.runtime.errors import BudgetError
 
     model = stock_model(mixtral_path)
     ids = torch.tensor([[5, 6, 7, 8]])

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.adapters import TESTED_ARCHITECTURES
-from fiddler_nb.latency import Curve, LatencyModel
-from fiddler_nb.policies import known_executions, known_placements
+from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.latency import Curve, LatencyModel
+from fiddler_nb.runtime.policies import known_executions, known_placements
 
 NEW_TOKENS = 6
 FP32_ATOL = 1e-5

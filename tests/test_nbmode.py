@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fiddler_nb import nbmode
+from fiddler_nb.notebook import nbmode
 
 
 def test_environment_forces_the_mode(monkeypatch):
@@ -45,7 +45,7 @@ def test_sizes_helpers():
 
 
 def test_full_mode_budget_is_a_24gb_card_share():
-    from fiddler_nb.random_checkpoint import CARD_24GB, scaled_expert_budget
+    from fiddler_nb.benchmarks.random_checkpoint import CARD_24GB, scaled_expert_budget
 
     full = nbmode.sizes("full")
     assert full.expert_budget(16) == scaled_expert_budget("mixtral-8x7b", CARD_24GB,

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from fiddler_nb.config import SHAPE_PRESETS, ModelShape
-from fiddler_nb.planner import (UNMEASURED_GPU, PlanRecord, plan, plan_table, resolve_budget,
+from fiddler_nb.runtime.config import SHAPE_PRESETS, ModelShape
+from fiddler_nb.measure.planner import (UNMEASURED_GPU, PlanRecord, plan, plan_table, resolve_budget,
                                 zipf_shares)
-from fiddler_nb.hardware import MachineFacts
-from fiddler_nb.profiler import HardwareProfile
-from fiddler_nb.routing import Popularity
+from fiddler_nb.measure.hardware import MachineFacts
+from fiddler_nb.measure.profiler import HardwareProfile
+from fiddler_nb.runtime.popularity import Popularity
 
 SMALL = ModelShape("small", num_layers=3, num_experts=8, top_k=2, hidden_size=256,
                    intermediate_size=512, non_expert_bytes=2_000_000)
@@ -126,7 +126,7 @@ def test_unmeasured_default_gpu_is_said_loudly():
 def test_cli_plan_warns_first_without_a_gpu_preset(tmp_path, capsys, preset):
     import argparse
 
-    from fiddler_nb.cli_measure import add_subcommands
+    from fiddler_nb.cli.measure import add_subcommands
 
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="command"))

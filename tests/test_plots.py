@@ -6,9 +6,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from fiddler_nb import plots
-from fiddler_nb.routing import Popularity
-from fiddler_nb.widgets import TunerPoint
+from fiddler_nb.notebook import plots
+from fiddler_nb.runtime.popularity import Popularity
+from fiddler_nb.notebook.widgets import TunerPoint
 
 COUNTS = torch.tensor([[5, 1, 0, 4], [2, 2, 2, 2], [0, 0, 9, 1]])  # [L=3, E=4]
 
@@ -55,7 +55,7 @@ def test_timeline_lanes_bars_and_units():
 
 
 def test_timeline_from_a_step_trace_and_errors():
-    from fiddler_nb.trace import StepTrace, TraceEvent
+    from fiddler_nb.runtime.trace import StepTrace, TraceEvent
 
     trace = StepTrace(tuple(TraceEvent(l, lane, a, b, 1) for l, lane, a, b in ROWS), 2.5,
                       "cuda:0", 1)
@@ -76,7 +76,7 @@ def _point(label_placement: str, prefill_s: float, decode_s: float) -> TunerPoin
 
 
 def test_phase_breakdown_measured_and_projected():
-    from fiddler_nb.planner import PlanRecord
+    from fiddler_nb.measure.planner import PlanRecord
 
     plan = PlanRecord("projected", "mixtral-8x7b", "fiddler", "popularity", "auto", 56, 128, 33,
                       prefill_ms=400.0, decode_ms_per_token=250.0, prefill_tps=320.0,

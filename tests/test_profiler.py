@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from fiddler_nb.hardware import GPU_PRESETS, LINK_PRESETS, MachineFacts, get_gpu_preset
-from fiddler_nb.profiler import HardwareProfile, profile_hardware
+from fiddler_nb.measure.hardware import GPU_PRESETS, LINK_PRESETS, MachineFacts, get_gpu_preset
+from fiddler_nb.measure.profiler import HardwareProfile, profile_hardware
 
 
 def _facts() -> MachineFacts:
@@ -123,7 +123,7 @@ def test_profile_is_frozen():
 
 
 def test_profile_of_a_loaded_engine_uses_its_expert_shape():
-    from fiddler_nb.factory import load
+    from fiddler_nb.api import load
 
     engine = load("tiny", device="cpu", expert_budget=0, placement="none")
     try:
@@ -137,7 +137,7 @@ def test_profile_of_a_loaded_engine_uses_its_expert_shape():
 
 
 def test_profile_of_an_engine_with_other_experts_says_what_to_do(tiny_checkpoints):
-    from fiddler_nb.factory import load
+    from fiddler_nb.api import load
 
     engine = load(tiny_checkpoints["gpt_oss"], device="cpu", expert_budget=0, placement="none")
     try:
@@ -151,8 +151,8 @@ def test_profile_of_an_engine_with_other_experts_says_what_to_do(tiny_checkpoint
 
 def test_profiler_times_the_engines_kernel():
     """expert_forward must go through experts._linear (ATen GEMV for one bf16 CPU token)."""
-    from fiddler_nb import probes, profiler
-    from fiddler_nb.experts import _linear
+    from fiddler_nb.measure import probes, profiler
+    from fiddler_nb.runtime.experts import _linear
 
     assert probes._linear is _linear
     torch.manual_seed(0)

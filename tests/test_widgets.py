@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 import pytest
 
 import fiddler_nb as fnb
-from fiddler_nb import widgets
-from fiddler_nb.hardware import MachineFacts
-from fiddler_nb.profiler import HardwareProfile
+from fiddler_nb.notebook import widgets
+from fiddler_nb.measure.hardware import MachineFacts
+from fiddler_nb.measure.profiler import HardwareProfile
 
 NEW_TOKENS = 3  # two decode steps: enough to time decode, fast on tiny
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import ModelShape, get_shape, resolve_dtype
-from .probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
+from ..runtime.config import ModelShape, get_shape, resolve_dtype
+from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
 
 KERNEL_COPIES = 2  # experts rotated over so each call reads its weights from DRAM
 KERNEL_REPEATS = 15
@@ -109,7 +109,7 @@ def experts_module(shape: ModelShape, dtype: torch.dtype, copies: int, seed: int
     """A real transformers experts module of `shape` with `copies` experts, filled on the CPU."""
     from transformers import AutoModelForCausalLM
 
-    from .adapters import find_moe_layers
+    from ..runtime.adapters import find_moe_layers
     from .random_checkpoint import TILE_ELEMENTS, _tile_fill, random_config
 
     cfg = random_config(shape, layers=1, num_local_experts=copies)
@@ -144,8 +144,8 @@ def _onednn_expert(layer, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) ->
 def run_kernel(shape: ModelShape, dtype: torch.dtype, repeats: int = KERNEL_REPEATS) -> dict:
     """(a) ms and weight GB/s of `experts.run_expert` at 1 token, rotating over expert copies;
     interleaved with `_onednn_expert` (comparison: the same math through plain F.linear)."""
-    from .adapters import expert_weights
-    from .experts import run_expert
+    from ..runtime.adapters import expert_weights
+    from ..runtime.experts import run_expert
 
     layer = experts_module(shape, dtype, KERNEL_COPIES)
     weights = [expert_weights(layer, e) for e in range(KERNEL_COPIES)]
@@ -180,7 +180,8 @@ def run_overhead(model: str = "tiny", repeats: int = OVERHEAD_REPEATS,
     """(b) decode tok/s of the engine (all on the CPU) vs stock transformers, interleaved."""
     from transformers import AutoModelForCausalLM
 
-    from .factory import load, resolve_path
+    from ..api import load
+    from ..runtime.factory import resolve_path
     from .naive import timed_generate
 
     path = resolve_path(model)
@@ -214,7 +215,7 @@ def run_overhead(model: str = "tiny", repeats: int = OVERHEAD_REPEATS,
 def run_layers(shape: ModelShape, dtype: torch.dtype, layers: int, read_gbps: float,
                new_tokens: int = LAYER_NEW_TOKENS, repeats: int = LAYER_REPEATS) -> dict:
     """(c) decode seconds per layer on CPU experts vs the bandwidth floor."""
-    from .factory import from_model
+    from ..api import from_model
     from .random_checkpoint import build_random_model
 
     model = build_random_model(shape, layers, dtype)
@@ -251,7 +252,7 @@ def run_cpu_suite(shape: str | ModelShape = "mixtral-8x7b", dtype: str = "bfloat
 
     repeats / new_tokens override every part's defaults (tests use small ones).
     """
-    from .hardware import machine_facts
+    from ..measure.hardware import machine_facts
 
     shape = get_shape(shape) if isinstance(shape, str) else shape
     torch_dtype = resolve_dtype(dtype)

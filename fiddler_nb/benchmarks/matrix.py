@@ -158,9 +158,9 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     shape preset (e.g. "mixtral-8x7b") whose layer count scales decode tok/s into the derived
     full-model figure. profile: a HardwareProfile / JSON for `auto` (default: the engine's).
     """
-    from .factory import load
-    from .hardware import machine_facts
-    from .routing import calibrate
+    from ..api import load
+    from ..measure.hardware import machine_facts
+    from ..runtime.calibrate import calibrate
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or on_mismatch not in ("raise", "record"):
@@ -296,8 +296,8 @@ def _run_engine_cell(eng, strategy: str, budget: int, case, ids: torch.Tensor, w
 
 def _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base, reference,
                on_mismatch, bar) -> list[BenchRecord]:
-    from .config import resolve_device, resolve_dtype
-    from .factory import resolve_path
+    from ..runtime.config import resolve_device, resolve_dtype
+    from ..runtime.factory import resolve_path
     from .naive import load_naive, timed_generate
 
     dev = resolve_device(device)

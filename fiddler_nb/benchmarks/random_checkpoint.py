@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .config import ModelShape, get_shape, resolve_dtype
-from .tiny import ROUTER_STD
+from ..runtime.config import ModelShape, get_shape, resolve_dtype
+from ..runtime.tiny import ROUTER_STD
 
 TILE_ELEMENTS = 1_000_003  # a prime: tiled rows never line up with the block period
 TILE_REPEATS = 64  # copy ~128 MB per call in bf16: few Python iterations, little extra memory
@@ -104,7 +104,7 @@ def make_random_checkpoint(path: str | Path, shape: ModelShape | str = "mixtral-
                            layers: int = 2, dtype: str | torch.dtype = "bfloat16", seed: int = 0,
                            vocab_size: int = VOCAB_SIZE) -> Path:
     """Save `build_random_model(...)` with a byte tokenizer; reuses `path` if already complete."""
-    from .tiny import build_tokenizer
+    from ..runtime.tiny import build_tokenizer
 
     out = Path(path)
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
@@ -125,7 +125,7 @@ def scaled_expert_budget(shape: ModelShape | str = "mixtral-8x7b",
     as the planner counts (Mixtral-8x7B, 24 GB = 24e9 bytes: 53 of 256). Scaled: that share of
     each layer.
     """
-    from .planner import resolve_budget  # noqa: PLC0415 (planner imports the profiler)
+    from ..measure.planner import resolve_budget  # noqa: PLC0415 (planner imports the profiler)
 
     shape = get_shape(shape) if isinstance(shape, str) else shape
     full = resolve_budget(None, shape, gpu_memory_bytes)

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from .bench import STRATEGIES
+from ..benchmarks.matrix import STRATEGIES
 
 
 def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
@@ -23,7 +23,7 @@ def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
         if t.isdigit():
             out.append(int(t))
         elif t == "scaled":
-            from .random_checkpoint import scaled_expert_budget
+            from ..benchmarks.random_checkpoint import scaled_expert_budget
 
             if not full_shape:
                 raise ValueError("--budgets scaled needs --full-shape (e.g. mixtral-8x7b)")
@@ -38,7 +38,7 @@ def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
 def cmd_bench(args: argparse.Namespace) -> int:
     command = "fiddler-nb " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.cpu_suite:
-        from .cpu_suite import run_cpu_suite
+        from ..benchmarks.cpu_suite import run_cpu_suite
 
         result = run_cpu_suite(shape=args.shape, dtype=args.dtype or "bfloat16",
                                layers=args.layers or 2, probe_bytes=args.probe_mib << 20,
@@ -47,12 +47,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result.save(args.out)
         print(result.summary())  # ratios last
         return 0
-    from .bench import bench, records_table, save_records
-    from .config import get_shape
+    from ..benchmarks.matrix import bench, records_table, save_records
+    from ..runtime.config import get_shape
 
     model, layers = args.model, None
     if args.random_shape:
-        from .random_checkpoint import make_random_checkpoint
+        from ..benchmarks.random_checkpoint import make_random_checkpoint
 
         layers = args.layers or 2
         model = str(make_random_checkpoint(args.model, args.random_shape, layers,
@@ -115,7 +115,7 @@ def add_subcommands(sub) -> None:
 
 def cmd_demo_report(args: argparse.Namespace) -> int:
     """For cli.py's `demo`: run the main job and print where the report is."""
-    from .demo import run_demo
+    from ..notebook.demo import run_demo
 
     print(f"report: {run_demo(args.out_dir, quick=not args.full)}")
     return 0

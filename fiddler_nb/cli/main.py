@@ -10,8 +10,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .execution import known_executions
-from .placement import known_placements
+from ..runtime.execution import known_executions
+from ..runtime.placement import known_placements
 
 DEFAULT_PROMPT = "The quick brown fox"
 
@@ -31,7 +31,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_engine(args: argparse.Namespace):
-    from .factory import load
+    from ..api import load
 
     return load(args.model, device=args.device, dtype=args.dtype,
                 expert_budget=args.expert_budget, gpu_memory=args.gpu_memory,
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.set_defaults(func=cmd_generate)
-    from . import cli_bench, cli_measure
+    from . import bench as cli_bench
+    from . import measure as cli_measure
 
     demo = sub.add_parser("demo", help="the main job: profile, calibrate, bench, HTML report")
     cli_bench.add_demo_args(demo)
@@ -69,14 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .adapters import UnsupportedModelError
-    from .experts import BudgetError
-    from .loading import CheckpointError
-
     try:
         return args.func(args)
-    except (CheckpointError, UnsupportedModelError, BudgetError, ValueError,
-            FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # FiddlerError is a ValueError
         print(f"fiddler-nb: error: {err}", file=sys.stderr)
         return 2
 

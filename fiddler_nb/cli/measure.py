@@ -11,15 +11,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import SHAPE_PRESETS
+from ..runtime.config import SHAPE_PRESETS
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .profiler import profile_hardware
+    from ..measure.profiler import profile_hardware
 
     target = args.shape
     if args.model is not None:
-        from .factory import load
+        from ..api import load
 
         target = load(args.model, device="cpu", dtype=args.dtype, expert_budget=0,
                       placement="none")
@@ -31,8 +31,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .planner import UNMEASURED_GPU, gpu_is_unmeasured, plan, plan_table
-    from .profiler import HardwareProfile, profile_hardware
+    from ..measure.planner import UNMEASURED_GPU, gpu_is_unmeasured, plan, plan_table
+    from ..measure.profiler import HardwareProfile, profile_hardware
 
     if args.profile is None and args.gpu_preset is None:
         raise ValueError("plan needs --profile FILE (measured) and/or --gpu-preset NAME")
@@ -46,7 +46,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"warning: {UNMEASURED_GPU}")  # first, before any projected number
     popularity = None
     if args.popularity is not None:
-        from .routing import Popularity
+        from ..runtime.popularity import Popularity
 
         popularity = Popularity.load(args.popularity)
     budgets = [_budget(b) for b in args.budgets] if args.budgets else [None]
@@ -71,8 +71,8 @@ def _budget(text: str) -> int | str | None:
 
 def add_subcommands(sub) -> None:
     """Add `profile` and `plan` to the `fiddler-nb` sub-parsers."""
-    from .hardware import known_gpu_presets
-    from .planner import DEFAULT_SKEW
+    from ..measure.hardware import known_gpu_presets
+    from ..measure.planner import DEFAULT_SKEW
 
     prof = sub.add_parser("profile", help="measure CPU (and GPU) expert latency and bandwidth")
     src = prof.add_mutually_exclusive_group()

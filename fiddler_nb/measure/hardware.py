@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .latency import Curve
+from ..runtime.latency import Curve
 
 # Batch-1 GEMV kernels stream weights at ~75-90% of peak DRAM bandwidth on recent NVIDIA parts
 # (e.g. the memory-bound decode figures in gpt-fast's README); 0.8 is the middle of that range.

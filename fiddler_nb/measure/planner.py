@@ -5,7 +5,7 @@ Nothing here runs a model: every `PlanRecord` is a projection (`kind="projected"
 a cited preset, or the documented default (the record's `latency_source` says which).
 
 Routing model: each layer's experts get a share of the routed (token, expert) pairs, from a
-recorded `routing.Popularity` or a synthetic Zipf law (`skew` = s: the expert of rank r gets a
+recorded `Popularity` or a synthetic Zipf law (`skew` = s: the expert of rank r gets a
 share proportional to r**-s; s=0 is uniform routing, s=1 is classic Zipf). A token picks its
 top_k experts by sampling without replacement in proportion to the shares; decode averages over
 `samples` sampled tokens per layer, prefill routes `prompt_tokens` sampled tokens at once. All
@@ -34,14 +34,14 @@ from typing import Sequence
 
 import torch
 
-from .config import ModelShape, get_shape
-from .execution import make_execution
-from .config import EngineConfig
-from .experts import DEFAULT_RESERVE_BYTES
-from .latency import LatencyModel
-from .placement import PlacementRequest, make_placement
+from ..runtime.config import ModelShape, get_shape
+from ..runtime.execution import make_execution
+from ..runtime.config import EngineConfig
+from ..runtime.experts import DEFAULT_RESERVE_BYTES
+from ..runtime.latency import LatencyModel
+from ..runtime.placement import PlacementRequest, make_placement
 from .profiler import HardwareProfile
-from .routing import Popularity
+from ..runtime.popularity import Popularity
 
 DEFAULT_SKEW = 0.5  # mild skew: routing of trained MoEs is far from Zipf-1 but not uniform
 RESERVE_BYTES = DEFAULT_RESERVE_BYTES  # GPU memory kept for activations / KV cache
@@ -165,7 +165,7 @@ def resolve_budget(budget: int | str | None, shape: ModelShape, gpu_memory_bytes
         if budget is None:
             memory = gpu_memory_bytes
         else:
-            from .factory import parse_bytes  # keeps this module import-light
+            from ..runtime.factory import parse_bytes  # keeps this module import-light
 
             memory = parse_bytes(budget)
         free = memory - shape.non_expert_bytes - RESERVE_BYTES - SCRATCH_SLOTS * shape.expert_bytes

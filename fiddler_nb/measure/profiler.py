@@ -28,9 +28,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelShape, get_shape, resolve_dtype
+from ..runtime.config import ModelShape, get_shape, resolve_dtype
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
-from .latency import Curve, LatencyModel, default_latency_model
+from ..runtime.latency import Curve, LatencyModel, default_latency_model
 from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gbps,  # noqa: F401
                      expert_forward, measure_cpu_bandwidth, measure_cpu_expert)  # re-exported
 

@@ -18,12 +18,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .bench import bench, records_table, save_records
-from .planner import plan
+from ..benchmarks.matrix import bench, records_table, save_records
+from ..measure.planner import plan
 from .plots import latency_curves, tokens_per_s_vs_budget
-from .profiler import profile_hardware
-from .random_checkpoint import scaled_expert_budget
-from .report import MEASURED_COLUMNS, PROJECTED_COLUMNS, Report
+from ..measure.profiler import profile_hardware
+from ..benchmarks.random_checkpoint import scaled_expert_budget
+from ..benchmarks.report import MEASURED_COLUMNS, PROJECTED_COLUMNS, Report
 
 PROJECTED_SHAPE = "mixtral-8x7b"
 PRESET_GPU = "rtx-4090"  # a 24 GB consumer card, the paper's target class

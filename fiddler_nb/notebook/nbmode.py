@@ -51,7 +51,7 @@ class NotebookSizes:
         checkpoint with `random_layers` layers, written once under the cache folder."""
         if self.model != RANDOM_MODEL:
             return self.model
-        from .random_checkpoint import make_random_checkpoint
+        from ..benchmarks.random_checkpoint import make_random_checkpoint
 
         path = output_dir() / f"random-{RANDOM_SHAPE}-{self.random_layers}layers"
         return str(make_random_checkpoint(path, RANDOM_SHAPE, layers=self.random_layers))
@@ -60,7 +60,7 @@ class NotebookSizes:
         """A budget that leaves experts off the GPU: a 24 GB card's share for the random Mixtral
         (as the paper's machines), otherwise a quarter of the experts."""
         if self.model == RANDOM_MODEL:
-            from .random_checkpoint import CARD_24GB, scaled_expert_budget
+            from ..benchmarks.random_checkpoint import CARD_24GB, scaled_expert_budget
 
             return scaled_expert_budget(RANDOM_SHAPE, CARD_24GB, self.random_layers)
         return total_experts // OFFLOAD_SHARE
@@ -73,8 +73,8 @@ class NotebookSizes:
         `calibration_set()` so 'popularity' placement knows the hot experts, then `placement`
         places the budget: a GPU never holds more than the budget, nothing falls back silently.
         """
-        from .factory import load
-        from .routing import calibrate as record
+        from ..api import load
+        from ..runtime.calibrate import calibrate as record
 
         eng = load(model or self.model_path(), expert_budget=0, placement="none", **kwargs)
         if calibrate:

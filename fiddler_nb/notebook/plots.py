@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from .trace import LANES
+from ..runtime.trace import LANES
 
 STRATEGY_COLORS = {  # one colour per strategy across every figure
     "fiddler": "#d62728", "cpu-experts": "#1f77b4", "on-demand": "#2ca02c",
@@ -121,7 +121,7 @@ def popularity_heatmap(popularity: Any, placement: Iterable[tuple[int, int]] = (
                        title: str | None = None) -> go.Figure:
     """Heatmap [L, E] of routing popularity; experts in `placement` outlined.
 
-    popularity: a `routing.Popularity`, or an [L, E] tensor / nested list of counts.
+    popularity: a `Popularity`, or an [L, E] tensor / nested list of counts.
     share: colour by each layer's share of routed pairs (%) instead of raw counts.
     kind: "measured" for recorded routing (fnb.calibrate), "projected" for a synthetic law.
     """

@@ -23,10 +23,10 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelShape, get_shape
-from .experts import GIB
-from .execution import known_executions
-from .placement import known_placements
+from ..runtime.config import ModelShape, get_shape
+from ..runtime.experts import GIB
+from ..runtime.execution import known_executions
+from ..runtime.placement import known_placements
 from .plots import MEASURED, PROJECTED
 
 WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
@@ -70,7 +70,7 @@ class PlanInput:
 
     shape: ModelShape
     profile: Any  # profiler.HardwareProfile (GPU measured or a preset attached)
-    popularity: Any = None  # routing.Popularity of this shape, or None for the planner's Zipf law
+    popularity: Any = None  # Popularity of this shape, or None for the planner's Zipf law
     samples: int = 256  # sampled decode tokens per layer (planner default)
 
     @property
@@ -136,7 +136,7 @@ def run_point(engine: Any, budget: int, placement: str, execution: str, prompt_t
 def project_point(plan_input: PlanInput, budget: int, placement: str, execution: str,
                   prompt_tokens: int, new_tokens: int) -> TunerPoint:
     """The planner's projection for one configuration (nothing runs; kind = "projected")."""
-    from .planner import plan  # noqa: PLC0415 (planner pulls in the profiler)
+    from ..measure.planner import plan  # noqa: PLC0415 (planner pulls in the profiler)
 
     if not 0 <= budget <= plan_input.total_experts:
         raise ValueError(f"expert budget {budget} is out of range: {plan_input.shape.name} has "

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import UnsupportedModelError
+
 # model_type values covered by the exactness tests (tests/test_exactness.py)
 TESTED_ARCHITECTURES: tuple[str, ...] = (
     "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "phimoe", "gpt_oss",
 )
-
-
-class UnsupportedModelError(ValueError):
-    """The model has no MoE layer that uses transformers' experts interface."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The engine: a transformers MoE model whose experts run where the policies say.
 
-An `Engine` (built by `fnb.load` / `fnb.from_model`, see factory.py) plugs the orchestrating
-experts forward into transformers, so `engine.model.generate(...)` works unchanged, and owns the
-expert placement, the execution policy and the latency model. `engine.generate` adds timing and
+An `Engine` (built by `fnb.load` / `fnb.from_model`: api.py, runtime/factory.py) plugs the
+orchestrating experts forward into transformers, so `engine.model.generate(...)` works unchanged,
+and owns the expert placement, the execution policy and the latency model. `engine.generate` adds timing and
 per-layer statistics; `engine.trace_decode_step` a per-layer timeline of one decode step.
 """
 
@@ -23,13 +23,10 @@ from .experts import ExpertStore
 from .latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
 from .placement import PlacementRequest, is_dynamic, make_placement
-from .routing import Popularity
+from .popularity import Popularity
 from .stats import GenerationStats, StatsRecorder, phase_stats
 from .timing import FirstTokenClock, sync, with_clock
 from .trace import StepTrace, Tracer
-
-QUICK_PROFILE = "quick"  # profile= value: measure this machine at load time
-
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -137,18 +134,6 @@ class Engine:
 
     def set_latency_model(self, latency: LatencyModel) -> None:
         self._open().latency = latency
-
-    def use_profile(self, profile: Any) -> LatencyModel:
-        """Decide `auto` from a HardwareProfile (or its JSON path, or "quick": measure now)."""
-        from .factory import latency_from
-
-        if isinstance(profile, str) and profile == QUICK_PROFILE:
-            from .profiler import profile_hardware
-
-            profile = profile_hardware(self, quick=True)
-        latency = latency_from(profile, self.expert_bytes, self.model, self.device)
-        self.set_latency_model(latency)
-        return latency
 
     def _check_popularity(self, popularity: Popularity) -> None:
         if (popularity.num_layers, popularity.num_experts) != (self.num_layers, self.num_experts):

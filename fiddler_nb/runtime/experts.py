@@ -20,13 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import MoELayer
+from .errors import BudgetError
 
 GIB = 1 << 30
 DEFAULT_RESERVE_BYTES = GIB  # kept free on the GPU for activations and KV cache
-
-
-class BudgetError(ValueError):
-    """The requested expert budget does not fit (number of experts or device memory)."""
 
 
 def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -15,13 +15,13 @@ import torch
 
 from .adapters import find_moe_layers
 from .config import EngineConfig, resolve_device, resolve_dtype
-from .engine import QUICK_PROFILE, Engine
+from .engine import Engine
 from .execution import make_execution
 from .experts import GIB, ExpertStore
-from .latency import LatencyModel, default_latency_model
+from .latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
 from .placement import make_placement
-from .routing import Popularity
+from .popularity import Popularity
 
 
 def load(path: str | Path, device: str | torch.device | None = None,
@@ -36,8 +36,9 @@ def load(path: str | Path, device: str | torch.device | None = None,
     (all of them on a CPU-only machine). gpu_memory: the same budget given as memory for resident
     experts, e.g. "20GiB" (not the whole card: non-expert weights come on top). profile: for
     `auto` execution, a HardwareProfile / LatencyModel / JSON path, or "quick" to measure this
-    machine now (seconds); None uses the documented default (`latency.default_latency_model`),
-    and `engine.latency.source` says which was used.
+    machine now (seconds) -- those two through `fnb.load` (api.py), which measures and reads
+    files; here a LatencyModel or a profile object. None uses the documented default
+    (`latency.default_latency_model`), and `engine.latency.source` says which was used.
     """
     _check_options(placement, execution, scratch_slots)
     if expert_budget is not None and gpu_memory is not None:
@@ -95,8 +96,6 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
         dtype = str(layers[0].module.down_proj.dtype).removeprefix("torch.")
         config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed)
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
-        if isinstance(profile, str) and profile == QUICK_PROFILE:
-            engine.use_profile(QUICK_PROFILE)
         if popularity is not None:
             engine._check_popularity(popularity)
             engine.popularity = popularity  # placed once, just below
@@ -166,18 +165,18 @@ def parse_bytes(value: str | int) -> int:
     raise ValueError(f"cannot read memory size {value!r}; write e.g. '20GiB' or '512MiB'")
 
 
-def latency_from(profile: Any, expert_bytes: int, model, device: torch.device) -> LatencyModel:
-    """The LatencyModel `auto` decides with, from whatever `profile` the user passed."""
+def latency_from(profile: LatencyModel | LatencySource | None, expert_bytes: int, model,
+                 device: torch.device) -> LatencyModel:
+    """The LatencyModel `auto` decides with: the default, a LatencyModel as given, or one made by
+    a profile (a `HardwareProfile`, read and measured by the layer above: ../api.py)."""
     hidden_bytes = model.config.hidden_size * next(model.parameters()).element_size()
-    if profile is None or (isinstance(profile, str) and profile == QUICK_PROFILE):
-        # "quick": the engine measures once it exists (Engine.use_profile); until then the default
+    if profile is None:
         return default_latency_model(expert_bytes, hidden_bytes, device_type=device.type)
     if isinstance(profile, LatencyModel):
         return profile
-    from .profiler import HardwareProfile
-
-    if isinstance(profile, (str, Path)):
-        profile = HardwareProfile.load(profile)
+    if not isinstance(profile, LatencySource):
+        raise TypeError(f"profile must be a HardwareProfile, its JSON path, 'quick' or a "
+                        f"LatencyModel, got {type(profile).__name__}")
     latency = profile.latency_model(expert_bytes, hidden_bytes)  # scaled if measured elsewhere
     if device.type == "cpu":  # the fast device is this CPU: a transfer is a copy plus CPU work
         latency = replace(latency, gpu=latency.cpu, activation_ms_per_token=0.0,

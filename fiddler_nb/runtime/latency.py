@@ -1,6 +1,6 @@
 """Latency model and the pure decision: which non-resident experts run on the CPU.
 
-A `LatencyModel` interpolates curves measured on this machine (see `profiler.py`):
+A `LatencyModel` interpolates curves measured on this machine (see `measure/profiler.py`):
 `cpu_ms(n)` for one expert on the CPU with n tokens, `gpu_ms(n)` for one expert on the GPU, and
 `transfer_ms(bytes)` for copying weights host->device. `assign_layer` then chooses, per
 activated non-resident expert, CPU or weight transfer so that the layer's makespan
@@ -15,7 +15,15 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@runtime_checkable
+class LatencySource(Protocol):
+    """Anything that makes a LatencyModel for an expert size (a measured `HardwareProfile`)."""
+
+    def latency_model(self, expert_bytes: int | None = None,
+                      hidden_bytes: int | None = None) -> "LatencyModel": ...
 
 
 @dataclass(frozen=True)

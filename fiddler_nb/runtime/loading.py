@@ -14,13 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import UnsupportedModelError, find_moe_layers, is_experts_module
+from .adapters import find_moe_layers, is_experts_module
+from .errors import CheckpointError, UnsupportedModelError
 
 CONFIG_FILE = "config.json"
-
-
-class CheckpointError(ValueError):
-    """The checkpoint path or its files are missing, unreadable or corrupt."""
 
 
 def check_checkpoint(path: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """Routing popularity: how many tokens each (layer, expert) received on a calibration set.
 
 Fiddler ranks experts by an offline routing profile and keeps the most popular on the GPU.
-`calibrate(engine, prompts)` records one; `Popularity.save/load` keep it as safetensors so it is
+`calibrate(engine, prompts)` (calibrate.py) records one; `Popularity.save/load` keep it as safetensors so it is
 data produced by a run, not a literal in code.
 
 Shape legend: L = MoE layers, E = experts per layer.
@@ -12,14 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 
 @dataclass(frozen=True)
@@ -67,32 +63,3 @@ class Popularity:
     def to_json(self) -> str:
         return json.dumps({"counts": self.counts.tolist(), "tokens": self.tokens,
                            "source": self.source})
-
-
-def calibrate(engine: "Engine", prompts: Sequence[str] | str,
-              max_new_tokens: int = 0) -> Popularity:
-    """Run `prompts` through the engine (prefill, plus optional greedy decode) and count routing.
-
-    The counts also become the engine's popularity; with placement 'popularity' the experts are
-    re-placed at once.
-    """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise ValueError("calibrate needs at least one prompt")
-    engine.reset_routing_counts()
-    tokens = 0
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = engine.encode(prompt)
-            tokens += int(ids["input_ids"].numel())
-            if max_new_tokens:
-                engine.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=engine.pad_token_id)
-                tokens += max_new_tokens * int(ids["input_ids"].shape[0])
-            else:
-                engine.model(**ids)
-    popularity = Popularity(torch.tensor(engine.routing_counts, dtype=torch.int64), tokens,
-                            source=f"calibrate({len(prompts)} prompts) on {engine.path}")
-    engine.set_popularity(popularity)
-    return popularity

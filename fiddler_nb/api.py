@@ -1,0 +1,90 @@
+"""The entry points: `load`, `from_model`, `use_profile`, `calibrate`.
+
+These compose the runtime (engine, loading, policies) with the measurements (profiler): a
+`profile=` argument may be a HardwareProfile, its JSON file, a LatencyModel, or "quick" to measure
+this machine with the loaded model's own expert. The runtime itself only takes LatencyModels and
+profile objects, so it never imports the measurement layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from .measure.profiler import HardwareProfile, profile_hardware
+from .runtime import factory
+from .runtime.calibrate import calibrate
+from .runtime.engine import Engine
+from .runtime.factory import latency_from
+from .runtime.latency import LatencyModel
+from .runtime.popularity import Popularity
+
+QUICK_PROFILE = "quick"  # profile= value: measure this machine at load time
+
+ProfileArg = Union[HardwareProfile, LatencyModel, str, Path, None]
+
+__all__ = ["QUICK_PROFILE", "calibrate", "from_model", "load", "use_profile"]
+
+
+def load(path: str | Path, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None, expert_budget: int | None = None,
+         placement: str = "popularity", execution: str = "auto",
+         popularity: Popularity | str | Path | None = None, profile: ProfileArg = None,
+         gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0) -> Engine:
+    """Load a checkpoint directory (or 'tiny') as an Engine; see README for every argument.
+
+    A profile file is read before any weight is; "quick" measures once the model is loaded
+    (seconds) and an error there closes the engine.
+    """
+    latency, quick = _resolve_profile(profile)
+    engine = factory.load(path, device=device, dtype=dtype, expert_budget=expert_budget,
+                          placement=placement, execution=execution, popularity=popularity,
+                          profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
+                          seed=seed)
+    return _finish_quick(engine, quick)
+
+
+def from_model(model, tokenizer=None, device: str | torch.device | None = None,
+               expert_budget: int | None = None, placement: str = "popularity",
+               execution: str = "auto", popularity: Popularity | None = None,
+               profile: ProfileArg = None, scratch_slots: int = 2, seed: int = 0,
+               name: str = "in-memory") -> Engine:
+    """An Engine around a transformers MoE model already in memory (experts on the CPU)."""
+    latency, quick = _resolve_profile(profile)
+    engine = factory.from_model(model, tokenizer, device=device, expert_budget=expert_budget,
+                                placement=placement, execution=execution,
+                                popularity=popularity, profile=latency,
+                                scratch_slots=scratch_slots, seed=seed, name=name)
+    return _finish_quick(engine, quick)
+
+
+def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
+    """Make `auto` decide from a HardwareProfile, its JSON path, a LatencyModel, or "quick"
+    (measure this machine now with the engine's own expert). Returns the model in use."""
+    if isinstance(profile, str) and profile == QUICK_PROFILE:
+        profile = profile_hardware(engine, quick=True)
+    source, _ = _resolve_profile(profile)
+    latency = latency_from(source, engine.expert_bytes, engine.model, engine.device)
+    engine.set_latency_model(latency)
+    return latency
+
+
+def _resolve_profile(profile: Any) -> tuple[HardwareProfile | LatencyModel | None, bool]:
+    """(what the runtime takes, whether to measure after loading)."""
+    if isinstance(profile, str) and profile == QUICK_PROFILE:
+        return None, True  # the default until the engine exists and can be measured
+    if isinstance(profile, (str, Path)):
+        return HardwareProfile.load(profile), False
+    return profile, False
+
+
+def _finish_quick(engine: Engine, quick: bool) -> Engine:
+    if quick:
+        try:
+            use_profile(engine, QUICK_PROFILE)
+        except BaseException:
+            engine.close()
+            raise
+    return engine

@@ -1,0 +1,10 @@
+"""Benchmarks: measured side-by-side comparisons (the Python package; the shell script that
+runs them on a lent GPU machine is scripts/gpu_check.sh at the repository root).
+
+The strategy x budget x prompt matrix (`matrix`), Hugging Face accelerate's real offloading as
+the naive baseline (`naive`), the CPU suite that runs on every machine (`cpu_suite`), random
+checkpoints of real model shapes (`random_checkpoint`) and the self-contained HTML report
+(`report`).
+
+May import: runtime, measure, api. Never notebook or cli.
+"""

@@ -1,0 +1,9 @@
+"""Measurements: facts about this machine and projections for others.
+
+Machine facts and presets for GPUs we cannot measure (`hardware`), timing probes (`probes`),
+the profiler that turns them into a saved `HardwareProfile` (`profiler`), and the planner that
+projects tokens/s per strategy and budget from a profile (`planner`; every number labelled
+projected).
+
+May import: runtime (its kernels and latency model). Never benchmarks, notebook or cli.
+"""
