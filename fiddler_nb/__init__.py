@@ -24,7 +24,9 @@ from .measure.profiler import HardwareProfile, profile_hardware
 from .runtime import policies
 from .runtime.config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
 from .runtime.engine import Engine, GenerationResult
-from .runtime.errors import BudgetError, CheckpointError, FiddlerError, UnsupportedModelError
+from .runtime.errors import (BudgetError, CheckpointError, ContextLengthError, DeviceError,
+                             EngineClosedError, FiddlerError, FileFormatError, InputError,
+                             MissingFileError, OptionError, UnsupportedModelError)
 from .runtime.latency import Curve, LatencyModel, assign_layer
 from .runtime.popularity import Popularity
 from .runtime.stats import GenerationStats, PhaseStats
@@ -33,8 +35,9 @@ from .runtime.tiny import make_tiny_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
-    "BenchRecord", "BudgetError", "CheckpointError", "Curve", "Engine", "EngineConfig",
-    "FiddlerError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "HardwareProfile",
+    "BenchRecord", "BudgetError", "CheckpointError", "ContextLengthError", "Curve", "DeviceError",
+    "Engine", "EngineClosedError", "EngineConfig", "FiddlerError", "FileFormatError",
+    "InputError", "MissingFileError", "OptionError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "HardwareProfile",
     "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord", "Popularity",
     "SHAPE_PRESETS", "UnsupportedModelError", "assign_layer", "bench", "calibrate", "from_model",
     "get_shape", "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table",

@@ -17,6 +17,7 @@ from .measure.profiler import HardwareProfile, profile_hardware
 from .runtime import factory
 from .runtime.calibrate import calibrate
 from .runtime.engine import Engine
+from .runtime.errors import OptionError
 from .runtime.factory import latency_from
 from .runtime.latency import LatencyModel
 from .runtime.popularity import Popularity
@@ -63,6 +64,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
 def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
     """Make `auto` decide from a HardwareProfile, its JSON path, a LatencyModel, or "quick"
     (measure this machine now with the engine's own expert). Returns the model in use."""
+    if not isinstance(engine, Engine):
+        raise OptionError(f"use_profile needs an Engine from fnb.load, got {type(engine).__name__}")
     if isinstance(profile, str) and profile == QUICK_PROFILE:
         profile = profile_hardware(engine, quick=True)
     source, _ = _resolve_profile(profile)
@@ -77,6 +80,9 @@ def _resolve_profile(profile: Any) -> tuple[HardwareProfile | LatencyModel | Non
         return None, True  # the default until the engine exists and can be measured
     if isinstance(profile, (str, Path)):
         return HardwareProfile.load(profile), False
+    if profile is not None and not isinstance(profile, (HardwareProfile, LatencyModel)):
+        raise OptionError(f"profile must be a HardwareProfile, its JSON path, {QUICK_PROFILE!r} "
+                          f"or a LatencyModel, got {type(profile).__name__}")
     return profile, False
 
 
