@@ -34,10 +34,9 @@ from typing import Sequence
 
 import torch
 
+from ..runtime.config import EngineConfig, ModelShape, get_shape
 from ..runtime.errors import OptionError
-from ..runtime.config import ModelShape, get_shape
 from ..runtime.execution import make_execution
-from ..runtime.config import EngineConfig
 from ..runtime.experts import DEFAULT_RESERVE_BYTES
 from ..runtime.latency import LatencyModel
 from ..runtime.placement import PlacementRequest, make_placement
@@ -45,6 +44,8 @@ from .profiler import HardwareProfile
 from ..runtime.popularity import Popularity
 from ..runtime.validate import check_float, check_int, check_name
 
+MAX_PLAN_TOKENS = 1 << 20  # a million-token prompt: past every preset's context
+MAX_SAMPLES = 1 << 16  # decode tokens sampled per projection; more changes nothing but time
 DEFAULT_SKEW = 0.5  # mild skew: routing of trained MoEs is far from Zipf-1 but not uniform
 RESERVE_BYTES = DEFAULT_RESERVE_BYTES  # GPU memory kept for activations / KV cache
 SCRATCH_SLOTS = EngineConfig.scratch_slots  # transfer buffers, the engine's default
@@ -200,9 +201,9 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
     if not isinstance(profile, HardwareProfile):
         raise OptionError(f"profile must be a HardwareProfile or its JSON path, got "
                           f"{type(profile).__name__}")
-    check_int("prompt_tokens", prompt_tokens, minimum=1)
-    check_int("new_tokens", new_tokens, minimum=1)
-    check_int("samples", samples, minimum=1)
+    check_int("prompt_tokens", prompt_tokens, minimum=1, maximum=MAX_PLAN_TOKENS)
+    check_int("new_tokens", new_tokens, minimum=1, maximum=MAX_PLAN_TOKENS)
+    check_int("samples", samples, minimum=1, maximum=MAX_SAMPLES)
     check_int("seed", seed)
     check_float("skew", skew, minimum=0.0)
     for name in placements:

@@ -40,6 +40,7 @@ from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gb
 
 FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 QUICK_TOKENS = (1, 8, 64, 512)
+MAX_PROFILE_TOKENS = 1 << 16  # beyond any prefill chunk; larger counts would only exhaust memory
 QUICK_PROBE_BYTES = 256 << 20  # well past a 32-128 MiB LLC; quick mode needs fewer repeats
 FORMAT_VERSION = 1
 
@@ -249,7 +250,7 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
                 or not tokens:
             raise OptionError(f"tokens must be a non-empty list of token counts, got {tokens!r}")
         for n in tokens:
-            check_int("each of tokens", n, minimum=1)
+            check_int("each of tokens", n, minimum=1, maximum=MAX_PROFILE_TOKENS)
         tokens = sorted(set(tokens))
     name, hidden, inter, torch_dtype = _resolve_target(shape_or_engine, dtype)
     tokens = tuple(tokens or (QUICK_TOKENS if quick else FULL_TOKENS))

@@ -23,11 +23,12 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.errors import OptionError
 from ..runtime.config import ModelShape, get_shape
-from ..runtime.experts import GIB
+from ..runtime.errors import OptionError
 from ..runtime.execution import known_executions
+from ..runtime.experts import GIB
 from ..runtime.placement import known_placements
+from ..runtime.validate import check_int
 from .plots import MEASURED, PROJECTED
 
 WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
@@ -103,8 +104,7 @@ def is_engine(target: Any) -> bool:
 # ---- the pure callbacks ------------------------------------------------------------------
 def prompt_ids(engine: Any, tokens: int, seed: int = 0) -> torch.Tensor:
     """[1, tokens] seeded token ids: an exact prompt length for any tokenizer."""
-    if tokens < 1:
-        raise OptionError(f"prompt length must be at least 1 token, got {tokens}")
+    check_int("prompt length", tokens, minimum=1)
     vocab = int(engine.model.config.vocab_size)
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (1, tokens), generator=gen)
@@ -113,8 +113,8 @@ def prompt_ids(engine: Any, tokens: int, seed: int = 0) -> torch.Tensor:
 def run_point(engine: Any, budget: int, placement: str, execution: str, prompt_tokens: int,
               new_tokens: int, warmup: int = WARMUP_RUNS) -> TunerPoint:
     """Re-place `engine`'s experts (no reload), generate, and return the measured point."""
-    if new_tokens < 2:
-        raise OptionError(f"new_tokens must be at least 2 to time a decode step, got {new_tokens}")
+    check_int("new_tokens", new_tokens, minimum=2, hint="two tokens time one decode step")
+    check_int("prompt length", prompt_tokens, minimum=1)
     cfg = engine.config  # one re-placement for all changes; a failure leaves cfg as it was
     engine.reconfigure(
         expert_budget=int(budget) if budget != cfg.expert_budget else None,
@@ -139,7 +139,10 @@ def project_point(plan_input: PlanInput, budget: int, placement: str, execution:
     """The planner's projection for one configuration (nothing runs; kind = "projected")."""
     from ..measure.planner import plan  # noqa: PLC0415 (planner pulls in the profiler)
 
-    if not 0 <= budget <= plan_input.total_experts:
+    check_int("new_tokens", new_tokens, minimum=1)
+    check_int("prompt length", prompt_tokens, minimum=1)
+    if isinstance(budget, bool) or not isinstance(budget, int) \
+            or not 0 <= budget <= plan_input.total_experts:
         raise OptionError(f"expert budget {budget} is out of range: {plan_input.shape.name} has "
                           f"{plan_input.total_experts} experts; pass 0..{plan_input.total_experts}")
     records = plan(plan_input.shape, plan_input.profile, budgets=(int(budget),),
