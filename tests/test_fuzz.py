@@ -283,3 +283,55 @@ def test_cli_generate_never_shows_a_traceback(mixtral_path, capsys, flag, value)
     assert code in (0, 2), f"exit status {code} for {argv}"
     if code == 2:
         assert "Traceback" not in err and "error:" in err.splitlines()[-1]
+
+
+@settings(FUZZ, max_examples=20)
+@given(model=junk, arg=st.sampled_from(["device", "expert_budget", "placement", "execution",
+                                        "scratch_slots", "popularity", "profile"]), value=junk)
+def test_from_model_with_junk(model, arg, value):
+    check_clean(lambda: fnb.from_model(model, **{arg: value}))
+
+
+# ---- widget callbacks --------------------------------------------------------------------
+@settings(FUZZ, max_examples=25)
+@given(budget=st.one_of(st.integers(-2, 40), junk), placement=st.one_of(
+    st.sampled_from(fnb.policies.known_placements()), junk),
+       execution=st.one_of(st.sampled_from(fnb.policies.known_executions()), junk),
+       prompt=st.one_of(st.integers(-1, 8), junk), new=st.one_of(st.integers(-1, 4), junk))
+def test_tuner_callbacks_with_junk(engine, budget, placement, execution, prompt, new):
+    from fiddler_nb.notebook import widgets
+
+    before = snapshot(engine)
+    ok = check_clean(lambda: widgets.run_point(engine, budget, placement, execution, prompt, new,
+                                               warmup=0))
+    assert_unchanged(engine, None if ok else before)
+    if ok:
+        _restore(engine, before)
+
+
+# ---- every CLI command -------------------------------------------------------------------
+CLI_CASES = [
+    ["plan", "--shape", "tiny", "--gpu-preset", "l4", "--prompt-tokens", "{v}"],
+    ["plan", "--shape", "tiny", "--profile", "{v}"],
+    ["plan", "--shape", "tiny", "--gpu-preset", "l4", "--budgets", "{v}"],
+    ["profile", "--shape", "tiny", "--threads", "{v}", "--out", "/tmp/fnb-fuzz-prof.json"],
+    ["bench", "--model", "{model}", "--prompt-lengths", "{v}", "--new-tokens", "2",
+     "--repeats", "1", "--warmup", "0", "--strategies", "fiddler", "--batches", "1"],
+    ["bench", "--model", "{model}", "--budgets", "{v}", "--prompt-lengths", "4",
+     "--new-tokens", "2", "--repeats", "1", "--warmup", "0", "--strategies", "fiddler"],
+]
+
+
+@settings(FUZZ, max_examples=20)
+@given(case=st.integers(0, len(CLI_CASES) - 1),
+       value=st.sampled_from(["-1", "x", "1e9", "/nonexistent", "nan", "99999999999", ""]))
+def test_every_cli_command_refuses_in_one_line(mixtral_path, capsys, case, value):
+    """Every value here is bad for every case (valid runs take seconds, not fuzz time)."""
+    argv = [a.format(v=value, model=mixtral_path) for a in CLI_CASES[case]]
+    try:
+        code = cli_main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, f"exit status {code} for {argv}"
+    assert "Traceback" not in err and "error:" in err.strip().splitlines()[-1], err

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.config import get_shape
-from ..runtime.errors import FiddlerError, OptionError
+from ..runtime.errors import BudgetError, FiddlerError, OptionError
 from ..runtime.validate import check_int, check_name
 
 STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (placement, execution) in the engine
@@ -202,13 +202,17 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     eng = load(model, device=device, dtype=dtype, expert_budget=0, placement="none",
                execution="cpu", profile=profile)
+    total = eng.num_layers * eng.num_experts
     try:
         eng.check_context(max(prompt_lengths), new_tokens)  # before building any prompt
+        too_big = [b for b in budgets or () if b > total]
+        if too_big:
+            raise BudgetError(f"budgets {too_big} are out of range: {eng.path} has {total} "
+                              f"experts; pass budgets in 0..{total}")
     except FiddlerError:
         eng.close()
         raise
     cfg = eng.model.config
-    total = eng.num_layers * eng.num_experts
     budgets = list(budgets) if budgets is not None else default_budgets(total)
     avoid = [getattr(cfg, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
     avoid = [s for s in avoid if isinstance(s, int)]  # special ids: no EOS inside a prompt

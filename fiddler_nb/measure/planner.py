@@ -166,7 +166,8 @@ def resolve_budget(budget: int | str | None, shape: ModelShape, gpu_memory_bytes
         raise OptionError(f"a budget must be a number of experts, a memory size such as '20GiB' "
                           f"or None (what fits), got {budget!r}")
     if isinstance(budget, int):
-        experts = check_int("expert budget", budget, minimum=0)
+        experts = check_int("expert budget", budget, minimum=0, maximum=shape.total_experts,
+                            hint=f"{shape.name} has {shape.total_experts} experts")
     else:
         if budget is None:
             memory = gpu_memory_bytes
