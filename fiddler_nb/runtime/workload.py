@@ -12,6 +12,8 @@ the last token is never fed back):
   sliding window     the same with tokens capped at window - 1 (DynamicSlidingWindowLayer)
   MLA (DeepSeek)     (kv_lora_rank + qk_rope_head_dim) x tokens (the compressed latents, 1 head)
   moe / mlp blocks   nothing (hybrid configs that list them as layer types)
+Layer types come from `config.layer_types`, else as transformers' `get_layer_types_and_kwargs`
+infers them (sliding_window set -> sliding, attention_chunk_size -> chunked, else full).
 Linear-attention / Mamba layers keep a constant-size state that is not modelled here; they are
 named in `KvEstimate.notes` so the figure never silently claims to cover them.
 
@@ -32,7 +34,7 @@ GIB = 1 << 30
 ACTIVATION_HIDDEN_COPIES = 8  # residual, normed input, q/k/v/o outputs and the MoE sum, at once
 LOGITS_BYTES = 4  # generate upcasts the last position's logits to fp32
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
-NO_CACHE_LAYERS = ("moe", "mlp")  # hybrid configs list FFN blocks as layers of their own
+NO_CACHE_LAYERS = ("moe", "mlp", "dummy")  # FFN blocks of hybrids, layers sharing another's KV
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,11 @@ class Workload:
 def kv_cache_bytes(model_config: Any, tokens: int, batch: int, dtype_bytes: int) -> KvEstimate:
     """Bytes of transformers' KV cache holding `tokens` tokens of `batch` sequences."""
     cfg = _text_config(model_config)
-    types = list(getattr(cfg, "layer_types", None) or [FULL] * cfg.num_hidden_layers)
-    per_token = _kv_elements_per_token(cfg)
     window = getattr(cfg, "sliding_window", None)
     chunk = getattr(cfg, "attention_chunk_size", None)
+    default = SLIDING if window is not None else CHUNKED if chunk is not None else FULL
+    types = list(getattr(cfg, "layer_types", None) or [default] * cfg.num_hidden_layers)
+    per_token = _kv_elements_per_token(cfg)
     per_layer, skipped = [], []
     for kind in types:
         if kind == FULL:
@@ -136,7 +139,9 @@ def kv_cache_bytes(model_config: Any, tokens: int, batch: int, dtype_bytes: int)
 
 def _kv_elements_per_token(cfg: Any) -> int:
     """Cached elements per token per attention layer (keys + values)."""
-    if getattr(cfg, "kv_lora_rank", None):  # MLA caches the compressed latents, one head
+    # MLA caches the compressed latents, one head; the config class must declare the field
+    # (transformers keeps unknown config kwargs as attributes of any config)
+    if hasattr(type(cfg), "kv_lora_rank") and getattr(cfg, "kv_lora_rank", None):
         return int(cfg.kv_lora_rank) + int(cfg.qk_rope_head_dim)
     heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
