@@ -1,4 +1,4 @@
-"""`fiddler-nb` command line: generate, demo, profile, plan, bench.
+"""`fiddler-nb` command line: generate, chat, autotune, demo, profile, plan, bench.
 
 Argument parsing stays here; library functions receive plain values, never a Namespace.
 Errors a user can fix are printed as one line (no traceback) with exit status 2.
@@ -23,11 +23,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-budget", type=int, default=None,
                    help="experts kept on the fast device, all layers together (default: as many as fit)")
     p.add_argument("--gpu-memory", default=None, help="the budget as memory, e.g. 20GiB")
-    p.add_argument("--placement", default="popularity", choices=known_placements())
-    p.add_argument("--execution", default="auto", choices=known_executions())
+    p.add_argument("--placement", default=None, choices=known_placements(),
+                   help="default: popularity (or the plan's)")
+    p.add_argument("--execution", default=None, choices=known_executions(),
+                   help="default: auto (or the plan's)")
     p.add_argument("--popularity", default=None, help="a popularity file from calibrate")
     p.add_argument("--profile", default=None,
                    help="a HardwareProfile JSON for 'auto', or 'quick' to measure this machine now")
+    p.add_argument("--plan", default=None,
+                   help="a plan from `fiddler-nb autotune --out` (explicit options override it)")
 
 
 def _load_engine(args: argparse.Namespace):
@@ -36,7 +40,7 @@ def _load_engine(args: argparse.Namespace):
     return load(args.model, device=args.device, dtype=args.dtype,
                 expert_budget=args.expert_budget, gpu_memory=args.gpu_memory,
                 placement=args.placement, execution=args.execution,
-                popularity=args.popularity, profile=args.profile)
+                popularity=args.popularity, profile=args.profile, plan=args.plan)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -59,12 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.set_defaults(func=cmd_generate)
     from . import bench as cli_bench
+    from . import chat as cli_chat
     from . import measure as cli_measure
+    from . import tune as cli_tune
 
     demo = sub.add_parser("demo", help="the main job: profile, calibrate, bench, HTML report")
     cli_bench.add_demo_args(demo)
     cli_measure.add_subcommands(sub)
     cli_bench.add_subcommands(sub)
+    cli_chat.add_subcommands(sub, _add_engine_args)
+    cli_tune.add_subcommands(sub)
     return parser
 
 
