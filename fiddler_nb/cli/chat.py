@@ -52,7 +52,7 @@ def chat_loop(engine: Any, read_line: Callable[[], str], write: Callable[[str], 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .main import _load_engine
+    from .engine_args import _load_engine
 
     engine = _load_engine(args)
 
@@ -65,10 +65,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subcommands(sub, add_engine_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_subcommands(sub) -> None:
     """Add `chat` to the `fiddler-nb` sub-parsers."""
+    from .engine_args import _add_engine_args
+
     p = sub.add_parser("chat", help="interactive chat in the terminal, streaming the answers")
-    add_engine_args(p)
+    _add_engine_args(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--system", default=None, help="a system message to start the chat with")
     p.set_defaults(func=cmd_chat)

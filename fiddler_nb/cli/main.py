@@ -10,37 +10,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..runtime.execution import known_executions
-from ..runtime.placement import known_placements
+from .engine_args import _add_engine_args, _load_engine
 
 DEFAULT_PROMPT = "The quick brown fox"
-
-
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="checkpoint directory, or 'tiny' (embedded)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: checkpoint's)")
-    p.add_argument("--expert-budget", type=int, default=None,
-                   help="experts kept on the fast device, all layers together (default: as many as fit)")
-    p.add_argument("--gpu-memory", default=None, help="the budget as memory, e.g. 20GiB")
-    p.add_argument("--placement", default=None, choices=known_placements(),
-                   help="default: popularity (or the plan's)")
-    p.add_argument("--execution", default=None, choices=known_executions(),
-                   help="default: auto (or the plan's)")
-    p.add_argument("--popularity", default=None, help="a popularity file from calibrate")
-    p.add_argument("--profile", default=None,
-                   help="a HardwareProfile JSON for 'auto', or 'quick' to measure this machine now")
-    p.add_argument("--plan", default=None,
-                   help="a plan from `fiddler-nb autotune --out` (explicit options override it)")
-
-
-def _load_engine(args: argparse.Namespace):
-    from ..api import load
-
-    return load(args.model, device=args.device, dtype=args.dtype,
-                expert_budget=args.expert_budget, gpu_memory=args.gpu_memory,
-                placement=args.placement, execution=args.execution,
-                popularity=args.popularity, profile=args.profile, plan=args.plan)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -71,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.add_demo_args(demo)
     cli_measure.add_subcommands(sub)
     cli_bench.add_subcommands(sub)
-    cli_chat.add_subcommands(sub, _add_engine_args)
+    cli_chat.add_subcommands(sub)
     cli_tune.add_subcommands(sub)
     return parser
 
