@@ -52,9 +52,9 @@ def chat_loop(engine: Any, read_line: Callable[[], str], write: Callable[[str], 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .engine_args import _load_engine
+    from .engine_args import load_engine
 
-    engine = _load_engine(args)
+    engine = load_engine(args)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -67,10 +67,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub) -> None:
     """Add `chat` to the `fiddler-nb` sub-parsers."""
-    from .engine_args import _add_engine_args
+    from .engine_args import add_engine_args
 
     p = sub.add_parser("chat", help="interactive chat in the terminal, streaming the answers")
-    _add_engine_args(p)
+    add_engine_args(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--system", default=None, help="a system message to start the chat with")
     p.set_defaults(func=cmd_chat)

@@ -9,7 +9,7 @@ from ..runtime.execution import known_executions
 from ..runtime.placement import known_placements
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
+def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="checkpoint directory, or 'tiny' (embedded)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: checkpoint's)")
@@ -27,7 +27,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="a plan from `fiddler-nb autotune --out` (explicit options override it)")
 
 
-def _load_engine(args: argparse.Namespace):
+def load_engine(args: argparse.Namespace):
     from ..api import load
 
     return load(args.model, device=args.device, dtype=args.dtype,

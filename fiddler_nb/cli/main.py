@@ -10,13 +10,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from .engine_args import _add_engine_args, _load_engine
+from .engine_args import add_engine_args, load_engine
 
 DEFAULT_PROMPT = "The quick brown fox"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    engine = _load_engine(args)
+    engine = load_engine(args)
     result = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens)
     print(result.text)
     print()
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiddler-nb", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate text and print per-layer stats")
-    _add_engine_args(gen)
+    add_engine_args(gen)
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.set_defaults(func=cmd_generate)
