@@ -41,7 +41,7 @@ class ModelFacts:
 
     def table(self) -> str:
         w = self.workload
-        rows = [("architecture", self.architecture),
+        rows = [("checkpoint", self.path), ("architecture", self.architecture),
                 ("MoE layers x experts (top-k)",
                  f"{self.moe_layers} x {self.experts_per_layer} = {self.total_experts} "
                  f"(top-{self.top_k})"),
@@ -60,7 +60,7 @@ class ModelFacts:
             rows.append((f"experts on a {_gib(self.card_bytes)} card (computed)",
                          f"{self.experts_fit_card} of {self.total_experts}"))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in [(f"{self.path}", "")] + rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
     def _repr_pretty_(self, p, cycle) -> None:  # IPython shows the table
         p.text(self.table())
