@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .runtime.errors import FiddlerError
 from .runtime.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
-                                PlanSettings)
+                                PlanSettings, use_workload)
 from .runtime.workload import Workload
 
 DEFAULT_SECONDS = 120.0
@@ -117,7 +117,7 @@ def search_space(engine: Any, workload: Workload, formats: Sequence[str | None],
         total = engine.num_layers * engine.num_experts
         return SearchSpace((total,), (engine.config.placement,), (engine.config.execution,),
                            thr, tuple(formats))
-    engine.set_workload(workload)  # what fits depends on the workload's KV cache
+    use_workload(engine, workload)  # what fits depends on the workload's KV cache
     placement = "popularity" if engine.popularity is not None else "layer-balanced"
     return SearchSpace(budget_options(engine.max_resident_experts()), (placement, "lru"),
                        GPU_EXECUTIONS, thr, tuple(formats))
@@ -125,7 +125,7 @@ def search_space(engine: Any, workload: Workload, formats: Sequence[str | None],
 
 def measure_point(engine: Any, workload: Workload, new_tokens: int) -> Measured:
     """Generate the workload (seeded random prompt ids of its length) and read the stats."""
-    vocab = int(engine.model.config.vocab_size)
+    vocab = int(engine.model.config.get_text_config().vocab_size)
     ids = torch.randint(0, vocab, (workload.batch, workload.prompt_tokens),
                         generator=torch.Generator().manual_seed(0))
     stats = engine.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens).stats
@@ -150,6 +150,8 @@ def autotune(path_or_engine: Any, workload: Workload | None = None,
     a HardwareProfile for the planner's projections on a GPU (default: a quick measurement).
     """
     workload = workload or Workload()
+    command = command or (f"fnb.autotune({str(getattr(path_or_engine, 'path', path_or_engine))!r}, "
+                          f"{workload!r}, seconds={seconds!r}, expert_dtypes={expert_dtypes!r})")
     if not (isinstance(seconds, (int, float)) and seconds > 0):
         raise FiddlerError(f"seconds must be a positive number, got {seconds!r}; pass e.g. 120")
     formats: tuple[str | None, ...] = tuple(expert_dtypes) if expert_dtypes else (None,)

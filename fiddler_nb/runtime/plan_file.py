@@ -100,7 +100,7 @@ class Plan:
         if s.expert_dtype is not None and s.expert_dtype != current:
             raise FiddlerError(f"the plan uses expert format {s.expert_dtype!r} but the engine "
                                f"holds {current!r}; load it with fnb.load(path, plan=plan)")
-        engine.set_workload(self.workload)
+        use_workload(engine, self.workload)
         engine.reconfigure(expert_budget=s.expert_budget, placement=s.placement,
                            execution=s.execution, threads=s.threads)
 
@@ -114,6 +114,7 @@ class Plan:
                 f"projected columns: {self.projection_source}",
                 f"time: {self.seconds_used:.1f} s of {self.seconds_limit:g} s; chosen: "
                 f"{self.settings.label}", f"reason: {self.reason}"]
+        head += [f"command: {self.command}"] if self.command else []
         head += [f"note: {n}" for n in self.notes]
         cols = (f"  {'candidate':<44}{'meas. prefill':>14}{'meas. decode':>13}"
                 f"{'meas. workload s':>17}{'proj. prefill':>14}{'proj. decode':>13}  status")
@@ -169,6 +170,18 @@ class Plan:
             raise FiddlerError(f"{path} is not JSON ({err}); pass a file saved by "
                                "Plan.save") from None
         return cls.from_dict(data, str(path))
+
+
+def use_workload(engine: Any, workload: Workload) -> None:
+    """`engine.set_workload(workload)`; if the current budget leaves too little room for it,
+    empty the fast device first (the caller re-places right after)."""
+    from .errors import BudgetError
+
+    try:
+        engine.set_workload(workload)
+    except BudgetError:
+        engine.set_expert_budget(0)
+        engine.set_workload(workload)
 
 
 def as_plan(plan: "Plan | str | Path") -> Plan:
