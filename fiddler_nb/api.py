@@ -18,9 +18,9 @@ from .measure.profiler import HardwareProfile, profile_hardware
 from .runtime import factory
 from .runtime.calibrate import calibrate
 from .runtime.engine import Engine
+from .runtime.errors import OptionError
 from .runtime.factory import latency_from
 from .runtime.latency import LatencyModel
-from .runtime.errors import FiddlerError
 from .runtime.plan_file import Plan, as_plan
 from .runtime.popularity import Popularity
 from .runtime.workload import Workload
@@ -67,7 +67,7 @@ def _with_plan(given: dict, plan: Plan | str | Path | None, gpu_memory) -> dict:
         from_plan = as_plan(plan).load_kwargs()
         fmt = from_plan.pop("expert_dtype", None)
         if fmt is not None:  # compressed expert formats arrive with issue 9's load(expert_dtype=)
-            raise FiddlerError(f"the plan picked expert format {fmt!r} but this fiddler_nb's "
+            raise OptionError(f"the plan picked expert format {fmt!r} but this fiddler_nb's "
                                "load() has no expert_dtype; re-run autotune without "
                                "expert_dtypes or update fiddler_nb")
         if gpu_memory is not None:
@@ -96,6 +96,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
 def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
     """Make `auto` decide from a HardwareProfile, its JSON path, a LatencyModel, or "quick"
     (measure this machine now with the engine's own expert). Returns the model in use."""
+    if not isinstance(engine, Engine):
+        raise OptionError(f"use_profile needs an Engine from fnb.load, got {type(engine).__name__}")
     if isinstance(profile, str) and profile == QUICK_PROFILE:
         profile = profile_hardware(engine, quick=True)
     source, _ = _resolve_profile(profile)
@@ -110,6 +112,9 @@ def _resolve_profile(profile: Any) -> tuple[HardwareProfile | LatencyModel | Non
         return None, True  # the default until the engine exists and can be measured
     if isinstance(profile, (str, Path)):
         return HardwareProfile.load(profile), False
+    if profile is not None and not isinstance(profile, (HardwareProfile, LatencyModel)):
+        raise OptionError(f"profile must be a HardwareProfile, its JSON path, {QUICK_PROFILE!r} "
+                          f"or a LatencyModel, got {type(profile).__name__}")
     return profile, False
 
 

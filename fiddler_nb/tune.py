@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .runtime.errors import FiddlerError
+from .runtime.errors import FiddlerError, OptionError
+from .runtime.validate import check_float
 from .runtime.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
                                 PlanSettings, use_workload)
 from .runtime.workload import Workload
@@ -152,8 +153,7 @@ def autotune(path_or_engine: Any, workload: Workload | None = None,
     workload = workload or Workload()
     command = command or (f"fnb.autotune({str(getattr(path_or_engine, 'path', path_or_engine))!r}, "
                           f"{workload!r}, seconds={seconds!r}, expert_dtypes={expert_dtypes!r})")
-    if not (isinstance(seconds, (int, float)) and seconds > 0):
-        raise FiddlerError(f"seconds must be a positive number, got {seconds!r}; pass e.g. 120")
+    check_float("seconds", seconds, strictly_positive=True)
     formats: tuple[str | None, ...] = tuple(expert_dtypes) if expert_dtypes else (None,)
     user_engine = None if not hasattr(path_or_engine, "reconfigure") else path_or_engine
     load = loader or _default_loader
@@ -286,7 +286,7 @@ def _default_loader(path: Any, workload: Workload, fmt: str | None):
     from .api import load
 
     if fmt is not None and "expert_dtype" not in inspect.signature(load).parameters:
-        raise FiddlerError(f"expert format {fmt!r} was asked for but this fiddler_nb's load() "
+        raise OptionError(f"expert format {fmt!r} was asked for but this fiddler_nb's load() "
                            "has no expert_dtype (compressed expert formats); pass "
                            "expert_dtypes=None")
     return load(path, workload=workload, **({"expert_dtype": fmt} if fmt is not None else {}))

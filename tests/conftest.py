@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import pytest
 import torch
@@ -17,7 +16,6 @@ def _isolated_cache(tmp_path_factory):
     """The embedded default model is written under a per-run folder, not the user's home."""
     if "FIDDLER_NB_CACHE" not in os.environ:
         os.environ["FIDDLER_NB_CACHE"] = str(tmp_path_factory.mktemp("fnb_cache"))
-    warnings.filterwarnings("ignore", message="placement 'popularity' has no routing profile")
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,55 @@ def test_trace_on_cuda_has_overlapping_lanes(mixtral_path):
     trace = engine.trace_decode_step("overlap")
     assert {"gpu", "transfer"} <= {e.lane for e in trace.events}
     assert all(0 <= e.start_ms <= e.end_ms <= trace.total_ms for e in trace.events)
+
+
+# ---- nothing lost on failure, on the device (issue 11) ------------------------------------
+def _free_for_experts(engine) -> int:
+    free, _ = torch.cuda.mem_get_info(engine.device)
+    return free + torch.cuda.memory_reserved(engine.device) - torch.cuda.memory_allocated(engine.device)
+
+
+def test_budget_beyond_free_memory_leaves_memory_where_it_was(mixtral_path, monkeypatch):
+    engine = fnb.load(mixtral_path, device="cuda", expert_budget=4)
+    store = engine._state.store
+    monkeypatch.setattr(store, "max_resident_experts", lambda: 6)  # a card with room for 6
+    before, placement = torch.cuda.memory_allocated(), engine.placement
+    with pytest.raises(BudgetError, match="only 6 experts fit"):
+        engine.set_expert_budget(7)
+    assert torch.cuda.memory_allocated() == before and engine.placement == placement
+
+
+def test_budget_that_fits_only_without_the_reserve_is_refused(mixtral_path):
+    engine = fnb.load(mixtral_path, device="cuda", expert_budget=2)
+    store = engine._state.store
+    # leave room for exactly 3 more experts' bytes beyond the reserve
+    store.reserve_bytes = _free_for_experts(engine) + store._resident_bytes() - 3 * store.expert_bytes
+    before, placement = torch.cuda.memory_allocated(), engine.placement
+    with pytest.raises(BudgetError, match="free for activations"):
+        engine.set_expert_budget(5)  # would fit in the reserve, not beside it
+    assert torch.cuda.memory_allocated() == before and engine.placement == placement
+    engine.set_expert_budget(3)
+    assert len(engine.placement) == 3
+
+
+def test_failed_re_placement_restores_the_old_copies(mixtral_path, monkeypatch):
+    engine = fnb.load(mixtral_path, device="cuda", expert_budget=4, placement="layer-balanced")
+    ids = torch.tensor([[5, 17, 3, 42]])
+    want = engine.generate(ids, max_new_tokens=4).token_ids
+    before, placement = torch.cuda.memory_allocated(), engine.placement
+    store = engine._state.store
+    real, calls = store._build_layer, []
+
+    def flaky(layer, experts):
+        calls.append(layer.index)
+        if len(calls) == 3:  # fail part-way through the new placement
+            raise torch.cuda.OutOfMemoryError("injected")
+        return real(layer, experts)
+
+    monkeypatch.setattr(store, "_build_layer", flaky)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.set_expert_budget(12)
+    monkeypatch.setattr(store, "_build_layer", real)
+    assert engine.placement == placement and engine.config.expert_budget == 4
+    assert torch.cuda.memory_allocated() == before
+    assert torch.equal(engine.generate(ids, max_new_tokens=4).token_ids, want)

@@ -34,10 +34,22 @@ def test_popularity_takes_the_most_used_experts_globally():
     assert placed == {(3, 5), (0, 1)}
 
 
-def test_popularity_without_profile_warns_and_balances():
-    with pytest.warns(UserWarning, match="falling back to 'layer-balanced'"):
+def test_popularity_without_profile_balances_silently():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fallback is said once, in the engine's notes
         placed = make_placement("popularity").place(_request(8))
     assert placed == make_placement("layer-balanced").place(_request(8))
+
+
+def test_engine_says_the_popularity_fallback_in_its_repr(mixtral_path):
+    import fiddler_nb as fnb
+
+    eng = fnb.load(mixtral_path, expert_budget=4)
+    assert "no routing profile yet" in repr(eng) and eng.notes
+    fnb.calibrate(eng, ["hello world"])
+    assert "no routing profile" not in repr(eng) and not eng.notes
 
 
 def test_layer_balanced_spreads_over_layers():

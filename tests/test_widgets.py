@@ -155,7 +155,7 @@ def test_sweep_function_runs_every_combination(engine):
 
 
 def test_bad_targets_and_lengths_are_refused(engine):
-    with pytest.raises(TypeError, match="tuner takes"):
+    with pytest.raises(fnb.FiddlerError, match="tuner takes"):
         widgets.tuner(object())
     with pytest.raises(ValueError, match="new_tokens"):
         widgets.run_point(engine, 0, "none", "cpu", 4, 1)

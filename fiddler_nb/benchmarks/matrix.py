@@ -23,13 +23,16 @@ import json
 import shlex
 import statistics
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from ..runtime.config import get_shape
+from ..runtime.errors import FiddlerError, OptionError
+from ..runtime.validate import check_int, check_name
 
 STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (placement, execution) in the engine
     "fiddler": ("popularity", "auto"),
@@ -146,6 +149,38 @@ def default_budgets(total_experts: int) -> list[int]:
     return sorted({0, total_experts // 4, total_experts // 2, total_experts})
 
 
+MAX_BATCH = 1 << 12  # rows per generate call; more would only exhaust memory
+
+
+def _as_list(name: str, values: Any) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range)):
+        raise OptionError(f"{name} must be a list or tuple, got {values!r}")
+    if not values:
+        raise OptionError(f"{name} is empty; give at least one value")
+    return list(values)
+
+
+def validate_bench_args(strategies: Any, budgets: Any, prompt_lengths: Any, new_tokens: Any,
+                        batches: Any, repeats: Any, warmup: Any, on_mismatch: Any,
+                        full_shape: Any, seed: Any) -> None:
+    """Every argument of `bench` that can be checked before loading (FiddlerError if not)."""
+    for s in _as_list("strategies", strategies):
+        check_name("strategy", s, STRATEGIES)
+    check_name("on_mismatch", on_mismatch, ("raise", "record"))
+    for name, values in (("prompt_lengths", prompt_lengths), ("batches", batches)):
+        for v in _as_list(name, values):
+            check_int(f"each of {name}", v, minimum=1,
+                      maximum=MAX_BATCH if name == "batches" else None)
+    for v in _as_list("budgets", budgets) if budgets is not None else ():
+        check_int("each of budgets", v, minimum=0)
+    check_int("new_tokens", new_tokens, minimum=1)
+    check_int("repeats", repeats, minimum=1)
+    check_int("warmup", warmup, minimum=0)
+    check_int("seed", seed)
+    if full_shape is not None:
+        get_shape(full_shape)
+
+
 def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGIES),
           budgets: Sequence[int] | None = None, prompt_lengths: Sequence[int] = (16, 128, 512),
           new_tokens: int = 8, batches: Sequence[int] = (1, 2), repeats: int = 3, warmup: int = 1,
@@ -162,13 +197,16 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     from ..measure.hardware import machine_facts
     from ..runtime.calibrate import calibrate
 
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or on_mismatch not in ("raise", "record"):
-        raise ValueError(f"unknown strategies {unknown} (known: {', '.join(STRATEGIES)}) or "
-                         f"on_mismatch={on_mismatch!r} (raise | record)")
+    validate_bench_args(strategies, budgets, prompt_lengths, new_tokens, batches, repeats, warmup,
+                        on_mismatch, full_shape, seed)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     eng = load(model, device=device, dtype=dtype, expert_budget=0, placement="none",
                execution="cpu", profile=profile)
+    try:
+        eng.check_context(max(prompt_lengths), new_tokens)  # before building any prompt
+    except FiddlerError:
+        eng.close()
+        raise
     cfg = eng.model.config
     total = eng.num_layers * eng.num_experts
     budgets = list(budgets) if budgets is not None else default_budgets(total)
@@ -179,10 +217,8 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     base = _base_fields(eng, facts, command, repeats, new_tokens)
     calib = [make_prompts(cfg.vocab_size, [CALIBRATION_TOKENS], [1], seed + 1 + i, avoid)
              [(CALIBRATION_TOKENS, 1)] for i in range(CALIBRATION_PROMPTS)]  # [1, P] each
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no routing profile yet" before calibrate fills it
-        eng.set_placement("popularity")
-        popularity = calibrate(eng, calib)
+    eng.set_placement("popularity")
+    popularity = calibrate(eng, calib)
     cases = list(prompts)
     engine_strats = [s for s in strategies if s != "naive-offload"]
     # a strategy with nothing resident ignores the budget: run it once

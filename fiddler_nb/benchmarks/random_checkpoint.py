@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..runtime.errors import OptionError
 from ..runtime.config import ModelShape, get_shape, resolve_dtype
 from ..runtime.tiny import ROUTER_STD
 
@@ -46,7 +47,7 @@ def random_config(shape: ModelShape | str = "mixtral-8x7b", layers: int = 2,
 
     shape = get_shape(shape) if isinstance(shape, str) else shape
     if shape.name not in ARCH_FACTS:
-        raise ValueError(f"no attention facts for {shape.name!r}; known: {', '.join(ARCH_FACTS)}")
+        raise OptionError(f"no attention facts for {shape.name!r}; known: {', '.join(ARCH_FACTS)}")
     facts = dict(ARCH_FACTS[shape.name])
     model_type = facts.pop("model_type")
     kwargs = dict(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,

@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 
+from ..runtime.errors import OptionError
 from ..benchmarks.matrix import STRATEGIES
 
 
@@ -26,12 +27,12 @@ def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
             from ..benchmarks.random_checkpoint import scaled_expert_budget
 
             if not full_shape:
-                raise ValueError("--budgets scaled needs --full-shape (e.g. mixtral-8x7b)")
+                raise OptionError("--budgets scaled needs --full-shape (e.g. mixtral-8x7b)")
             out.append(scaled_expert_budget(full_shape, card_bytes, layers))
         elif t == "all" and total is not None:
             out.append(total)
         else:
-            raise ValueError(f"cannot read budget {t!r}; use an integer, 'scaled' or 'all'")
+            raise OptionError(f"cannot read budget {t!r}; use an integer, 'scaled' or 'all'")
     return sorted(set(out))
 
 

@@ -10,14 +10,18 @@ import argparse
 import sys
 from typing import Sequence
 
+from ..runtime.errors import FiddlerError
 from .engine_args import add_engine_args, load_engine
 
 DEFAULT_PROMPT = "The quick brown fox"
+EXIT_BAD_INPUT = 2  # as argparse uses for a bad command line
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     engine = load_engine(args)
-    result = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens)
+    result = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens,
+                             allow_beyond_context=args.allow_beyond_context)
     print(result.text)
     print()
     print(f"{engine!r}")
@@ -33,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(gen)
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--allow-beyond-context", action="store_true",
+                     help="generate past the model's context length (max_position_embeddings)")
     gen.set_defaults(func=cmd_generate)
     from . import bench as cli_bench
     from . import chat as cli_chat
@@ -48,13 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Library warnings a CLI user cannot act on (deprecations, generation-config advice) stay
+    out of the terminal; what fiddler_nb has to say is in its own output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for module in ("transformers", "torch", "accelerate", "huggingface_hub"):
+        warnings.filterwarnings("ignore", module=module)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # FiddlerError is a ValueError
+    except FiddlerError as err:  # bad input: one line, no traceback
         print(f"fiddler-nb: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as err:  # e.g. an --out folder that cannot be written
+        print(f"fiddler-nb: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fiddler-nb: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..runtime.errors import OptionError
 from ..runtime.config import SHAPE_PRESETS
 
 
@@ -35,7 +36,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ..measure.profiler import HardwareProfile, profile_hardware
 
     if args.profile is None and args.gpu_preset is None:
-        raise ValueError("plan needs --profile FILE (measured) and/or --gpu-preset NAME")
+        raise OptionError("plan needs --profile FILE (measured) and/or --gpu-preset NAME")
     if args.profile is not None:
         profile = HardwareProfile.load(args.profile)
     else:  # no saved profile: a quick measurement of this CPU for the shape

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.errors import OptionError
 from ..runtime.latency import Curve
 
 # Batch-1 GEMV kernels stream weights at ~75-90% of peak DRAM bandwidth on recent NVIDIA parts
@@ -193,9 +194,9 @@ def get_gpu_preset(name: str, link: str | None = None) -> tuple[GpuPreset, LinkP
         if name.endswith("-" + key) and name[: -len(key) - 1] in GPU_PRESETS:
             gpu_name, link = name[: -len(key) - 1], link or key
     if gpu_name not in GPU_PRESETS:
-        raise ValueError(f"unknown GPU preset {name!r}; known: {', '.join(known_gpu_presets())}")
+        raise OptionError(f"unknown GPU preset {name!r}; known: {', '.join(known_gpu_presets())}")
     gpu = GPU_PRESETS[gpu_name]
     link = link or gpu.default_link
     if link not in LINK_PRESETS:
-        raise ValueError(f"unknown link preset {link!r}; known: {', '.join(LINK_PRESETS)}")
+        raise OptionError(f"unknown link preset {link!r}; known: {', '.join(LINK_PRESETS)}")
     return gpu, LINK_PRESETS[link]

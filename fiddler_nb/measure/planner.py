@@ -34,15 +34,18 @@ from typing import Sequence
 
 import torch
 
-from ..runtime.config import ModelShape, get_shape
+from ..runtime.config import EngineConfig, ModelShape, get_shape
+from ..runtime.errors import OptionError
 from ..runtime.execution import make_execution
-from ..runtime.config import EngineConfig
 from ..runtime.experts import DEFAULT_RESERVE_BYTES
 from ..runtime.latency import LatencyModel
 from ..runtime.placement import PlacementRequest, make_placement
 from .profiler import HardwareProfile
 from ..runtime.popularity import Popularity
+from ..runtime.validate import check_float, check_int, check_name
 
+MAX_PLAN_TOKENS = 1 << 20  # a million-token prompt: past every preset's context
+MAX_SAMPLES = 1 << 16  # decode tokens sampled per projection; more changes nothing but time
 DEFAULT_SKEW = 0.5  # mild skew: routing of trained MoEs is far from Zipf-1 but not uniform
 RESERVE_BYTES = DEFAULT_RESERVE_BYTES  # GPU memory kept for activations / KV cache
 SCRATCH_SLOTS = EngineConfig.scratch_slots  # transfer buffers, the engine's default
@@ -91,8 +94,8 @@ def _shares(shape: ModelShape, popularity: Popularity | None, skew: float) -> tu
     if popularity is None:
         return zipf_shares(shape.num_layers, shape.num_experts, skew), f"zipf(s={skew})"
     if (popularity.num_layers, popularity.num_experts) != (shape.num_layers, shape.num_experts):
-        raise ValueError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] but "
-                         f"{shape.name} has {shape.num_layers} layers x {shape.num_experts} experts")
+        raise OptionError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] but "
+                          f"{shape.name} has {shape.num_layers} layers x {shape.num_experts} experts")
     return popularity.share(), f"recorded: {popularity.source or 'Popularity'}"
 
 
@@ -159,8 +162,11 @@ class _Lru:
 # ---- the projection ----------------------------------------------------------------------
 def resolve_budget(budget: int | str | None, shape: ModelShape, gpu_memory_bytes: int) -> int:
     """Experts that fit: an int as given, '20GiB' as memory, None = the profile's GPU memory."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, str, type(None))):
+        raise OptionError(f"a budget must be a number of experts, a memory size such as '20GiB' "
+                          f"or None (what fits), got {budget!r}")
     if isinstance(budget, int):
-        experts = budget
+        experts = check_int("expert budget", budget, minimum=0)
     else:
         if budget is None:
             memory = gpu_memory_bytes
@@ -189,7 +195,28 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
     GPU figures, and every record's notes (and `plan_table`'s header) say so (`UNMEASURED_GPU`).
     """
     shape = get_shape(shape) if isinstance(shape, str) else shape
+    if not isinstance(shape, ModelShape):
+        raise OptionError(f"shape must be a ModelShape or a preset name, got {type(shape).__name__}")
     profile = HardwareProfile.load(profile) if isinstance(profile, (str, Path)) else profile
+    if not isinstance(profile, HardwareProfile):
+        raise OptionError(f"profile must be a HardwareProfile or its JSON path, got "
+                          f"{type(profile).__name__}")
+    check_int("prompt_tokens", prompt_tokens, minimum=1, maximum=MAX_PLAN_TOKENS)
+    check_int("new_tokens", new_tokens, minimum=1, maximum=MAX_PLAN_TOKENS)
+    check_int("samples", samples, minimum=1, maximum=MAX_SAMPLES)
+    check_int("seed", seed)
+    check_float("skew", skew, minimum=0.0)
+    for name in placements:
+        make_placement(name)
+    for name in executions:
+        make_execution(name)
+    for name in baselines:
+        check_name("baseline", name, BASELINES)
+    if isinstance(budgets, (str, int)) or budgets is None or not len(budgets):
+        raise OptionError(f"budgets must be a non-empty list (of ints, memory sizes or None), "
+                          f"got {budgets!r}")
+    if popularity is not None and not isinstance(popularity, Popularity):
+        raise OptionError(f"popularity must be a Popularity, got {type(popularity).__name__}")
     lat = profile.latency_model(shape.expert_bytes, shape.hidden_size * shape.dtype_bytes)
     notes = lat.notes + ((UNMEASURED_GPU,) if gpu_is_unmeasured(profile) else ())
     shares, pop_source = _shares(shape, popularity, skew)

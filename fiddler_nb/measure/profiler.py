@@ -20,6 +20,7 @@ C = rotated weight copies (to defeat the CPU's last-level cache).
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,14 +29,18 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..runtime.errors import OptionError
 from ..runtime.config import ModelShape, get_shape, resolve_dtype
-from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
+from ..runtime.errors import FileFormatError, MissingFileError, one_line
 from ..runtime.latency import Curve, LatencyModel, default_latency_model
+from ..runtime.validate import check_int, check_path
+from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
 from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gbps,  # noqa: F401
                      expert_forward, measure_cpu_bandwidth, measure_cpu_expert)  # re-exported
 
 FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 QUICK_TOKENS = (1, 8, 64, 512)
+MAX_PROFILE_TOKENS = 1 << 16  # beyond any prefill chunk; larger counts would only exhaust memory
 QUICK_PROBE_BYTES = 256 << 20  # well past a 32-128 MiB LLC; quick mode needs fewer repeats
 FORMAT_VERSION = 1
 
@@ -155,7 +160,27 @@ class HardwareProfile:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HardwareProfile":
+    def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "HardwareProfile":
+        """A profile from its JSON form; anything malformed is a FileFormatError naming `source`."""
+        if not isinstance(data, dict):
+            raise FileFormatError(f"{source} is not a hardware profile (a JSON object expected, "
+                                  f"got {type(data).__name__}); measure one with `fiddler-nb profile`")
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FileFormatError(f"{source} has profile format {version!r}, newer than this "
+                                  f"fiddler_nb reads ({FORMAT_VERSION}); upgrade fiddler_nb or "
+                                  "measure again")
+        try:
+            profile = cls._from_dict(data)
+            profile.latency_model()  # every field it needs has a usable type and value
+            return profile
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError,
+                IndexError) as err:
+            raise FileFormatError(f"{source} is not a valid hardware profile ({type(err).__name__}: "
+                                  f"{one_line(err)}); measure again with `fiddler-nb profile`") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> "HardwareProfile":
         data = dict(data)
         data.pop("format_version", None)
         data["facts"] = MachineFacts.from_dict(data["facts"])
@@ -169,11 +194,16 @@ class HardwareProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> "HardwareProfile":
-        path = Path(path)
+        path = check_path("profile path", path)
         if not path.is_file():
-            raise FileNotFoundError(f"hardware profile {path} does not exist; measure one with "
-                                    "`fiddler-nb profile --out FILE` or fnb.profile_hardware()")
-        return cls.from_dict(json.loads(path.read_text()))
+            raise MissingFileError(f"hardware profile {path} does not exist; measure one with "
+                                   "`fiddler-nb profile --out FILE` or fnb.profile_hardware()")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise FileFormatError(f"hardware profile {path} is not readable JSON ({one_line(err)}); "
+                                  "measure it again with `fiddler-nb profile --out FILE`") from None
+        return cls.from_dict(data, source=str(path))
 
 
 def _resolve_target(shape_or_engine: Any, dtype: Any) -> tuple[str, int, int, torch.dtype]:
@@ -183,16 +213,16 @@ def _resolve_target(shape_or_engine: Any, dtype: Any) -> tuple[str, int, int, to
     if isinstance(shape_or_engine, ModelShape):
         s = shape_or_engine
         if not s.gated:
-            raise ValueError(f"{s.name}: the profiler times gated (SwiGLU) experts only")
+            raise OptionError(f"{s.name}: the profiler times gated (SwiGLU) experts only")
         return s.name, s.hidden_size, s.intermediate_size, resolve_dtype(dtype or s.dtype)
     layers = getattr(shape_or_engine, "layers", None)
     if not layers:
-        raise ValueError("profile_hardware takes a ModelShape, a shape preset name or an Engine, "
-                         f"not {type(shape_or_engine).__name__}")
+        raise OptionError("profile_hardware takes a ModelShape, a shape preset name or an Engine, "
+                          f"not {type(shape_or_engine).__name__}")
     layer = layers[0]
     layout = layer.layout
     if not layout.has_gate or layout.has_bias or layout.is_transposed:
-        raise ValueError(
+        raise OptionError(
             f"the profiler times gated (SwiGLU), unbiased, untransposed experts; this engine's "
             f"experts have has_gate={layout.has_gate}, has_bias={layout.has_bias}, "
             f"is_transposed={layout.is_transposed}. Profile a matching ModelShape preset "
@@ -211,6 +241,17 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
     threads: torch threads for the CPU parts (default: torch.get_num_threads(), what the engine
     uses); restored afterwards. quick: fewer token counts, repeats and smaller probes.
     """
+    if threads is not None:
+        check_int("threads", threads, minimum=1, maximum=os.cpu_count() or 1)
+    if not isinstance(quick, bool):
+        raise OptionError(f"quick must be True or False, got {quick!r}")
+    if tokens is not None:
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, (list, tuple, range)) \
+                or not tokens:
+            raise OptionError(f"tokens must be a non-empty list of token counts, got {tokens!r}")
+        for n in tokens:
+            check_int("each of tokens", n, minimum=1, maximum=MAX_PROFILE_TOKENS)
+        tokens = sorted(set(tokens))
     name, hidden, inter, torch_dtype = _resolve_target(shape_or_engine, dtype)
     tokens = tuple(tokens or (QUICK_TOKENS if quick else FULL_TOKENS))
     warmup, repeats = (1, 3) if quick else (2, 7)

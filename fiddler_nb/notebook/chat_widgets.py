@@ -15,6 +15,7 @@ import math
 import threading
 from typing import Any, Callable
 
+from ..runtime.errors import InputError
 from ..runtime.stats import PATHS
 from .plots import LANE_COLORS, TEMPLATE
 
@@ -60,7 +61,7 @@ def chat_turn(engine: Any, history: list[dict[str, str]], text: str, max_new_tok
     (the chat box keeps the stream to stop it).
     """
     if not text.strip():
-        raise ValueError("the message is empty; type something to send")
+        raise InputError("the message is empty; type something to send")
     asked = history + [{"role": "user", "content": text}]
     stream = engine.chat(asked, max_new_tokens, stream=True, **generate_kwargs)
     if on_start is not None:

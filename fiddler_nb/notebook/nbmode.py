@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.errors import OptionError
+
 MODE_ENV = "FIDDLER_NB_MODE"
 MODEL_ENV = "FIDDLER_NB_MODEL"
 MODES = ("smoke", "full")
@@ -129,7 +131,7 @@ def mode() -> tuple[str, str]:
     forced = os.environ.get(MODE_ENV, "").strip().lower()
     if forced:
         if forced not in MODES:
-            raise ValueError(f"{MODE_ENV}={forced!r}; use one of {', '.join(MODES)}")
+            raise OptionError(f"{MODE_ENV}={forced!r}; use one of {', '.join(MODES)}")
         return forced, f"{MODE_ENV}={forced}"
     import torch
 
@@ -147,6 +149,6 @@ def sizes(which: str | None = None) -> NotebookSizes:
     elif which in MODES:
         reason = "asked for"
     else:
-        raise ValueError(f"unknown notebook mode {which!r}; use one of {', '.join(MODES)}")
+        raise OptionError(f"unknown notebook mode {which!r}; use one of {', '.join(MODES)}")
     base = SMOKE if which == "smoke" else FULL
     return replace(base, reason=reason, model=os.environ.get(MODEL_ENV, base.model))

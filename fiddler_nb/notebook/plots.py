@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
 
+from ..runtime.errors import OptionError
 from ..runtime.trace import LANES
 
 STRATEGY_COLORS = {  # one colour per strategy across every figure
@@ -112,7 +113,7 @@ def latency_curves(latency: Any, expert_bytes: int, title: str = "",
 
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise OptionError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
 
 
@@ -132,14 +133,14 @@ def popularity_heatmap(popularity: Any, placement: Iterable[tuple[int, int]] = (
     counts = getattr(popularity, "counts", popularity)
     counts = torch.as_tensor(counts, dtype=torch.float64)  # [L, E]
     if counts.dim() != 2:
-        raise ValueError(f"popularity must be [layers, experts], got {tuple(counts.shape)}")
+        raise OptionError(f"popularity must be [layers, experts], got {tuple(counts.shape)}")
     L, E = counts.shape
     z = 100 * counts / counts.sum(dim=1, keepdim=True).clamp(min=1) if share else counts
     unit = "share of layer's routed pairs (%)" if share else "routed (token, expert) pairs"
     resident = sorted(set(placement))
     bad = [(l, e) for l, e in resident if not (0 <= l < L and 0 <= e < E)]
     if bad:
-        raise ValueError(f"placement has pairs outside [{L} layers, {E} experts]: {bad[:4]}")
+        raise OptionError(f"placement has pairs outside [{L} layers, {E} experts]: {bad[:4]}")
     fig = go.Figure(go.Heatmap(
         z=z.tolist(), x=list(range(E)), y=list(range(L)), colorscale="Viridis",
         colorbar=dict(title=unit), name="popularity",
@@ -173,10 +174,10 @@ def decode_timeline(rows: Any, kind: str = MEASURED, device: str = "",
     rows = [(int(l), str(lane), float(a), float(b)) for l, lane, a, b in rows]
     unknown = sorted({lane for _, lane, _, _ in rows} - set(LANES))
     if unknown:
-        raise ValueError(f"unknown lanes {unknown}; lanes are {LANES}")
+        raise OptionError(f"unknown lanes {unknown}; lanes are {LANES}")
     bad = [r for r in rows if r[3] < r[2]]
     if bad:
-        raise ValueError(f"rows end before they start: {bad[:3]}")
+        raise OptionError(f"rows end before they start: {bad[:3]}")
     _check_kind(kind)
     fig = go.Figure()
     for lane in LANES:
@@ -268,7 +269,7 @@ def phase_breakdown(items: Sequence[Any], budget: int | None = None,
     """
     times = [t for t in map(phase_times, _pick_cells(items, budget, prompt_tokens)) if t is not None]
     if not times:
-        raise ValueError("phase_breakdown needs at least one strategy (after filtering)")
+        raise OptionError("phase_breakdown needs at least one strategy (after filtering)")
     for t in times:
         _check_kind(t.kind)
     fig = go.Figure()
@@ -297,7 +298,7 @@ def phase_breakdown(items: Sequence[Any], budget: int | None = None,
 def hit_rates(points: Sequence[Any], title: str | None = None) -> go.Figure:
     """Bars of the decode GPU hit rate (%) per configuration, from `widgets.TunerPoint`s."""
     if not points:
-        raise ValueError("hit_rates needs at least one point")
+        raise OptionError("hit_rates needs at least one point")
     kinds = sorted({_check_kind(p.kind) for p in points})
     fig = go.Figure()
     for kind in kinds:

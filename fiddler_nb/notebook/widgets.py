@@ -29,9 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.config import ModelShape, get_shape
-from ..runtime.experts import GIB
+from ..runtime.errors import OptionError
 from ..runtime.execution import known_executions
+from ..runtime.experts import GIB
 from ..runtime.placement import known_placements
+from ..runtime.validate import check_int
 from .chat_widgets import chat, generate_live  # noqa: F401  (widgets.chat / generate_live)
 from .plots import MEASURED, PROJECTED
 
@@ -95,8 +97,8 @@ def as_plan_input(target: Any, shape: ModelShape | str | None = None) -> PlanInp
     if isinstance(target, tuple) and len(target) == 2:
         shape, target = target
     if not hasattr(target, "latency_model"):
-        raise TypeError("tuner takes an Engine, a PlanInput, a (shape, HardwareProfile) pair or a "
-                        f"HardwareProfile with shape=...; got {type(target).__name__}")
+        raise OptionError("tuner takes an Engine, a PlanInput, a (shape, HardwareProfile) pair or a "
+                          f"HardwareProfile with shape=...; got {type(target).__name__}")
     shape = shape or target.shape_name
     return PlanInput(get_shape(shape) if isinstance(shape, str) else shape, target)
 
@@ -108,8 +110,7 @@ def is_engine(target: Any) -> bool:
 # ---- the pure callbacks ------------------------------------------------------------------
 def prompt_ids(engine: Any, tokens: int, seed: int = 0) -> torch.Tensor:
     """[1, tokens] seeded token ids: an exact prompt length for any tokenizer."""
-    if tokens < 1:
-        raise ValueError(f"prompt length must be at least 1 token, got {tokens}")
+    check_int("prompt length", tokens, minimum=1)
     vocab = int(engine.model.config.vocab_size)
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (1, tokens), generator=gen)
@@ -118,8 +119,8 @@ def prompt_ids(engine: Any, tokens: int, seed: int = 0) -> torch.Tensor:
 def run_point(engine: Any, budget: int, placement: str, execution: str, prompt_tokens: int,
               new_tokens: int, warmup: int = WARMUP_RUNS) -> TunerPoint:
     """Re-place `engine`'s experts (no reload), generate, and return the measured point."""
-    if new_tokens < 2:
-        raise ValueError(f"new_tokens must be at least 2 to time a decode step, got {new_tokens}")
+    check_int("new_tokens", new_tokens, minimum=2, hint="two tokens time one decode step")
+    check_int("prompt length", prompt_tokens, minimum=1)
     cfg = engine.config  # one re-placement for all changes; a failure leaves cfg as it was
     engine.reconfigure(
         expert_budget=int(budget) if budget != cfg.expert_budget else None,
@@ -144,9 +145,12 @@ def project_point(plan_input: PlanInput, budget: int, placement: str, execution:
     """The planner's projection for one configuration (nothing runs; kind = "projected")."""
     from ..measure.planner import plan  # noqa: PLC0415 (planner pulls in the profiler)
 
-    if not 0 <= budget <= plan_input.total_experts:
-        raise ValueError(f"expert budget {budget} is out of range: {plan_input.shape.name} has "
-                         f"{plan_input.total_experts} experts; pass 0..{plan_input.total_experts}")
+    check_int("new_tokens", new_tokens, minimum=1)
+    check_int("prompt length", prompt_tokens, minimum=1)
+    if isinstance(budget, bool) or not isinstance(budget, int) \
+            or not 0 <= budget <= plan_input.total_experts:
+        raise OptionError(f"expert budget {budget} is out of range: {plan_input.shape.name} has "
+                          f"{plan_input.total_experts} experts; pass 0..{plan_input.total_experts}")
     records = plan(plan_input.shape, plan_input.profile, budgets=(int(budget),),
                    placements=(placement,), executions=(execution,),
                    popularity=plan_input.popularity, prompt_tokens=prompt_tokens,

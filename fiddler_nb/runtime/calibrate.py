@@ -10,7 +10,9 @@ from typing import Sequence
 import torch
 
 from .engine import Engine
+from .errors import InputError, OptionError
 from .popularity import Popularity
+from .validate import check_int
 
 
 def calibrate(engine: Engine, prompts: Sequence[str] | str,
@@ -20,15 +22,18 @@ def calibrate(engine: Engine, prompts: Sequence[str] | str,
     The counts also become the engine's popularity; with placement 'popularity' the experts are
     re-placed at once.
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise ValueError("calibrate needs at least one prompt")
+    if not isinstance(engine, Engine):
+        raise OptionError(f"calibrate needs an Engine from fnb.load, got {type(engine).__name__}")
+    prompts = [prompts] if isinstance(prompts, (str, torch.Tensor)) else prompts
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        got = "an empty list" if isinstance(prompts, (list, tuple)) else type(prompts).__name__
+        raise InputError(f"calibrate needs a prompt or a non-empty list of prompts, got {got}")
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
+    encoded = [engine.encode(p) for p in prompts]  # every prompt checked before any is run
     engine.reset_routing_counts()
     tokens = 0
     with torch.inference_mode():
-        for prompt in prompts:
-            ids = engine.encode(prompt)
+        for ids in encoded:
             tokens += int(ids["input_ids"].numel())
             if max_new_tokens:
                 engine.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,

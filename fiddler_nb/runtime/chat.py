@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import FiddlerError
+from .errors import InputError, OptionError
 
 Messages = Sequence[dict[str, str]] | str
 EXAMPLE_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}"
@@ -26,11 +26,11 @@ def as_messages(messages: Messages) -> list[dict[str, str]]:
         messages = [{"role": "user", "content": messages}]
     out = list(messages)
     if not out:
-        raise FiddlerError("messages is empty; pass e.g. [{'role': 'user', 'content': 'Hi'}]")
+        raise InputError("messages is empty; pass e.g. [{'role': 'user', 'content': 'Hi'}]")
     for i, m in enumerate(out):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
                 or not isinstance(m.get("content"), str):
-            raise FiddlerError(f"message {i} is {m!r}; each message must be a dict with string "
+            raise InputError(f"message {i} is {m!r}; each message must be a dict with string "
                                "'role' and 'content', e.g. {'role': 'user', 'content': 'Hi'}")
     return out
 
@@ -39,9 +39,9 @@ def render(engine: Any, messages: Messages, chat_template: str | None = None) ->
     """The conversation as the template writes it, ending with the assistant's generation prompt."""
     tok = engine.tokenizer
     if tok is None:
-        raise FiddlerError(f"{engine.path} has no tokenizer; chat needs one with a chat template")
+        raise InputError(f"{engine.path} has no tokenizer; chat needs one with a chat template")
     if chat_template is None and not getattr(tok, "chat_template", None):
-        raise FiddlerError(f"{engine.path} has no chat template (no chat_template in its "
+        raise OptionError(f"{engine.path} has no chat template (no chat_template in its "
                            "tokenizer files); pass one as eng.chat(messages, chat_template="
                            f"{EXAMPLE_TEMPLATE!r}) or set eng.tokenizer.chat_template")
     return tok.apply_chat_template(as_messages(messages), chat_template=chat_template,

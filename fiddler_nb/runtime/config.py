@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import DeviceError, OptionError
+
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -24,22 +26,39 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """Turn 'bf16' / 'bfloat16' / torch.bfloat16 into a torch dtype; None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None or dtype in DTYPE_NAMES.values():
         return dtype
+    if isinstance(dtype, torch.dtype):
+        raise OptionError(f"dtype {dtype} is not supported; use one of {sorted(set(DTYPE_NAMES))}")
     key = str(dtype).removeprefix("torch.").lower()
-    if key not in DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPE_NAMES))}")
+    if not isinstance(dtype, str) or key not in DTYPE_NAMES:
+        raise OptionError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPE_NAMES))}")
     return DTYPE_NAMES[key]
+
+
+SUPPORTED_DEVICES = ("cpu", "cuda")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """None means CUDA when available, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    if not isinstance(device, (str, torch.device)):
+        raise DeviceError(f"device must be a string such as 'cuda' or 'cpu', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}; pass 'cpu', 'cuda', 'cuda:N' or None "
+                          "(CUDA when available)") from None
+    if dev.type not in SUPPORTED_DEVICES:
+        raise DeviceError(f"device {device!r} is not supported; fiddler_nb runs on "
+                          f"{' or '.join(SUPPORTED_DEVICES)} (None picks CUDA when available)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available here; "
-                         "pass device=None or device='cpu'")
+        raise DeviceError(f"device={device!r} was asked for but CUDA is not available here; "
+                          "pass device=None or device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device={device!r} does not exist: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
@@ -122,6 +141,6 @@ SHAPE_PRESETS: dict[str, ModelShape] = {
 
 def get_shape(name: str) -> ModelShape:
     """A preset by name; the error lists the known names."""
-    if name not in SHAPE_PRESETS:
-        raise ValueError(f"unknown model shape {name!r}; known: {', '.join(SHAPE_PRESETS)}")
+    if not isinstance(name, str) or name not in SHAPE_PRESETS:
+        raise OptionError(f"unknown model shape {name!r}; known: {', '.join(SHAPE_PRESETS)}")
     return SHAPE_PRESETS[name]

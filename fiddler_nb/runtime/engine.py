@@ -19,6 +19,7 @@ from transformers import DynamicCache
 from .adapters import MoELayer
 from .config import EngineConfig
 from .execution import make_execution
+from .errors import ContextLengthError, EngineClosedError, FileFormatError, InputError
 from .experts import ExpertStore
 from .latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
@@ -27,6 +28,7 @@ from .popularity import Popularity
 from .stats import GenerationStats, StatsRecorder, phase_stats
 from .timing import FirstTokenClock, sync, torch_threads, with_clock
 from .trace import StepTrace, Tracer
+from .validate import check_attention_mask, check_int, check_prompt_text, check_token_ids
 from .workload import Workload
 
 @dataclass(frozen=True)
@@ -92,6 +94,40 @@ class Engine:
             return tok.pad_token_id
         return getattr(self.model.generation_config, "pad_token_id", None)
 
+    @property
+    def vocab_size(self) -> int | None:
+        """Rows of the input embedding: the valid token ids are 0..vocab_size-1."""
+        embeddings = self.model.get_input_embeddings() if self.model is not None else None
+        return int(embeddings.weight.shape[0]) if embeddings is not None else None
+
+    @property
+    def max_context(self) -> int | None:
+        """The model's context in tokens (config.max_position_embeddings), if it states one."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int,
+                      allow_beyond_context: bool = False) -> None:
+        """Refuse a prompt plus new tokens that exceed the model's context (with the numbers)."""
+        limit = self.max_context
+        if limit is None or allow_beyond_context or prompt_tokens + max_new_tokens <= limit:
+            return
+        raise ContextLengthError(
+            f"prompt of {prompt_tokens} tokens + max_new_tokens={max_new_tokens} = "
+            f"{prompt_tokens + max_new_tokens} exceeds this model's context of {limit} tokens; "
+            f"shorten the prompt, pass max_new_tokens<={max(limit - prompt_tokens, 0)}, or "
+            "allow_beyond_context=True if the model extrapolates")
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a user should know about how this engine decides (shown in its repr)."""
+        notes = []
+        if self.config.placement == "popularity" and self.popularity is None \
+                and self.config.expert_budget > 0:
+            notes.append("no routing profile yet: experts placed 'layer-balanced' until "
+                         "fnb.calibrate(engine, prompts) or popularity= records one")
+        return tuple(notes)
+
     def max_resident_experts(self) -> int:
         """How many experts fit on the fast device now (the largest valid budget)."""
         return self._open().store.max_resident_experts()
@@ -107,7 +143,7 @@ class Engine:
 
     def _open(self) -> EngineState:
         if self._state is None:
-            raise RuntimeError("this engine is closed; load the model again with fnb.load(...)")
+            raise EngineClosedError("this engine is closed; load the model again with fnb.load(...)")
         return self._state
 
     # ---- re-configuration (no reload) -------------------------------------------------
@@ -138,8 +174,8 @@ class Engine:
 
     def set_threads(self, threads: int | None) -> None:
         """torch CPU threads used while generating (None: whatever torch is set to)."""
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if threads is not None:
+            check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
         self.config = replace(self.config, threads=threads)
 
     def set_workload(self, workload: Workload | None) -> None:
@@ -176,7 +212,7 @@ class Engine:
 
     def _check_popularity(self, popularity: Popularity) -> None:
         if (popularity.num_layers, popularity.num_experts) != (self.num_layers, self.num_experts):
-            raise ValueError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] "
+            raise FileFormatError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] "
                              f"but the model has {self.num_layers} MoE layers x "
                              f"{self.num_experts} experts; record it on this model")
 
@@ -208,28 +244,27 @@ class Engine:
         """Token ids and attention mask on the fast device for a prompt, prompts or ids
         (left-padded ids need their `attention_mask`)."""
         self._open()
-        if _is_empty(prompt):
-            raise ValueError("the prompt is empty; pass text, a list of texts or token ids")
         if isinstance(prompt, torch.Tensor):
-            ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
-            mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-            return {"input_ids": ids.to(self.device),
-                    "attention_mask": mask.reshape(ids.shape).to(self.device)}
+            ids = check_token_ids(prompt, self.vocab_size)  # [B, T]
+            mask = torch.ones_like(ids) if attention_mask is None \
+                else check_attention_mask(attention_mask, ids)
+            return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        texts = check_prompt_text(prompt)
         if self.tokenizer is None:
-            raise ValueError(f"{self.path} has no tokenizer; pass token ids instead of text")
-        batch = self.tokenizer([prompt] if isinstance(prompt, str) else list(prompt),
-                               return_tensors="pt", padding=True)
+            raise InputError(f"{self.path} has no tokenizer; pass token ids instead of text")
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def generate(self, prompt: str | Sequence[str] | torch.Tensor, max_new_tokens: int = 32,
-                 **generate_kwargs: Any) -> GenerationResult:
+                 allow_beyond_context: bool = False, **generate_kwargs: Any) -> GenerationResult:
         """Greedy by default; any Hugging Face generate() keyword passes through (a streamer
-        you pass runs inside the timed region)."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        you pass runs inside the timed region). A prompt plus `max_new_tokens` beyond the
+        model's context is refused unless `allow_beyond_context=True`."""
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
         state = self._open()
         inputs = self.encode(prompt, generate_kwargs.pop("attention_mask", None))
         batch, prompt_len = inputs["input_ids"].shape
+        self.check_context(prompt_len, max_new_tokens, allow_beyond_context)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self.pad_token_id)
         stats = state.stats
@@ -254,7 +289,7 @@ class Engine:
             batch_size=rows, prompt_tokens=prompt_len, new_tokens=new,
             prefill=replace(phases["prefill"], seconds=first - start, tokens=batch * prompt_len),
             decode=replace(phases["decode"], seconds=end - first, tokens=rows * max(new - 1, 0)),
-            device=str(self.device), notes=(f"latency model: {self.latency.source}",))
+            device=str(self.device), notes=(f"latency model: {self.latency.source}",) + self.notes)
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True) \
             if self.tokenizer is not None else []
         text = texts[0] if isinstance(prompt, str) and len(texts) == 1 else texts
@@ -305,15 +340,10 @@ class Engine:
         if self.closed:
             return f"Engine({self.path!s}, closed)"
         c = self.config
+        notes = "".join(f"; note: {n}" for n in self.notes)
         return (f"Engine({self.path!s}, device={self.device}, {self.num_layers} MoE layers x "
                 f"{self.num_experts} experts, budget={c.expert_budget}, placement={c.placement!r}, "
-                f"execution={c.execution!r})")
+                f"execution={c.execution!r}{notes})")
 
 
-def _is_empty(prompt: Any) -> bool:
-    if isinstance(prompt, torch.Tensor):
-        return prompt.numel() == 0
-    if isinstance(prompt, str):
-        return not prompt
-    return len(prompt) == 0 or any(not p for p in prompt)
 

@@ -22,3 +22,39 @@ class UnsupportedModelError(FiddlerError):
 
 class BudgetError(FiddlerError):
     """The requested expert budget does not fit (number of experts or device memory)."""
+
+
+class EngineClosedError(FiddlerError, RuntimeError):
+    """The engine was closed (also a RuntimeError)."""
+
+
+class OptionError(FiddlerError):
+    """An argument has the wrong type, is out of range, or names something unknown."""
+
+
+class DeviceError(OptionError):
+    """The device asked for does not exist here or cannot be used."""
+
+
+class InputError(FiddlerError):
+    """A prompt or token ids that the model cannot take (type, shape, range, empty)."""
+
+
+class ContextLengthError(InputError):
+    """The prompt plus the tokens to generate exceed the model's context."""
+
+
+class FileFormatError(FiddlerError):
+    """A file (profile, popularity, plan) is unreadable, of the wrong format or version, or was
+    written for another model shape."""
+
+
+class MissingFileError(FiddlerError, FileNotFoundError):
+    """A file the caller named does not exist (also a FileNotFoundError)."""
+
+
+def one_line(err: BaseException) -> str:
+    """An underlying library error as one short line, to quote inside our own messages."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    limit = 160  # long enough for a parser's position, short enough for one terminal line
+    return text if len(text) <= limit else text[: limit - 3] + "..."

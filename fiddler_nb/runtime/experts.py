@@ -133,7 +133,7 @@ class ExpertStore:
 
     def check_budget(self, budget: int) -> None:
         total = len(self.layers) * self.num_experts
-        if not isinstance(budget, int) or budget < 0 or budget > total:
+        if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= total:
             raise BudgetError(f"expert budget {budget!r} is out of range: this model has {total} "
                               f"experts ({len(self.layers)} MoE layers x {self.num_experts}); "
                               f"pass 0..{total}")

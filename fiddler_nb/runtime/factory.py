@@ -17,11 +17,13 @@ from .adapters import find_moe_layers
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .engine import Engine
 from .execution import make_execution
+from .errors import BudgetError, FileFormatError, OptionError
 from .experts import GIB, ExpertStore
 from .latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
 from .placement import make_placement
 from .popularity import Popularity
+from .validate import check_int, check_path
 from .workload import Workload
 
 
@@ -44,16 +46,28 @@ def load(path: str | Path, device: str | torch.device | None = None,
     workload: a `Workload` whose KV cache + activations are kept free on the fast device (None:
     a fixed 1 GiB). threads: torch CPU threads while generating (None: torch's setting).
     """
-    _check_options(placement, execution, scratch_slots)
+    _check_options(placement, execution, scratch_slots, seed, popularity)
     if expert_budget is not None and gpu_memory is not None:
-        raise ValueError("pass expert_budget or gpu_memory, not both")
+        raise OptionError("pass expert_budget or gpu_memory, not both")
+    if gpu_memory is not None:
+        parse_bytes(gpu_memory)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     root = resolve_path(path)
     check_checkpoint(root)
-    check_moe_config(root)
+    num_layers, num_experts = check_moe_config(root)
+    if expert_budget is not None and (isinstance(expert_budget, bool)
+                                      or not isinstance(expert_budget, int)
+                                      or not 0 <= expert_budget <= num_layers * num_experts):
+        raise BudgetError(f"expert budget {expert_budget!r} is out of range: this model has "
+                          f"{num_layers * num_experts} experts ({num_layers} MoE layers x "
+                          f"{num_experts}); pass 0..{num_layers * num_experts}")
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
+    if popularity is not None and (popularity.num_layers, popularity.num_experts) != (num_layers, num_experts):
+        raise FileFormatError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] "
+                              f"but the model has {num_layers} MoE layers x {num_experts} experts; "
+                              "record it on this model with fnb.calibrate")
     model = None
     try:
         model = load_model(root, dev, torch_dtype)
@@ -77,12 +91,16 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     """An Engine around a transformers MoE model already in memory (e.g. random weights of a
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
     """
-    _check_options(placement, execution, scratch_slots)
+    _check_options(placement, execution, scratch_slots, seed, popularity)
+    if isinstance(popularity, (str, Path)):
+        popularity = Popularity.load(popularity)
     dev = resolve_device(device)
+    if not isinstance(model, torch.nn.Module):
+        raise OptionError(f"from_model needs a transformers model, got {type(model).__name__}")
     layers = find_moe_layers(model)
     if any(getattr(layer.module, n).device.type != "cpu"
            for layer in layers for n in layer.layout.param_names):
-        raise ValueError("from_model needs the experts in CPU memory; load the model on the CPU")
+        raise OptionError("from_model needs the experts in CPU memory; load the model on the CPU")
     model.eval()
     move_non_experts(model, dev)
     return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
@@ -121,20 +139,25 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
         raise
 
 
-def _check_options(placement: str, execution: str, scratch_slots: int) -> None:
+def _check_options(placement: str, execution: str, scratch_slots: int, seed: int,
+                   popularity: Any) -> None:
     make_placement(placement), make_execution(execution)  # unknown names fail before loading
-    if not isinstance(scratch_slots, int) or scratch_slots < 1:
-        raise ValueError(f"scratch_slots must be >= 1 (GPU buffers for transferred experts), "
-                         f"got {scratch_slots!r}")
+    check_int("scratch_slots", scratch_slots, minimum=1,
+              hint="GPU buffers for transferred experts")
+    check_int("seed", seed)
+    if popularity is not None and not isinstance(popularity, (Popularity, str, Path)):
+        raise OptionError(f"popularity must be a Popularity or the path of a saved one, got "
+                          f"{type(popularity).__name__}")
 
 
 def resolve_path(path: str | Path) -> Path:
     """'tiny' -> the embedded default checkpoint; anything else -> an expanded Path."""
+    root = check_path("checkpoint path", path)
     if str(path) == "tiny":
         from .tiny import default_tiny_path
 
         return default_tiny_path()
-    return Path(path).expanduser()
+    return root
 
 
 def _load_tokenizer(root: Path):
@@ -162,19 +185,24 @@ def _budget(expert_budget: int | None, gpu_memory: str | int | None, store: Expe
 
 
 def parse_bytes(value: str | int) -> int:
-    """'20GiB' / '20 GB' / '512MiB' / 1234 -> bytes."""
-    if isinstance(value, int):
-        return value
+    """'20GiB' / '20 GB' / '512MiB' / 1234 -> bytes (never negative)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_int("memory size", value, minimum=0)
+    if not isinstance(value, str):
+        raise OptionError(f"cannot read memory size {value!r}; write e.g. '20GiB' or '512MiB'")
     units = {"gib": GIB, "gb": 10**9, "mib": 1 << 20, "mb": 10**6, "kib": 1 << 10, "kb": 10**3,
              "b": 1}
     text = str(value).strip().lower().replace(" ", "")
     for unit, factor in units.items():
         if text.endswith(unit):
             try:
-                return int(float(text[: -len(unit)]) * factor)
+                number = float(text[: -len(unit)])
             except ValueError:
                 break
-    raise ValueError(f"cannot read memory size {value!r}; write e.g. '20GiB' or '512MiB'")
+            if number >= 0 and number != float("inf"):
+                return int(number * factor)
+            break
+    raise OptionError(f"cannot read memory size {value!r}; write e.g. '20GiB' or '512MiB'")
 
 
 def latency_from(profile: LatencyModel | LatencySource | None, expert_bytes: int, model,
@@ -187,8 +215,8 @@ def latency_from(profile: LatencyModel | LatencySource | None, expert_bytes: int
     if isinstance(profile, LatencyModel):
         return profile
     if not isinstance(profile, LatencySource):
-        raise TypeError(f"profile must be a HardwareProfile, its JSON path, 'quick' or a "
-                        f"LatencyModel, got {type(profile).__name__}")
+        raise OptionError(f"profile must be a HardwareProfile, its JSON path, 'quick' or a "
+                          f"LatencyModel, got {type(profile).__name__}")
     latency = profile.latency_model(expert_bytes, hidden_bytes)  # scaled if measured elsewhere
     if device.type == "cpu":  # the fast device is this CPU: a transfer is a copy plus CPU work
         latency = replace(latency, gpu=latency.cpu, activation_ms_per_token=0.0,

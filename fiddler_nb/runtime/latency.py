@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
+from .errors import OptionError
+
 
 @runtime_checkable
 class LatencySource(Protocol):
@@ -39,9 +41,9 @@ class Curve:
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.ms) or not self.tokens:
-            raise ValueError("a latency curve needs the same, non-zero number of tokens and ms")
+            raise OptionError("a latency curve needs the same, non-zero number of tokens and ms")
         if any(b <= a for a, b in zip(self.tokens, self.tokens[1:])):
-            raise ValueError(f"curve tokens must be strictly increasing, got {self.tokens}")
+            raise OptionError(f"curve tokens must be strictly increasing, got {self.tokens}")
         # a measured curve can dip from noise; a latency model must not reward more work
         object.__setattr__(self, "ms", tuple(_running_max(self.ms)))
 
@@ -132,7 +134,7 @@ def assign_layer(cpu_costs: Sequence[float], transfer_costs: Sequence[float],
     is then within one thinning step of optimal. Cost: O(A * frontier).
     """
     if len(cpu_costs) != len(transfer_costs):
-        raise ValueError("cpu_costs and transfer_costs must have one entry per expert")
+        raise OptionError("cpu_costs and transfer_costs must have one entry per expert")
     groups: dict[tuple[float, float], list[int]] = {}
     for i, key in enumerate(zip(cpu_costs, transfer_costs)):
         groups.setdefault(key, []).append(i)

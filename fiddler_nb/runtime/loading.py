@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .adapters import find_moe_layers, is_experts_module
-from .errors import CheckpointError, UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError, one_line
 
 CONFIG_FILE = "config.json"
 
@@ -34,7 +34,7 @@ def check_checkpoint(path: str | Path) -> Path:
     try:
         json.loads((root / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{root / CONFIG_FILE} is not valid JSON ({err})") from None
+        raise CheckpointError(f"{root / CONFIG_FILE} is not valid JSON ({one_line(err)})") from None
     for shard in _shards(root):
         _check_shard(shard)
     return root
@@ -70,21 +70,26 @@ def _check_shard(shard: Path) -> None:
                               "re-download or re-save it") from None
 
 
-def check_moe_config(root: Path) -> None:
-    """Build the model on the meta device (no memory) and make sure it has MoE layers."""
+def check_moe_config(root: Path) -> tuple[int, int]:
+    """Build the model on the meta device (no memory) and make sure it has MoE layers.
+    Returns (MoE layers, experts per layer), so budgets can be checked before loading."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         config = AutoConfig.from_pretrained(root)
-    except (ValueError, KeyError, OSError) as err:
-        raise CheckpointError(f"cannot read the config in {root}: {err}") from None
+    except (ValueError, KeyError, OSError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"cannot read the config in {root}: {one_line(err)}") from None
     try:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
     except ValueError as err:
         raise UnsupportedModelError(f"model type {config.model_type!r} is not a causal LM "
-                                    f"transformers can build: {err}") from None
-    find_moe_layers(skeleton)
+                                    f"transformers can build: {one_line(err)}") from None
+    except (TypeError, AttributeError, KeyError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"the config in {root} cannot build a {config.model_type!r} model "
+                              f"({one_line(err)}); check config.json") from None
+    layers = find_moe_layers(skeleton)
+    return len(layers), layers[0].num_experts
 
 
 def load_model(root: Path, device: torch.device, dtype: torch.dtype | None) -> nn.Module:

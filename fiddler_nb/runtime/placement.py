@@ -13,7 +13,6 @@ run routed the most tokens to (paper §3.2).
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,10 +94,7 @@ class Popularity:
 
     def place(self, request: PlacementRequest) -> frozenset[Slot]:
         if request.popularity is None:
-            warnings.warn("placement 'popularity' has no routing profile; falling back to "
-                          "'layer-balanced'. Run fnb.calibrate(engine, prompts) or pass "
-                          "popularity= to fnb.load", stacklevel=2)
-            return LayerBalanced().place(request)
+            return LayerBalanced().place(request)  # the engine says so in its notes
         counts = request.popularity.tolist()
         slots = [(layer, e) for layer in range(request.num_layers)
                  for e in range(request.num_experts)]

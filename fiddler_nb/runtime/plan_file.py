@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FiddlerError
+from .errors import FileFormatError, MissingFileError
 from .workload import Workload
 
 PLAN_FORMAT = "fiddler_nb.plan"
@@ -98,7 +98,7 @@ class Plan:
         s = self.settings
         current = getattr(engine, "expert_dtype", None)
         if s.expert_dtype is not None and s.expert_dtype != current:
-            raise FiddlerError(f"the plan uses expert format {s.expert_dtype!r} but the engine "
+            raise FileFormatError(f"the plan uses expert format {s.expert_dtype!r} but the engine "
                                f"holds {current!r}; load it with fnb.load(path, plan=plan)")
         use_workload(engine, self.workload)
         engine.reconfigure(expert_budget=s.expert_budget, placement=s.placement,
@@ -141,10 +141,10 @@ class Plan:
     def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise FiddlerError(f"{source} is not a fiddler_nb plan (format {found!r}, expected "
+            raise FileFormatError(f"{source} is not a fiddler_nb plan (format {found!r}, expected "
                                f"{PLAN_FORMAT!r}); make one with fnb.autotune(...).save(path)")
         if data.get("version") != PLAN_VERSION:
-            raise FiddlerError(f"{source} is plan version {data.get('version')!r}; this fiddler_nb "
+            raise FileFormatError(f"{source} is plan version {data.get('version')!r}; this fiddler_nb "
                                f"reads version {PLAN_VERSION}; re-run fnb.autotune to make a new one")
         body = {k: v for k, v in data.items() if k not in ("format", "version")}
         try:
@@ -155,19 +155,19 @@ class Plan:
             body["notes"] = tuple(body.get("notes", ()))
             return cls(**body)
         except (KeyError, TypeError) as err:
-            raise FiddlerError(f"{source} is a damaged plan file ({type(err).__name__}: {err}); "
+            raise FileFormatError(f"{source} is a damaged plan file ({type(err).__name__}: {err}); "
                                "re-run fnb.autotune and save it again") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         path = Path(path)
         if not path.is_file():
-            raise FiddlerError(f"plan file {path} does not exist; make one with "
+            raise MissingFileError(f"plan file {path} does not exist; make one with "
                                "fnb.autotune(...).save(path) or `fiddler-nb autotune --out`")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FiddlerError(f"{path} is not JSON ({err}); pass a file saved by "
+            raise FileFormatError(f"{path} is not JSON ({err}); pass a file saved by "
                                "Plan.save") from None
         return cls.from_dict(data, str(path))
 

@@ -17,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import FileFormatError, MissingFileError, OptionError, one_line
+
 
 @dataclass(frozen=True)
 class Popularity:
@@ -25,8 +27,11 @@ class Popularity:
     source: str = ""  # what produced them (model path, prompt set)
 
     def __post_init__(self) -> None:
-        if self.counts.dim() != 2:
-            raise ValueError(f"popularity counts must be [layers, experts], got {tuple(self.counts.shape)}")
+        if not isinstance(self.counts, torch.Tensor):
+            raise OptionError(f"popularity counts must be a [layers, experts] tensor, got "
+                              f"{type(self.counts).__name__}")
+        if self.counts.dim() != 2 or self.counts.numel() == 0:
+            raise OptionError(f"popularity counts must be [layers, experts], got {tuple(self.counts.shape)}")
 
     @property
     def num_layers(self) -> int:
@@ -49,16 +54,27 @@ class Popularity:
 
     @classmethod
     def load(cls, path: str | Path) -> "Popularity":
-        path = Path(path)
+        path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"popularity file {path} does not exist; record one with "
-                                    "fnb.calibrate(engine, prompts).save(path)")
-        with safe_open(str(path), "pt") as f:  # one read: header metadata and the tensor
-            meta = f.metadata() or {}
-            if "counts" not in f.keys():
-                raise ValueError(f"{path} holds no 'counts' tensor; is it a fiddler_nb popularity file?")
-            counts = f.get_tensor("counts")
-        return cls(counts.to(torch.int64), int(meta.get("tokens", 0)), meta.get("source", ""))
+            raise MissingFileError(f"popularity file {path} does not exist; record one with "
+                                   "fnb.calibrate(engine, prompts).save(path)")
+        try:
+            with safe_open(str(path), "pt") as f:  # one read: header metadata and the tensor
+                meta = f.metadata() or {}
+                names = list(f.keys())
+                counts = f.get_tensor("counts") if "counts" in names else None
+            tokens = int(meta.get("tokens", 0))
+        except Exception as err:  # safetensors raises its own error types for a bad header
+            raise FileFormatError(f"{path} is not a fiddler_nb popularity file (safetensors: "
+                                  f"{one_line(err)}); record one with fnb.calibrate(...).save()") from None
+        if counts is None:
+            raise FileFormatError(f"{path} holds no 'counts' tensor; is it a fiddler_nb popularity "
+                                  "file? record one with fnb.calibrate(engine, prompts).save(path)")
+        if counts.dim() != 2 or counts.is_floating_point() and not torch.isfinite(counts).all() \
+                or bool((counts < 0).any()):
+            raise FileFormatError(f"{path}: 'counts' must be a [layers, experts] tensor of "
+                                  f"non-negative counts, got shape {tuple(counts.shape)}")
+        return cls(counts.to(torch.int64), tokens, meta.get("source", ""))
 
     def to_json(self) -> str:
         return json.dumps({"counts": self.counts.tolist(), "tokens": self.tokens,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .errors import OptionError
+
 T = TypeVar("T")
 
 
@@ -25,6 +27,6 @@ class Registry(Generic[T]):
         return sorted(self._classes)
 
     def make(self, name: str, **kwargs) -> T:
-        if name not in self._classes:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.known())}")
+        if not isinstance(name, str) or name not in self._classes:
+            raise OptionError(f"unknown {self.kind} {name!r}; known: {', '.join(self.known())}")
         return self._classes[name](**kwargs)

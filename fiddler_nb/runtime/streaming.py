@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import FiddlerError
+from .errors import InputError, OptionError
 from .stats import PATHS
 from .timing import torch_threads
 
@@ -197,12 +197,12 @@ class GenerationStream:
 
 def _check_streamable(engine: Any, prompt: Any, kwargs: dict[str, Any]) -> None:
     if engine.tokenizer is None:
-        raise FiddlerError(f"{engine.path} has no tokenizer, so there is no text to stream; "
+        raise InputError(f"{engine.path} has no tokenizer, so there is no text to stream; "
                            "use engine.generate(token_ids) instead")
     rows = len(prompt) if isinstance(prompt, (list, tuple)) else (
         prompt.shape[0] if isinstance(prompt, torch.Tensor) and prompt.dim() == 2 else 1)
     beams = max(int(kwargs.get("num_beams", 1) or 1), int(kwargs.get("num_return_sequences", 1) or 1))
     if rows != 1 or beams != 1:
-        raise FiddlerError(f"stream produces one sequence; got {rows} prompt(s) and "
+        raise OptionError(f"stream produces one sequence; got {rows} prompt(s) and "
                            f"num_beams/num_return_sequences {beams}; pass one prompt and no "
                            "beams, or use engine.generate for batches")

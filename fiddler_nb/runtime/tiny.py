@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .errors import OptionError
+
 # Each tiny config keeps the architecture's distinctive features (shared experts, dense first
 # layers, MLA attention, biases, interleaved gates) at sizes that run in milliseconds.
 _COMMON: dict[str, Any] = dict(
@@ -73,7 +75,7 @@ def tiny_config(arch: str = DEFAULT_ARCH, **overrides: Any):
     from transformers import AutoConfig
 
     if arch not in TINY_CONFIGS:
-        raise ValueError(f"unknown tiny architecture {arch!r}; known: {', '.join(TINY_CONFIGS)}")
+        raise OptionError(f"unknown tiny architecture {arch!r}; known: {', '.join(TINY_CONFIGS)}")
     kwargs = {**_COMMON, **TINY_CONFIGS[arch], **overrides}
     return AutoConfig.for_model(arch, **kwargs)
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BudgetError, FiddlerError
+from .errors import BudgetError, OptionError
+from .validate import check_int
 
 GIB = 1 << 30
 ACTIVATION_HIDDEN_COPIES = 8  # residual, normed input, q/k/v/o outputs and the MoE sum, at once
@@ -60,13 +61,10 @@ class Workload:
 
     def __post_init__(self):
         for name in ("prompt_tokens", "new_tokens", "batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise FiddlerError(f"Workload {name} must be a positive integer, got {value!r}; "
-                                   f"pass e.g. {name}=1")
+            check_int(f"Workload {name}", getattr(self, name), minimum=1)
         if self.context is not None and (not isinstance(self.context, int)
                                          or self.context < self.prompt_tokens + self.new_tokens):
-            raise FiddlerError(f"Workload context={self.context!r} is shorter than prompt + new "
+            raise OptionError(f"Workload context={self.context!r} is shorter than prompt + new "
                                f"tokens ({self.prompt_tokens + self.new_tokens}); leave it None "
                                "or pass a larger integer")
 
