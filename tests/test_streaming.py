@@ -71,7 +71,7 @@ def test_stream_refuses_batches_and_passes_errors_through(engine):
         engine.stream(["a", "b"], NEW)
     with pytest.raises(FiddlerError, match="one sequence"):
         engine.stream(PROMPT, NEW, num_beams=2)
-    with pytest.raises(ValueError, match="prompt is empty"):
+    with pytest.raises(fnb.InputError, match="empty"):  # raised in the worker, re-raised here
         list(engine.stream(torch.zeros((1, 0), dtype=torch.long), NEW))
     assert not stream_threads()
 
