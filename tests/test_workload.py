@@ -68,6 +68,16 @@ def test_workload_reserve_grows_with_the_workload(mixtral_path):
     assert eng._open().store.reserve_bytes == big.reserve_bytes(cfg, 4)
 
 
+def test_attention_scores_count_only_where_eager_attention_materialises_them(mixtral_path):
+    eng = fnb.load(mixtral_path, expert_budget=0, placement="none")
+    cfg = eng.model.config
+    work = fnb.Workload(256, 256)
+    tiled = work.activation_bytes(cfg, 4)
+    cfg._attn_implementation = "eager"
+    eager = work.activation_bytes(cfg, 4)
+    assert eager - tiled == cfg.num_attention_heads * 256 * 512 * 4
+
+
 def test_largest_budget_depends_on_the_workload():
     expert = 100 * MIB
     free = 10_000 * MIB

@@ -18,9 +18,9 @@ Linear-attention / Mamba layers keep a constant-size state that is not modelled 
 named in `KvEstimate.notes` so the figure never silently claims to cover them.
 
 Activations (an estimate, not measured): per prompt token ACTIVATION_HIDDEN_COPIES hidden-size
-vectors plus the MoE intermediate of every routed expert, and one attention score matrix of one
-layer (heads x prompt x context) as eager/SDPA-math attention materialises it, plus the last
-token's fp32 logits. Shape legend: B = batch, T = tokens, H = hidden size.
+vectors plus the MoE intermediate of every routed expert, the last token's fp32 logits, and --
+only with eager attention, which materialises it -- one layer's attention scores (heads x prompt
+x context); SDPA / flash kernels work in tiles and need no such matrix. Shape legend: B = batch, T = tokens, H = hidden size.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ class Workload:
         tokens = self.batch * self.prompt_tokens
         hidden = cfg.hidden_size * ACTIVATION_HIDDEN_COPIES
         moe = 2 * _moe_intermediate(cfg) * int(getattr(cfg, "num_experts_per_tok", 1) or 1)
-        scores = self.batch * cfg.num_attention_heads * self.prompt_tokens * self.context_tokens
+        eager = getattr(model_config, "_attn_implementation", None) == "eager"
+        scores = self.batch * cfg.num_attention_heads * self.prompt_tokens * self.context_tokens \
+            if eager else 0
         logits = self.batch * cfg.vocab_size * LOGITS_BYTES
         return int((tokens * (hidden + moe) + scores) * dtype_bytes + logits)
 
