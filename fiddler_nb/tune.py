@@ -44,7 +44,7 @@ DEFAULT_SECONDS = 120.0
 MEASURE_NEW_TOKENS = 32  # decode tok/s is steady after a few tokens; short points fit more in
 BUDGET_POINTS = 4  # GPU budgets tried besides the largest that fits: 0, 1/4, 1/2, 3/4 of it
 GPU_EXECUTIONS = ("auto", "cpu", "transfer")
-WARMUP_PROMPT_TOKENS = 8  # one short generation first: lazy init is not any candidate's cost
+WARMUP_PROMPT_TOKENS = 8  # untimed short generation before each measured point
 CPU_REASON = ("no GPU: the fast device is this CPU, so the expert budget and placement do not "
               "change speed (every expert runs from CPU memory); tuned: CPU threads")
 
@@ -125,10 +125,14 @@ def search_space(engine: Any, workload: Workload, formats: Sequence[str | None],
 
 
 def measure_point(engine: Any, workload: Workload, new_tokens: int) -> Measured:
-    """Generate the workload (seeded random prompt ids of its length) and read the stats."""
+    """Generate the workload (seeded random prompt ids of its length) and read the stats.
+
+    A short untimed generation first absorbs what a changed setting costs once (a new thread
+    pool, first use of re-placed weights), so no candidate pays for the one before it."""
     vocab = int(engine.model.config.get_text_config().vocab_size)
     ids = torch.randint(0, vocab, (workload.batch, workload.prompt_tokens),
                         generator=torch.Generator().manual_seed(0))
+    engine.generate(ids[:, :WARMUP_PROMPT_TOKENS], max_new_tokens=2, min_new_tokens=2)
     stats = engine.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens).stats
     return Measured(stats.prefill_tokens_per_s, stats.decode_tokens_per_s)
 
@@ -231,9 +235,10 @@ def _seconds_of(projected: dict, workload: Workload) -> dict[PlanSettings, float
 
 
 def _warm_up(engine: Any, measure: Callable, workload: Workload) -> None:
+    """One untimed run at the workload's prompt shape: first-use costs of its kernels (and
+    lazy initialisation) are nobody's measurement."""
     if measure is measure_point:  # an injected measure has nothing to warm up
-        short = Workload(min(workload.prompt_tokens, WARMUP_PROMPT_TOKENS), 2, workload.batch)
-        measure(engine, short, 2)
+        measure(engine, Workload(workload.prompt_tokens, 2, workload.batch), 2)
 
 
 def _default_projection(profile: Any) -> Callable:

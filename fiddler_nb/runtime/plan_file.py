@@ -110,7 +110,7 @@ class Plan:
         head = [f"autotune plan for {self.model} on {self.machine} ({self.device}, {self.dtype})",
                 f"workload: batch {w.batch} x (prompt {w.prompt_tokens} + {w.new_tokens} new); "
                 f"each measured point ran prompt {self.measured_prompt_tokens} + "
-                f"{self.measured_new_tokens} new tokens once, after one warm-up generation",
+                f"{self.measured_new_tokens} new tokens once, after untimed warm-up generations",
                 f"projected columns: {self.projection_source}",
                 f"time: {self.seconds_used:.1f} s of {self.seconds_limit:g} s; chosen: "
                 f"{self.settings.label}", f"reason: {self.reason}"]
