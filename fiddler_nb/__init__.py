@@ -9,12 +9,14 @@ Layers (imports run one way, top to bottom of this list; tests/test_layers.py ch
   runtime/     the engine: model facts, loading, experts, policies, latency model, orchestration
   measure/     this machine's facts, probes, profiler, planner (projections)
   api.py       the entry points: load, from_model, use_profile, calibrate
+  tune.py      autotune: candidates ranked by the planner, measured on the workload -> Plan
   benchmarks/  measured comparisons: bench matrix, naive offload, CPU suite, random checkpoints
   notebook/    plots, widgets, nbmode, and the demo report
   cli/         the `fiddler-nb` command
 """
 
 from .api import calibrate, from_model, load, use_profile
+from .tune import autotune
 from .benchmarks.cpu_suite import run_cpu_suite
 from .benchmarks.matrix import BenchRecord, bench
 from .benchmarks.random_checkpoint import make_random_checkpoint, scaled_expert_budget
@@ -28,21 +30,26 @@ from .runtime.errors import (BudgetError, CheckpointError, ContextLengthError, D
                              EngineClosedError, FiddlerError, FileFormatError, InputError,
                              MissingFileError, OptionError, UnsupportedModelError)
 from .runtime.latency import Curve, LatencyModel, assign_layer
+from .runtime.plan_file import Plan, PlanRow, PlanSettings
 from .runtime.popularity import Popularity
 from .runtime.stats import GenerationStats, PhaseStats
+from .runtime.streaming import GenerationStream, TokenEvent
 from .runtime.tiny import make_tiny_checkpoint
+from .runtime.model_facts import ModelFacts, inspect
+from .runtime.workload import Workload, kv_cache_bytes
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BenchRecord", "BudgetError", "CheckpointError", "ContextLengthError", "Curve", "DeviceError",
     "Engine", "EngineClosedError", "EngineConfig", "FiddlerError", "FileFormatError",
-    "InputError", "MissingFileError", "OptionError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "HardwareProfile",
-    "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord", "Popularity",
-    "SHAPE_PRESETS", "UnsupportedModelError", "assign_layer", "bench", "calibrate", "from_model",
-    "get_shape", "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table",
-    "policies", "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget",
-    "use_profile",
+    "GPU_PRESETS", "GenerationResult", "GenerationStats", "GenerationStream", "HardwareProfile",
+    "InputError", "LINK_PRESETS", "LatencyModel", "MissingFileError", "ModelFacts", "ModelShape",
+    "OptionError", "PhaseStats", "Plan", "PlanRecord", "PlanRow", "PlanSettings", "Popularity",
+    "SHAPE_PRESETS", "TokenEvent", "UnsupportedModelError", "Workload", "assign_layer",
+    "autotune", "bench", "calibrate", "from_model", "get_shape", "inspect", "kv_cache_bytes",
+    "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table", "policies",
+    "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget", "use_profile",
 ]
 
 # UI modules, imported on first use (the report pulls in plotly's HTML machinery)

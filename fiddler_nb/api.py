@@ -1,4 +1,5 @@
-"""The entry points: `load`, `from_model`, `use_profile`, `calibrate`.
+"""The entry points: `load` (optionally from an autotuned `Plan`), `from_model`, `use_profile`,
+`calibrate`.
 
 These compose the runtime (engine, loading, policies) with the measurements (profiler): a
 `profile=` argument may be a HardwareProfile, its JSON file, a LatencyModel, or "quick" to measure
@@ -20,44 +21,75 @@ from .runtime.engine import Engine
 from .runtime.errors import OptionError
 from .runtime.factory import latency_from
 from .runtime.latency import LatencyModel
+from .runtime.plan_file import Plan, as_plan
 from .runtime.popularity import Popularity
+from .runtime.workload import Workload
 
 QUICK_PROFILE = "quick"  # profile= value: measure this machine at load time
 
 ProfileArg = Union[HardwareProfile, LatencyModel, str, Path, None]
 
-__all__ = ["QUICK_PROFILE", "calibrate", "from_model", "load", "use_profile"]
+__all__ = ["QUICK_PROFILE", "Plan", "Workload", "calibrate", "from_model", "load", "use_profile"]
+
+
+DEFAULTS = dict(placement="popularity", execution="auto")  # when neither caller nor plan says
 
 
 def load(path: str | Path, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, expert_budget: int | None = None,
-         placement: str = "popularity", execution: str = "auto",
+         placement: str | None = None, execution: str | None = None,
          popularity: Popularity | str | Path | None = None, profile: ProfileArg = None,
-         gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0) -> Engine:
+         gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0,
+         workload: Workload | None = None, threads: int | None = None,
+         plan: Plan | str | Path | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine; see README for every argument.
 
-    A profile file is read before any weight is; "quick" measures once the model is loaded
-    (seconds) and an error there closes the engine.
+    placement / execution default to "popularity" / "auto". plan: a `Plan` from `fnb.autotune`
+    or its JSON file; its settings (budget, placement, execution, threads, workload) are the
+    starting point and every keyword passed here explicitly overrides them. A profile file is
+    read before any weight is; "quick" measures once the model is loaded (seconds) and an error
+    there closes the engine.
     """
+    given = dict(expert_budget=expert_budget, placement=placement, execution=execution,
+                 threads=threads, workload=workload)
+    settings = _with_plan(given, plan, gpu_memory)
     latency, quick = _resolve_profile(profile)
-    engine = factory.load(path, device=device, dtype=dtype, expert_budget=expert_budget,
-                          placement=placement, execution=execution, popularity=popularity,
+    engine = factory.load(path, device=device, dtype=dtype, popularity=popularity,
                           profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
-                          seed=seed)
+                          seed=seed, **settings)
     return _finish_quick(engine, quick)
+
+
+def _with_plan(given: dict, plan: Plan | str | Path | None, gpu_memory) -> dict:
+    """Explicit keyword arguments (not None) over the plan's settings over the defaults."""
+    base = dict(DEFAULTS)
+    if plan is not None:
+        from_plan = as_plan(plan).load_kwargs()
+        fmt = from_plan.pop("expert_dtype", None)
+        if fmt is not None:  # compressed expert formats arrive with issue 9's load(expert_dtype=)
+            raise OptionError(f"the plan picked expert format {fmt!r} but this fiddler_nb's "
+                               "load() has no expert_dtype; re-run autotune without "
+                               "expert_dtypes or update fiddler_nb")
+        if gpu_memory is not None:
+            from_plan.pop("expert_budget")  # the caller gave the budget as memory
+        base.update(from_plan)
+    base.update({k: v for k, v in given.items() if v is not None})
+    return base
 
 
 def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                expert_budget: int | None = None, placement: str = "popularity",
                execution: str = "auto", popularity: Popularity | None = None,
                profile: ProfileArg = None, scratch_slots: int = 2, seed: int = 0,
-               name: str = "in-memory") -> Engine:
+               name: str = "in-memory", workload: Workload | None = None,
+               threads: int | None = None) -> Engine:
     """An Engine around a transformers MoE model already in memory (experts on the CPU)."""
     latency, quick = _resolve_profile(profile)
     engine = factory.from_model(model, tokenizer, device=device, expert_budget=expert_budget,
                                 placement=placement, execution=execution,
                                 popularity=popularity, profile=latency,
-                                scratch_slots=scratch_slots, seed=seed, name=name)
+                                scratch_slots=scratch_slots, seed=seed, name=name,
+                                workload=workload, threads=threads)
     return _finish_quick(engine, quick)
 
 

@@ -221,6 +221,53 @@ NOTEBOOKS["07_bring_your_own_model"] = [
          "tuner.run()\ntuner"),
 ]
 
+NOTEBOOKS["09_your_model"] = [
+    md("# 09 Your own model: inspect it, auto-tune it for your workload, chat with it\n\n"
+       "Point at a checkpoint folder, see what fits on the fast device for the prompts you "
+       "will run, let `fnb.autotune` measure the settings that matter on this machine, save "
+       "the plan, and talk to the model with the answer streaming in."),
+    md(SETUP_MD), code(SETUP),
+    md("**Your checkpoint.** Put its folder in `MY_CHECKPOINT` (any transformers 5.x MoE "
+       "checkpoint; an instruct model brings its chat template). Left empty, smoke mode uses "
+       "the embedded tiny Mixtral (random weights: its answers are gibberish bytes, the "
+       "machinery is real) and full mode a Mixtral-8x7B-shaped random checkpoint."),
+    code("MY_CHECKPOINT = None  # e.g. '/models/Qwen3-30B-A3B-Instruct-2507'\n"
+         "path = MY_CHECKPOINT or S.model_path()\npath"),
+    md("**Your workload**: prompt length, tokens to generate, batch. It decides the memory kept "
+       "free on the fast device for the KV cache and activations, so it decides how many "
+       "experts fit there."),
+    code("workload = fnb.Workload(prompt_tokens=S.prompt_tokens, new_tokens=S.new_tokens)\nworkload"),
+    md("**Load and inspect**: architecture, experts, bytes per expert, the KV cache for the "
+       "workload, and how many experts fit -- on this machine's fast device, and (computed from "
+       "the same numbers, not measured) on a 24 GB card."),
+    code("eng = fnb.load(path, workload=workload)\nfnb.inspect(eng, workload, device_memory='24GiB')"),
+    md("**Calibrate on prompts like yours** (replace `S.calibration_set()`): routing popularity "
+       "tells `popularity` placement which experts are worth keeping on the GPU."),
+    code("pop = fnb.calibrate(eng, S.calibration_set())\npop.counts.sum(dim=1)"),
+    md("**Auto-tune.** Candidates (budgets, placements, executions with a GPU; CPU threads "
+       "always) are ranked by the planner where it can project, then measured on your workload "
+       "until the time limit; the plan keeps the best *measured* one. Measured and projected "
+       "tokens/s sit in separate columns. On a CPU-only machine the notes say why only threads "
+       "are tuned."),
+    code("plan = fnb.autotune(eng, workload, seconds=S.autotune_seconds)\nprint(plan.table())"),
+    md("**The measured table as a figure** (projected bars, when there are any, are hatched)."),
+    code("plots.autotune(plan)"),
+    md("**Save the plan** and load the model with it next time: `fnb.load(path, plan=...)` "
+       "starts from the plan's settings (with the popularity recorded above), and any keyword "
+       "you pass explicitly wins."),
+    code('plan_path = plan.save(nbmode.output_dir() / "plan.json")\n'
+         "eng.close()\neng = fnb.load(path, plan=plan_path, popularity=pop)\neng.config"),
+    md("**Chat, streaming.** `eng.chat(messages, stream=True)` applies the tokenizer's chat "
+       "template and yields text as tokens are produced (break out of the loop to stop)."),
+    code("for piece in eng.chat('Hello! What can you do?', max_new_tokens=S.new_tokens, stream=True):\n"
+         "    print(piece, end='', flush=True)"),
+    md("**Watch a generation live**: the text grows, with decode tokens/s and, per token, the "
+       "expert-token pairs that ran resident / on the CPU / after a transfer."),
+    code("live = widgets.generate_live(eng, S.prompt(), max_new_tokens=4 * S.new_tokens)"),
+    md("**A chat box**: type, *Send*, and the answer streams in; *Stop* ends it early."),
+    code("box = widgets.chat(eng, max_new_tokens=S.chat_tokens)\nbox"),
+]
+
 
 def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src)

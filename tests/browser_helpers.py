@@ -122,3 +122,24 @@ def plot_points(page, selector: str) -> int:
             const plot = document.querySelector(sel + ' .js-plotly-plot');
             return plot ? plot.querySelectorAll('.scatterlayer .point').length : 0;
         }""", selector)
+
+
+def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    """predicate()'s first truthy value, polling; AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def run_all_cells(page, server: LabServer, notebook: str, kernel_start_s: float = 60) -> None:
+    """Open `notebook` in JupyterLab, wait for an idle kernel, then Run > Run All Cells."""
+    page.goto(server.notebook_url(notebook))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    wait_until(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), kernel_start_s,
+               "the kernel to start")
+    page.click(".lm-MenuBar-item:has-text('Run')")
+    page.click(".lm-Menu-item:has-text('Run All Cells')")

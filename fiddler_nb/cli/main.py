@@ -1,4 +1,4 @@
-"""`fiddler-nb` command line: generate, demo, profile, plan, bench.
+"""`fiddler-nb` command line: generate, chat, autotune, demo, profile, plan, bench.
 
 Argument parsing stays here; library functions receive plain values, never a Namespace.
 Errors a user can fix are printed as one line (no traceback) with exit status 2.
@@ -11,39 +11,15 @@ import sys
 from typing import Sequence
 
 from ..runtime.errors import FiddlerError
-from ..runtime.execution import known_executions
-from ..runtime.placement import known_placements
+from .engine_args import add_engine_args, load_engine
 
 DEFAULT_PROMPT = "The quick brown fox"
 EXIT_BAD_INPUT = 2  # as argparse uses for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="checkpoint directory, or 'tiny' (embedded)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: checkpoint's)")
-    p.add_argument("--expert-budget", type=int, default=None,
-                   help="experts kept on the fast device, all layers together (default: as many as fit)")
-    p.add_argument("--gpu-memory", default=None, help="the budget as memory, e.g. 20GiB")
-    p.add_argument("--placement", default="popularity", choices=known_placements())
-    p.add_argument("--execution", default="auto", choices=known_executions())
-    p.add_argument("--popularity", default=None, help="a popularity file from calibrate")
-    p.add_argument("--profile", default=None,
-                   help="a HardwareProfile JSON for 'auto', or 'quick' to measure this machine now")
-
-
-def _load_engine(args: argparse.Namespace):
-    from ..api import load
-
-    return load(args.model, device=args.device, dtype=args.dtype,
-                expert_budget=args.expert_budget, gpu_memory=args.gpu_memory,
-                placement=args.placement, execution=args.execution,
-                popularity=args.popularity, profile=args.profile)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    engine = _load_engine(args)
+    engine = load_engine(args)
     result = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens,
                              allow_beyond_context=args.allow_beyond_context)
     print(result.text)
@@ -58,19 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiddler-nb", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate text and print per-layer stats")
-    _add_engine_args(gen)
+    add_engine_args(gen)
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--allow-beyond-context", action="store_true",
                      help="generate past the model's context length (max_position_embeddings)")
     gen.set_defaults(func=cmd_generate)
     from . import bench as cli_bench
+    from . import chat as cli_chat
     from . import measure as cli_measure
+    from . import tune as cli_tune
 
     demo = sub.add_parser("demo", help="the main job: profile, calibrate, bench, HTML report")
     cli_bench.add_demo_args(demo)
     cli_measure.add_subcommands(sub)
     cli_bench.add_subcommands(sub)
+    cli_chat.add_subcommands(sub)
+    cli_tune.add_subcommands(sub)
     return parser
 
 

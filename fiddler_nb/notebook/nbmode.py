@@ -47,6 +47,8 @@ class NotebookSizes:
     plan_samples: int  # sampled decode tokens per layer in planner projections
     gpu_preset: str  # GPU projected when this machine has none (24 GB, as in the paper)
     random_layers: int = 2  # decoder layers of the Mixtral-shaped random model (model="random")
+    autotune_seconds: float = 120.0  # fnb.autotune's time limit for measuring candidates
+    chat_tokens: int = 256  # max new tokens of a chat answer
 
     def model_path(self) -> str:
         """The checkpoint to load: `model` as given, or for "random" a Mixtral-8x7B-shaped random
@@ -107,7 +109,9 @@ SMOKE = NotebookSizes(
     mode="smoke", reason="", model="tiny", prompt_tokens=32, prompt_sweep=(8, 64),
     new_tokens=8, budget_points=4, calibration_prompts=4, profile_quick=True,
     profile_tokens=(1, 8, 64),  # 3 points: enough to see the curve bend, seconds on 2 cores
-    plan_samples=64, gpu_preset="quadro-rtx-6000")
+    plan_samples=64, gpu_preset="quadro-rtx-6000",
+    autotune_seconds=10.0,  # a few thread counts on the tiny model take about a second
+    chat_tokens=200)  # long enough to watch an answer stream in the browser test
 FULL = NotebookSizes(
     mode="full", reason="", model=RANDOM_MODEL, prompt_tokens=256, prompt_sweep=(16, 128, 512),
     new_tokens=32, budget_points=7, calibration_prompts=32, profile_quick=False,

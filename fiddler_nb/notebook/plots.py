@@ -7,7 +7,8 @@ projected lines dashed (projected bars hatched); the two are never merged into o
 * `popularity_heatmap` -- routed tokens per MoE layer x expert, resident experts outlined;
 * `decode_timeline` -- one decode step per layer on CPU / GPU / transfer lanes
   (`Engine.trace_decode_step(p)` or (layer, lane, start_ms, end_ms) rows);
-* `phase_breakdown` -- prefill vs decode seconds per strategy; `hit_rates` -- expert hit rates.
+* `phase_breakdown` -- prefill vs decode seconds per strategy; `hit_rates` -- expert hit rates;
+* `autotune` -- measured (and projected) tokens/s per candidate of an autotune `Plan`.
 
 Shape legend: L = MoE layers, E = experts per layer.
 """
@@ -310,4 +311,36 @@ def hit_rates(points: Sequence[Any], title: str | None = None) -> go.Figure:
                       "expert-token pairs whose expert was resident")
     fig.update_layout(title=title, template=TEMPLATE, xaxis_title="placement+execution, budget",
                       yaxis=dict(title="decode GPU hit rate (%)", range=[0, 100]))
+    return fig
+
+
+# ---- autotune ------------------------------------------------------------------------------
+def autotune(plan: Any) -> go.Figure:
+    """Prefill and decode tokens/s per candidate of a `fnb.Plan`: measured bars solid, the
+    planner's projections (if any) hatched in traces of their own; the chosen one starred."""
+    from plotly.subplots import make_subplots
+
+    rows = list(plan.rows)
+    labels = [("* " if r.settings == plan.settings else "") + r.settings.label for r in rows]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
+                        subplot_titles=("prefill tokens/s", "decode tokens/s"))
+    for col, phase in ((1, "prefill"), (2, "decode")):
+        for kind in KINDS:
+            values = [getattr(r, f"{kind}_{phase}_tps") for r in rows]
+            if all(v is None for v in values):
+                continue
+            fig.add_trace(go.Bar(
+                y=labels, x=values, orientation="h", name=f"{phase} ({kind})",
+                hovertext=[r.status for r in rows],
+                marker=dict(color=PHASE_COLORS[phase],
+                            pattern=dict(shape=PROJECTED_PATTERN if kind == PROJECTED else "")),
+                legendgroup=kind), row=1, col=col)
+    w = plan.workload
+    fig.update_layout(
+        title=f"Autotune: tokens/s per candidate -- measured (solid), projected (hatched) -- "
+              f"prompt {w.prompt_tokens} + {w.new_tokens} new, batch {w.batch}, {plan.dtype} "
+              f"on {plan.device} ({plan.machine}); * = chosen",
+        barmode="group", template=TEMPLATE, height=max(300, 60 + 28 * len(rows)),
+        yaxis=dict(autorange="reversed", title="candidate"), legend_title="phase (kind)")
+    fig.update_xaxes(title_text="tokens/s")
     return fig

@@ -11,7 +11,12 @@ The logic is plain functions that tests call directly:
 `tuner(...)` builds the ipywidgets tree around them: budget slider (experts, with its size in
 GiB), placement and execution dropdowns, prompt length, Run / Sweep buttons, a progress bar, a
 status line, an error line (a failing run shows its message there; the cell never dies) and a
-`plotly.graph_objects.FigureWidget` of decode tokens/s vs budget that is updated in place.
+`plotly.graph_objects.FigureWidget` of decode tokens/s vs budget that is updated in place;
+for an engine, an *Auto-tune* button (autotune_panel.py) that runs `fnb.autotune` for the prompt
+and new tokens shown and displays the plan's table and plot.
+
+Streaming widgets live in chat_widgets.py and are re-exported here: `widgets.generate_live(eng,
+prompt)` and `widgets.chat(eng)`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..runtime.execution import known_executions
 from ..runtime.experts import GIB
 from ..runtime.placement import known_placements
 from ..runtime.validate import check_int
+from .chat_widgets import chat, generate_live  # noqa: F401  (widgets.chat / generate_live)
 from .plots import MEASURED, PROJECTED
 
 WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
@@ -259,7 +265,16 @@ class Tuner:
         controls = w.VBox([w.HBox([self.budget, self.budget_gib]), self.placement, self.execution,
                            self.prompt_tokens, self.new_tokens,
                            w.HBox([self.run_button, self.sweep_button]), self.progress])
-        self.widget = w.VBox([controls, self.status, self.error, self.figure])
+        self.autotune = None
+        extra = []
+        if self.kind == MEASURED:
+            from .autotune_panel import AutotunePanel
+
+            self.autotune = AutotunePanel(
+                self.target, lambda: (self.prompt_tokens.value, self.new_tokens.value),
+                on_plan=self._show_plan)
+            extra = [self.autotune.widget]
+        self.widget = w.VBox([controls, self.status, self.error, self.figure, *extra])
         self.widget.add_class(CSS_CLASS)
 
     # the cell displays the VBox
@@ -322,6 +337,12 @@ class Tuner:
             return done
         self.progress.bar_style = "success"
         return done
+
+    def _show_plan(self, plan: Any) -> None:
+        """After Auto-tune: the controls show the settings the engine now has."""
+        self.budget.value = min(plan.settings.expert_budget, self.budget.max)
+        self.placement.value, self.execution.value = plan.settings.placement, plan.settings.execution
+        self.status.value = html.escape(f"auto-tuned: {plan.settings.label} ({plan.reason})")
 
     def _record(self, pt: TunerPoint) -> None:
         self.points.append(pt)

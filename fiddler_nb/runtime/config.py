@@ -75,6 +75,7 @@ class EngineConfig:
     execution: str = "auto"
     scratch_slots: int = 2  # GPU buffers for transferred experts: one copying while one computes
     seed: int = 0  # for seeded policies (random placement)
+    threads: int | None = None  # torch CPU threads while generating (None: leave torch's setting)
 
 
 @dataclass(frozen=True)

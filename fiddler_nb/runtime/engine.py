@@ -26,9 +26,10 @@ from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, registe
 from .placement import PlacementRequest, is_dynamic, make_placement
 from .popularity import Popularity
 from .stats import GenerationStats, StatsRecorder, phase_stats
-from .timing import FirstTokenClock, sync, with_clock
+from .timing import FirstTokenClock, sync, torch_threads, with_clock
 from .trace import StepTrace, Tracer
 from .validate import check_attention_mask, check_int, check_prompt_text, check_token_ids
+from .workload import Workload
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -50,6 +51,7 @@ class Engine:
         self.path = path
         self.popularity = popularity
         self.device = store.device
+        self.workload: Workload | None = None  # set_workload: the reserve kept for KV + activations
         self._state = EngineState(store, make_execution(config.execution), latency,
                                   StatsRecorder(len(layers)),
                                   [[0] * layers[0].num_experts for _ in layers])
@@ -150,10 +152,12 @@ class Engine:
         self._place(replace(self.config, expert_budget=n))
 
     def reconfigure(self, expert_budget: int | None = None, placement: str | None = None,
-                    execution: str | None = None) -> None:
+                    execution: str | None = None, threads: int | None = None) -> None:
         """Change several settings with one re-placement (one round of weight copies)."""
         if execution is not None:
             make_execution(execution)  # validate before touching anything
+        if threads is not None:
+            self.set_threads(threads)
         changes = {k: v for k, v in (("expert_budget", expert_budget), ("placement", placement))
                    if v is not None}
         if changes:
@@ -167,6 +171,41 @@ class Engine:
     def set_execution(self, name: str) -> None:
         self._open().execution = make_execution(name)
         self.config = replace(self.config, execution=name)
+
+    def set_threads(self, threads: int | None) -> None:
+        """torch CPU threads used while generating (None: whatever torch is set to)."""
+        if threads is not None:
+            check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
+        self.config = replace(self.config, threads=threads)
+
+    def set_workload(self, workload: Workload | None) -> None:
+        """Keep `workload`'s KV cache + activations free on the fast device (None: the fixed
+        default); refused, with the numbers, if the current budget then no longer fits."""
+        store = self._open().store
+        old = (store.reserve_bytes, store.reserve_split)
+        if workload is not None:
+            store.set_reserve(*workload.reserve_for(self.model))
+        try:
+            store.check_budget(self.config.expert_budget)
+        except BaseException:
+            store.reserve_bytes, store.reserve_split = old
+            raise
+        self.workload = workload
+
+    def stream(self, prompt: str | torch.Tensor, max_new_tokens: int = 32,
+               **generate_kwargs: Any):
+        """Text pieces as tokens are produced (a `GenerationStream`; runtime/streaming.py)."""
+        from .streaming import GenerationStream
+
+        return GenerationStream(self, prompt, max_new_tokens, generate_kwargs)
+
+    def chat(self, messages, max_new_tokens: int = 128, stream: bool = False,
+             chat_template: str | None = None, **generate_kwargs: Any):
+        """The next assistant turn after `messages` (runtime/chat.py): a GenerationResult, or
+        with stream=True the same iterator as `stream`."""
+        from .chat import chat
+
+        return chat(self, messages, max_new_tokens, stream, chat_template, **generate_kwargs)
 
     def set_latency_model(self, latency: LatencyModel) -> None:
         self._open().latency = latency
@@ -234,7 +273,7 @@ class Engine:
         sync(self.device)
         start = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_threads(self.config.threads):
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
                                           **with_clock(generate_kwargs, clock))
             sync(self.device)

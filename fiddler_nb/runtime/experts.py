@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .adapters import MoELayer
 from .errors import BudgetError
+from .workload import check_fits, experts_that_fit
 
 GIB = 1 << 30
 DEFAULT_RESERVE_BYTES = GIB  # kept free on the GPU for activations and KV cache
@@ -91,6 +92,7 @@ class ExpertStore:
         self.device = device
         self.is_cuda = device.type == "cuda"
         self.reserve_bytes = reserve_bytes  # kept free on the GPU for activations and KV cache
+        self.reserve_split: tuple[int, int] | None = None  # (KV, activations) of a Workload
         self.expert_bytes = layers[0].expert_bytes
         self.num_experts = layers[0].num_experts
         self._slots = [_LayerSlots({}, None) for _ in layers]
@@ -116,12 +118,18 @@ class ExpertStore:
         total = len(self.layers) * self.num_experts
         if not self.is_cuda:
             return total
+        return experts_that_fit(self._free_bytes(), self.reserve_bytes, self.expert_bytes, total)
+
+    def _free_bytes(self) -> int:
         free, _ = torch.cuda.mem_get_info(self.device)
         # blocks torch's allocator caches but does not use are free to us (empty_cache frees them)
         free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        free += self._resident_bytes()  # re-placing frees the current residents first
-        fit = max(0, (free - self.reserve_bytes) // self.expert_bytes)
-        return int(min(total, fit))
+        return free + self._resident_bytes()  # re-placing frees the current residents first
+
+    def set_reserve(self, kv_bytes: int, activation_bytes: int) -> None:
+        """Keep a workload's KV cache + activations free (instead of the fixed default)."""
+        self.reserve_split = (int(kv_bytes), int(activation_bytes))
+        self.reserve_bytes = int(kv_bytes) + int(activation_bytes)
 
     def check_budget(self, budget: int) -> None:
         total = len(self.layers) * self.num_experts
@@ -129,6 +137,9 @@ class ExpertStore:
             raise BudgetError(f"expert budget {budget!r} is out of range: this model has {total} "
                               f"experts ({len(self.layers)} MoE layers x {self.num_experts}); "
                               f"pass 0..{total}")
+        if self.is_cuda and self.reserve_split is not None:
+            check_fits(budget, self._free_bytes(), self.expert_bytes, total, *self.reserve_split,
+                       device=str(self.device))
         fit = self.max_resident_experts()
         if budget > fit:
             need = budget * self.expert_bytes / GIB

@@ -24,6 +24,7 @@ from .loading import check_checkpoint, check_moe_config, load_model, move_non_ex
 from .placement import make_placement
 from .popularity import Popularity
 from .validate import check_int, check_path
+from .workload import Workload
 
 
 def load(path: str | Path, device: str | torch.device | None = None,
@@ -31,7 +32,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
          placement: str = "popularity", execution: str = "auto",
          popularity: Popularity | str | Path | None = None,
          profile: Any = None, gpu_memory: str | int | None = None,
-         scratch_slots: int = 2, seed: int = 0) -> Engine:
+         scratch_slots: int = 2, seed: int = 0, workload: Workload | None = None,
+         threads: int | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine. See the README for each argument.
 
     expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
@@ -41,6 +43,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     machine now (seconds) -- those two through `fnb.load` (api.py), which measures and reads
     files; here a LatencyModel or a profile object. None uses the documented default
     (`latency.default_latency_model`), and `engine.latency.source` says which was used.
+    workload: a `Workload` whose KV cache + activations are kept free on the fast device (None:
+    a fixed 1 GiB). threads: torch CPU threads while generating (None: torch's setting).
     """
     _check_options(placement, execution, scratch_slots, seed, popularity)
     if expert_budget is not None and gpu_memory is not None:
@@ -68,7 +72,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     try:
         model = load_model(root, dev, torch_dtype)
         return _build(model, _load_tokenizer(root), dev, expert_budget, gpu_memory, placement,
-                      execution, popularity, profile, scratch_slots, seed, str(root))
+                      execution, popularity, profile, scratch_slots, seed, str(root),
+                      workload, threads)
     except BaseException:
         del model
         gc.collect()
@@ -81,7 +86,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                expert_budget: int | None = None, placement: str = "popularity",
                execution: str = "auto", popularity: Popularity | None = None,
                profile: Any = None, scratch_slots: int = 2, seed: int = 0,
-               name: str = "in-memory") -> Engine:
+               name: str = "in-memory", workload: Workload | None = None,
+               threads: int | None = None) -> Engine:
     """An Engine around a transformers MoE model already in memory (e.g. random weights of a
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
     """
@@ -98,22 +104,28 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     model.eval()
     move_non_experts(model, dev)
     return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
-                  profile, scratch_slots, seed, name)
+                  profile, scratch_slots, seed, name, workload, threads)
 
 
 def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, placement: str,
            execution: str, popularity, profile, scratch_slots: int, seed: int,
-           name: str) -> Engine:
+           name: str, workload: Workload | None = None, threads: int | None = None) -> Engine:
     """Attach an Engine to a model whose non-experts are on `dev`; undo everything on error."""
     layers = find_moe_layers(model)
     store = ExpertStore(layers, dev, scratch_slots)
     engine = None
     try:
+        if workload is not None:  # before the budget is computed: what fits depends on it
+            store.set_reserve(*workload.reserve_for(model))
         latency = latency_from(profile, layers[0].expert_bytes, model, dev)
         budget = _budget(expert_budget, gpu_memory, store)
         dtype = str(layers[0].module.down_proj.dtype).removeprefix("torch.")
-        config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed)
+        config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed,
+                              threads)
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
+        engine.workload = workload
+        if threads is not None:
+            engine.set_threads(threads)  # validates
         if popularity is not None:
             engine._check_popularity(popularity)
             engine.popularity = popularity  # placed once, just below

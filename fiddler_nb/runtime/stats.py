@@ -38,6 +38,10 @@ class StatsRecorder:
     def add_activations(self, nbytes: int) -> None:
         self.activation_bytes[self.phase] += nbytes
 
+    def totals(self) -> dict[str, int]:
+        """Pairs per path since the last reset, both phases and all layers together."""
+        return {p: sum(sum(self.pairs[(ph, p)]) for ph in PHASES) for p in PATHS}
+
 
 @dataclass(frozen=True)
 class PhaseStats:

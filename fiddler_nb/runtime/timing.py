@@ -9,7 +9,8 @@ clock is read, so queued GPU work is counted where it belongs.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from transformers import LogitsProcessor
@@ -44,3 +45,17 @@ def with_clock(generate_kwargs: dict, clock: FirstTokenClock) -> dict:
     kwargs["logits_processor"] = LogitsProcessorList(
         [clock, *(kwargs.get("logits_processor") or [])])
     return kwargs
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with `threads` torch CPU threads (None: unchanged); the old count is restored."""
+    if threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

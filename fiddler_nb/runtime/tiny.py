@@ -45,10 +45,14 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 DEFAULT_ARCH = "mixtral"
 ROUTER_STD = 0.5  # decisive routing: near-equal router scores would flip top-k on noise
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")  # ids 256..259, after the 256 bytes
+# A small chat template (role line, content, end of turn) so chat runs on tiny checkpoints in CI
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
 
 
 def build_tokenizer():
-    """A byte-level tokenizer: every UTF-8 byte is a token, so any text round-trips."""
+    """A byte-level tokenizer (every UTF-8 byte is a token, so any text round-trips) with a
+    small chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import PreTrainedTokenizerFast
@@ -60,8 +64,10 @@ def build_tokenizer():
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>", padding_side="left")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>", padding_side="left")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_config(arch: str = DEFAULT_ARCH, **overrides: Any):

@@ -1,0 +1,194 @@
+"""`Plan`: the settings `fnb.autotune` chose for a workload, the table it measured, and why.
+
+Not to be confused with `measure.planner.PlanRecord`, a *projection* for a model shape on a
+hardware profile where nothing runs: a `Plan` is the outcome of measuring candidate settings on
+this machine (tune.py). Its rows keep measured and projected tokens/s in separate fields (a
+candidate may have either, both or neither), so no table or plot ever mixes them in one column.
+
+`plan.save(path)` writes JSON with a format tag and version; `Plan.load(path)` refuses anything
+else with a FiddlerError. `fnb.load(path, plan=plan_or_path)` starts from the plan's settings
+(explicit keyword arguments win); `plan.apply(engine)` re-places a loaded engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FileFormatError, MissingFileError
+from .workload import Workload
+
+PLAN_FORMAT = "fiddler_nb.plan"
+PLAN_VERSION = 1
+MEASURED_STATUS = "measured"
+TIME_LIMIT_STATUS = "not measured: time limit"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """One candidate configuration (what `fnb.load` / `Engine.reconfigure` take)."""
+
+    expert_budget: int
+    placement: str
+    execution: str
+    threads: int  # torch CPU threads while generating
+    expert_dtype: str | None = None  # a compressed expert format; None: the checkpoint's own
+
+    @property
+    def label(self) -> str:
+        fmt = f", {self.expert_dtype}" if self.expert_dtype else ""
+        return (f"budget {self.expert_budget}, {self.placement}+{self.execution}, "
+                f"{self.threads} thr{fmt}")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(expert_budget=self.expert_budget, placement=self.placement,
+                      execution=self.execution, threads=self.threads)
+        if self.expert_dtype is not None:
+            kwargs["expert_dtype"] = self.expert_dtype
+        return kwargs
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One candidate: its projection (if any) and its measurement (if it ran)."""
+
+    settings: PlanSettings
+    status: str  # MEASURED_STATUS, TIME_LIMIT_STATUS or "failed: <message>"
+    measured_prefill_tps: float | None = None
+    measured_decode_tps: float | None = None
+    measured_workload_s: float | None = None  # the workload's time at the measured speeds
+    projected_prefill_tps: float | None = None  # planner; None where nothing was projected
+    projected_decode_tps: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.status == MEASURED_STATUS
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen settings for `workload` on `machine`, with every candidate's row."""
+
+    model: str  # checkpoint path (or in-memory name)
+    settings: PlanSettings
+    workload: Workload
+    rows: tuple[PlanRow, ...]
+    machine: str
+    device: str
+    dtype: str
+    reason: str
+    measured_prompt_tokens: int  # what each measured point ran
+    measured_new_tokens: int
+    seconds_limit: float
+    seconds_used: float
+    projection_source: str = "none"  # what the projected columns come from
+    notes: tuple[str, ...] = ()
+    created: str = ""
+    command: str = ""  # how it was produced (CLI line or Python call)
+
+    # ---- using it ----------------------------------------------------------------------
+    def load_kwargs(self) -> dict[str, Any]:
+        return {**self.settings.load_kwargs(), "workload": self.workload}
+
+    def apply(self, engine: Any) -> None:
+        """Re-place a loaded engine with the plan's settings (no reload; format must match)."""
+        s = self.settings
+        current = getattr(engine, "expert_dtype", None)
+        if s.expert_dtype is not None and s.expert_dtype != current:
+            raise FileFormatError(f"the plan uses expert format {s.expert_dtype!r} but the engine "
+                               f"holds {current!r}; load it with fnb.load(path, plan=plan)")
+        use_workload(engine, self.workload)
+        engine.reconfigure(expert_budget=s.expert_budget, placement=s.placement,
+                           execution=s.execution, threads=s.threads)
+
+    def table(self) -> str:
+        """Fixed-width table; measured and projected tokens/s in separate, labelled columns."""
+        w = self.workload
+        head = [f"autotune plan for {self.model} on {self.machine} ({self.device}, {self.dtype})",
+                f"workload: batch {w.batch} x (prompt {w.prompt_tokens} + {w.new_tokens} new); "
+                f"each measured point ran prompt {self.measured_prompt_tokens} + "
+                f"{self.measured_new_tokens} new tokens once, after untimed warm-up generations",
+                f"projected columns: {self.projection_source}",
+                f"time: {self.seconds_used:.1f} s of {self.seconds_limit:g} s; chosen: "
+                f"{self.settings.label}", f"reason: {self.reason}"]
+        head += [f"command: {self.command}"] if self.command else []
+        head += [f"note: {n}" for n in self.notes]
+        cols = (f"  {'candidate':<44}{'meas. prefill':>14}{'meas. decode':>13}"
+                f"{'meas. workload s':>17}{'proj. prefill':>14}{'proj. decode':>13}  status")
+        rows = []
+        for r in self.rows:
+            mark = "*" if r.settings == self.settings else " "
+            rows.append(f"{mark} {r.settings.label:<44}{_f(r.measured_prefill_tps):>14}"
+                        f"{_f(r.measured_decode_tps):>13}{_f(r.measured_workload_s, 3):>17}"
+                        f"{_f(r.projected_prefill_tps):>14}{_f(r.projected_decode_tps):>13}  "
+                        f"{r.status}")
+        return "\n".join(head + ["tokens/s (tok/s); * = chosen", cols] + rows)
+
+    # ---- persistence -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise FileFormatError(f"{source} is not a fiddler_nb plan (format {found!r}, expected "
+                               f"{PLAN_FORMAT!r}); make one with fnb.autotune(...).save(path)")
+        if data.get("version") != PLAN_VERSION:
+            raise FileFormatError(f"{source} is plan version {data.get('version')!r}; this fiddler_nb "
+                               f"reads version {PLAN_VERSION}; re-run fnb.autotune to make a new one")
+        body = {k: v for k, v in data.items() if k not in ("format", "version")}
+        try:
+            body["settings"] = PlanSettings(**body["settings"])
+            body["workload"] = Workload(**body["workload"])
+            body["rows"] = tuple(PlanRow(**{**r, "settings": PlanSettings(**r["settings"])})
+                                 for r in body["rows"])
+            body["notes"] = tuple(body.get("notes", ()))
+            return cls(**body)
+        except (KeyError, TypeError) as err:
+            raise FileFormatError(f"{source} is a damaged plan file ({type(err).__name__}: {err}); "
+                               "re-run fnb.autotune and save it again") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"plan file {path} does not exist; make one with "
+                               "fnb.autotune(...).save(path) or `fiddler-nb autotune --out`")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FileFormatError(f"{path} is not JSON ({err}); pass a file saved by "
+                               "Plan.save") from None
+        return cls.from_dict(data, str(path))
+
+
+def use_workload(engine: Any, workload: Workload) -> None:
+    """`engine.set_workload(workload)`; if the current budget leaves too little room for it,
+    empty the fast device first (the caller re-places right after)."""
+    from .errors import BudgetError
+
+    try:
+        engine.set_workload(workload)
+    except BudgetError:
+        engine.set_expert_budget(0)
+        engine.set_workload(workload)
+
+
+def as_plan(plan: "Plan | str | Path") -> Plan:
+    return plan if isinstance(plan, Plan) else Plan.load(plan)
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}f}"
+

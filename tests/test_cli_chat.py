@@ -1,0 +1,105 @@
+"""`fiddler-nb chat` driven through a pipe (and a real Ctrl-C), `fiddler-nb autotune --out`."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import fiddler_nb as fnb
+from fiddler_nb.cli.chat import ANSWER, STOPPED, chat_loop
+from fiddler_nb.cli.main import main
+
+CHAT = [sys.executable, "-m", "fiddler_nb.cli", "chat"]
+START_S = 120  # interpreter + torch + transformers import and model load on a busy 2-core box
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def test_cli_chat_through_a_pipe_answers_each_line_and_exits_on_eof(mixtral_path):
+    proc = subprocess.run(CHAT + ["--model", mixtral_path, "--max-new-tokens", "4"],
+                          input="hello\n\nhow are you?\n", capture_output=True, text=True,
+                          timeout=START_S, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(ANSWER) == 2, proc.stdout  # the empty line is skipped
+    assert "Ctrl-D" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(mixtral_path):
+    """A real SIGINT while an answer streams: '[stopped]', then the next line is answered."""
+    proc = subprocess.Popen(CHAT + ["--model", mixtral_path, "--max-new-tokens", "900"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env())
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), "")),
+                              daemon=True)
+    reader.start()
+    try:
+        proc.stdin.write("first question\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + START_S
+        while "".join(out).count(ANSWER) < 1 or len("".join(out).split(ANSWER)[-1]) < 3:
+            assert time.monotonic() < deadline, "no streamed answer: " + "".join(out)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write("second\n")
+        proc.stdin.close()  # end of input after the second answer
+        assert proc.wait(timeout=START_S) == 0, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    text = "".join(out)
+    assert STOPPED in text, text[-500:]
+    assert text.count(ANSWER) == 2, "the chat did not go on after Ctrl-C"
+
+
+def test_chat_loop_keeps_history_and_survives_an_interrupted_answer(mixtral_path):
+    eng = fnb.load(mixtral_path)
+    lines = iter(["hi\n", "again\n", ""])
+    written: list[str] = []
+    interrupted = []
+
+    def write(text: str) -> None:
+        written.append(text)
+        if not interrupted and text not in ("you> ", ANSWER, "\n"):
+            interrupted.append(text)
+            raise KeyboardInterrupt  # Ctrl-C while the first answer streams
+
+    seen = []
+    real_chat = eng.chat
+    eng.chat = lambda history, *a, **k: (seen.append([dict(m) for m in history]),
+                                         real_chat(history, *a, **k))[1]
+    answers = chat_loop(eng, lambda: next(lines), write, max_new_tokens=6)
+    assert answers == 2 and STOPPED in written
+    assert [m["role"] for m in seen[1]] == ["user", "assistant", "user"]
+    assert seen[1][1]["content"] == interrupted[0]  # what had streamed before Ctrl-C
+    assert eng.generate("x", 2).stats.new_tokens == 2
+
+
+def test_cli_autotune_saves_a_plan_that_load_and_generate_use(mixtral_path, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    rc = main(["autotune", "--model", mixtral_path, "--prompt-tokens", "8", "--new-tokens", "4",
+               "--seconds", "20", "--threads", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file() and "meas. decode" in text and "reason:" in text
+    plan = fnb.Plan.load(out)
+    assert plan.settings.threads == 1 and plan.workload == fnb.Workload(8, 4)
+    rc = main(["generate", "--model", mixtral_path, "--plan", str(out), "--max-new-tokens", "2"])
+    assert rc == 0 and "resident experts" in capsys.readouterr().out
+
+
+def test_cli_autotune_bad_plan_file_is_one_line(mixtral_path, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    rc = main(["generate", "--model", mixtral_path, "--plan", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not a fiddler_nb plan" in err and "\n" not in err
