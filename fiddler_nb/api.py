@@ -68,8 +68,8 @@ def _with_plan(given: dict, plan: Plan | str | Path | None, gpu_memory) -> dict:
         fmt = from_plan.pop("expert_dtype", None)
         if fmt is not None:  # compressed expert formats arrive with issue 9's load(expert_dtype=)
             raise OptionError(f"the plan picked expert format {fmt!r} but this fiddler_nb's "
-                               "load() has no expert_dtype; re-run autotune without "
-                               "expert_dtypes or update fiddler_nb")
+                              "load() has no expert_dtype; re-run autotune without "
+                              "expert_dtypes or update fiddler_nb")
         if gpu_memory is not None:
             from_plan.pop("expert_budget")  # the caller gave the budget as memory
         base.update(from_plan)

@@ -292,8 +292,8 @@ def _default_loader(path: Any, workload: Workload, fmt: str | None):
 
     if fmt is not None and "expert_dtype" not in inspect.signature(load).parameters:
         raise OptionError(f"expert format {fmt!r} was asked for but this fiddler_nb's load() "
-                           "has no expert_dtype (compressed expert formats); pass "
-                           "expert_dtypes=None")
+                          "has no expert_dtype (compressed expert formats); pass "
+                          "expert_dtypes=None")
     return load(path, workload=workload, **({"expert_dtype": fmt} if fmt is not None else {}))
 
 

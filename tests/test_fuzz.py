@@ -72,6 +72,7 @@ def _restore(eng: fnb.Engine, before: tuple) -> None:
     cfg = before[0]
     eng.reconfigure(expert_budget=cfg.expert_budget, placement=cfg.placement,
                     execution=cfg.execution)
+    eng.set_threads(cfg.threads)
 
 
 # ---- loading -----------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_reconfigure_with_junk(engine, budget, placement, execution, which):
     before = snapshot(engine)
     calls = [lambda: engine.set_expert_budget(budget),
              lambda: engine.reconfigure(expert_budget=budget, placement=placement,
-                                        execution=execution),
+                                        execution=execution, threads=budget),
              lambda: engine.set_placement(placement),
              lambda: engine.set_execution(execution)]
     ok = check_clean(calls[which])
@@ -335,3 +336,94 @@ def test_every_cli_command_refuses_in_one_line(mixtral_path, capsys, case, value
     err = capsys.readouterr().err
     assert code == 2, f"exit status {code} for {argv}"
     assert "Traceback" not in err and "error:" in err.strip().splitlines()[-1], err
+
+
+# ---- streaming, chat, workloads and plans (issue 10's surface) ----------------------------
+@settings(FUZZ, max_examples=25)
+@given(prompt=prompts, max_new=st.one_of(st.just(2), st.integers(-1, 3), junk))
+def test_stream_with_odd_inputs(engine, prompt, max_new):
+    before = snapshot(engine)
+
+    def consume():
+        stream = engine.stream(prompt, max_new_tokens=max_new)
+        try:
+            for _ in stream:
+                pass
+        finally:
+            stream.close()
+
+    check_clean(consume)
+    assert_unchanged(engine, before)
+
+
+messages = st.one_of(junk, st.lists(st.one_of(
+    junk, st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "assistant", "system"]), junk),
+                                 "content": st.one_of(st.text(max_size=8), junk)})), max_size=3))
+
+
+@settings(FUZZ, max_examples=25)
+@given(msgs=messages, template=st.one_of(st.none(), junk))
+def test_chat_with_odd_messages(engine, msgs, template):
+    before = snapshot(engine)
+    check_clean(lambda: engine.chat(msgs, max_new_tokens=2, chat_template=template))
+    assert_unchanged(engine, before)
+
+
+@settings(FUZZ, max_examples=25)
+@given(prompt=st.one_of(st.integers(-1, 4096), junk), new=st.one_of(st.integers(-1, 64), junk),
+       batch=st.one_of(st.integers(-1, 4), junk), context=st.one_of(st.none(), junk),
+       threads=st.one_of(st.none(), st.integers(-1, 3), junk))
+def test_workload_and_threads_with_junk(engine, prompt, new, batch, context, threads):
+    before = snapshot(engine)
+    workload = []
+    check_clean(lambda: workload.append(fnb.Workload(prompt, new, batch, context)))
+    ok = check_clean(lambda: engine.set_workload(workload[0] if workload else prompt))
+    ok_threads = check_clean(lambda: engine.set_threads(threads))
+    if ok or ok_threads:
+        engine.set_workload(None)
+        engine.set_threads(before[0].threads)
+    assert_unchanged(engine, before)
+
+
+@pytest.fixture(scope="module")
+def plan_bytes(engine, tmp_path_factory):
+    from fiddler_nb.runtime.plan_file import Plan, PlanSettings
+
+    settings_ = PlanSettings(expert_budget=4, placement="layer-balanced", execution="cpu",
+                             threads=1)
+    plan = Plan(model=str(engine.path), settings=settings_, workload=fnb.Workload(8, 4), rows=(),
+                machine="fuzz", device="cpu", dtype="float32", reason="fuzz",
+                measured_prompt_tokens=8, measured_new_tokens=4, seconds_limit=1.0,
+                seconds_used=0.0)
+    return plan.save(tmp_path_factory.mktemp("plan") / "plan.json").read_bytes()
+
+
+@settings(FUZZ, max_examples=30)
+@given(data=st.data())
+def test_garbage_plans_leave_the_engine_as_it_was(engine, plan_bytes, tmp_path_factory, data):
+    raw = data.draw(st.one_of(_mutations(plan_bytes), st.dictionaries(
+        st.sampled_from(["expert_budget", "placement", "execution", "threads", "format_version",
+                         "workload", "settings"]), junk, min_size=1, max_size=2).map(
+        lambda edit: _edit_plan(plan_bytes, edit))))
+    path = tmp_path_factory.mktemp("plan") / "p.json"
+    path.write_bytes(raw)
+    before = snapshot(engine)
+    loaded = []
+    if check_clean(lambda: loaded.append(fnb.Plan.load(path))):
+        ok = check_clean(lambda: loaded[0].apply(engine))
+        assert_unchanged(engine, None if ok else before)
+        if ok:
+            engine.set_workload(None)
+            _restore(engine, before)
+
+
+def _edit_plan(raw: bytes, edit: dict) -> bytes:
+    data = json.loads(raw)
+    for key, value in edit.items():
+        target = data["settings"] if key in ("expert_budget", "placement", "execution",
+                                              "threads") and isinstance(data.get("settings"), dict) else data
+        target[key] = value
+    try:
+        return json.dumps(data, default=repr).encode()
+    except ValueError:
+        return raw

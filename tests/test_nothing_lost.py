@@ -150,3 +150,29 @@ def test_cli_prints_one_line_and_no_warning(mixtral_path, capsys):
     assert main(["generate", "--model", mixtral_path, "--device", "tpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("fiddler-nb: error: unknown device 'tpu'") and len(err[-1]) < 200
+
+
+def test_a_plan_that_does_not_fit_leaves_the_engine_as_it_was(engine):
+    from fiddler_nb.runtime.plan_file import Plan, PlanSettings
+
+    plan = Plan(model=str(engine.path), workload=fnb.Workload(16, 4),
+                settings=PlanSettings(expert_budget=10**6, placement="first-layers",
+                                      execution="cpu", threads=1),
+                rows=(), machine="test", device="cpu", dtype="float32", reason="test",
+                measured_prompt_tokens=16, measured_new_tokens=4, seconds_limit=1.0,
+                seconds_used=0.0)
+    before = state_of(engine)
+    with pytest.raises(fnb.BudgetError):
+        plan.apply(engine)
+    assert state_of(engine) == before and engine.workload is None
+    assert torch.equal(engine.generate(PROMPT, max_new_tokens=NEW).token_ids, engine.reference)
+
+
+def test_a_plan_with_an_unknown_policy_is_a_damaged_file(tmp_path):
+    from fiddler_nb.runtime.plan_file import Plan
+
+    data = {"format": "fiddler_nb.plan", "version": 1}
+    path = tmp_path / "p.json"
+    path.write_text(__import__("json").dumps(data))
+    with pytest.raises(fnb.FileFormatError):
+        Plan.load(path)

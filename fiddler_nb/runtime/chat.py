@@ -13,7 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import InputError, OptionError
+from jinja2 import TemplateError
+
+from .errors import InputError, OptionError, one_line
 
 Messages = Sequence[dict[str, str]] | str
 EXAMPLE_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}"
@@ -24,6 +26,9 @@ def as_messages(messages: Messages) -> list[dict[str, str]]:
     """Validate a conversation; a plain string becomes one user message."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, (list, tuple)):
+        raise InputError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts or "
+                         f"a string, got {type(messages).__name__}")
     out = list(messages)
     if not out:
         raise InputError("messages is empty; pass e.g. [{'role': 'user', 'content': 'Hi'}]")
@@ -31,7 +36,7 @@ def as_messages(messages: Messages) -> list[dict[str, str]]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
                 or not isinstance(m.get("content"), str):
             raise InputError(f"message {i} is {m!r}; each message must be a dict with string "
-                               "'role' and 'content', e.g. {'role': 'user', 'content': 'Hi'}")
+                             "'role' and 'content', e.g. {'role': 'user', 'content': 'Hi'}")
     return out
 
 
@@ -40,12 +45,23 @@ def render(engine: Any, messages: Messages, chat_template: str | None = None) ->
     tok = engine.tokenizer
     if tok is None:
         raise InputError(f"{engine.path} has no tokenizer; chat needs one with a chat template")
+    if chat_template is not None and (not isinstance(chat_template, str) or not chat_template):
+        raise OptionError(f"chat_template must be a Jinja template string, got "
+                          f"{type(chat_template).__name__}; e.g. {EXAMPLE_TEMPLATE!r}")
     if chat_template is None and not getattr(tok, "chat_template", None):
         raise OptionError(f"{engine.path} has no chat template (no chat_template in its "
-                           "tokenizer files); pass one as eng.chat(messages, chat_template="
-                           f"{EXAMPLE_TEMPLATE!r}) or set eng.tokenizer.chat_template")
-    return tok.apply_chat_template(as_messages(messages), chat_template=chat_template,
-                                   add_generation_prompt=True, tokenize=False)
+                          "tokenizer files); pass one as eng.chat(messages, chat_template="
+                          f"{EXAMPLE_TEMPLATE!r}) or set eng.tokenizer.chat_template")
+    conversation = as_messages(messages)
+    try:
+        text = tok.apply_chat_template(conversation, chat_template=chat_template,
+                                       add_generation_prompt=True, tokenize=False)
+    except TemplateError as err:  # a template the caller passed that Jinja cannot use
+        raise OptionError(f"the chat template failed: {one_line(err)}; check its Jinja syntax "
+                          f"(an example: {EXAMPLE_TEMPLATE!r})") from None
+    if not text:
+        raise InputError("the chat template rendered an empty prompt; check the template")
+    return text
 
 
 def chat_prompt_ids(engine: Any, messages: Messages,

@@ -19,7 +19,8 @@ from transformers import DynamicCache
 from .adapters import MoELayer
 from .config import EngineConfig
 from .execution import make_execution
-from .errors import ContextLengthError, EngineClosedError, FileFormatError, InputError
+from .errors import (ContextLengthError, EngineClosedError, FileFormatError, InputError,
+                     OptionError)
 from .experts import ExpertStore
 from .latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
@@ -157,13 +158,15 @@ class Engine:
         if execution is not None:
             make_execution(execution)  # validate before touching anything
         if threads is not None:
-            self.set_threads(threads)
+            check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
         changes = {k: v for k, v in (("expert_budget", expert_budget), ("placement", placement))
                    if v is not None}
         if changes:
-            self._place(replace(self.config, **changes))
+            self._place(replace(self.config, **changes))  # the only step that can fail
         if execution is not None:
             self.set_execution(execution)
+        if threads is not None:
+            self.set_threads(threads)
 
     def set_placement(self, name: str) -> None:
         self._place(replace(self.config, placement=name))
@@ -182,6 +185,9 @@ class Engine:
         """Keep `workload`'s KV cache + activations free on the fast device (None: the fixed
         default); refused, with the numbers, if the current budget then no longer fits."""
         store = self._open().store
+        if workload is not None and not isinstance(workload, Workload):
+            raise OptionError(f"workload must be a fnb.Workload or None, got "
+                              f"{type(workload).__name__}")
         old = (store.reserve_bytes, store.reserve_split)
         if workload is not None:
             store.set_reserve(*workload.reserve_for(self.model))

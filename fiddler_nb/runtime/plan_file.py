@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FileFormatError, MissingFileError
+from .errors import FileFormatError, MissingFileError, OptionError, one_line
+from .execution import make_execution
+from .placement import make_placement
+from .validate import check_int
 from .workload import Workload
 
 PLAN_FORMAT = "fiddler_nb.plan"
@@ -36,6 +39,14 @@ class PlanSettings:
     execution: str
     threads: int  # torch CPU threads while generating
     expert_dtype: str | None = None  # a compressed expert format; None: the checkpoint's own
+
+    def __post_init__(self) -> None:
+        check_int("plan expert_budget", self.expert_budget, minimum=0)
+        make_placement(self.placement), make_execution(self.execution)  # known names only
+        check_int("plan threads", self.threads, minimum=1)
+        if self.expert_dtype is not None and not isinstance(self.expert_dtype, str):
+            raise OptionError(f"plan expert_dtype must be a format name or None, got "
+                              f"{self.expert_dtype!r}")
 
     @property
     def label(self) -> str:
@@ -99,10 +110,19 @@ class Plan:
         current = getattr(engine, "expert_dtype", None)
         if s.expert_dtype is not None and s.expert_dtype != current:
             raise FileFormatError(f"the plan uses expert format {s.expert_dtype!r} but the engine "
-                               f"holds {current!r}; load it with fnb.load(path, plan=plan)")
-        use_workload(engine, self.workload)
-        engine.reconfigure(expert_budget=s.expert_budget, placement=s.placement,
-                           execution=s.execution, threads=s.threads)
+                                  f"holds {current!r}; load it with fnb.load(path, plan=plan)")
+        before, workload = engine.config, engine.workload
+        try:
+            use_workload(engine, self.workload)
+            engine.reconfigure(expert_budget=s.expert_budget, placement=s.placement,
+                               execution=s.execution, threads=s.threads)
+        except BaseException:  # put back what was there: nothing half-applied
+            engine.set_expert_budget(0)  # always fits, whatever the reserve
+            engine.set_workload(workload)
+            engine.reconfigure(expert_budget=before.expert_budget, placement=before.placement,
+                               execution=before.execution)
+            engine.set_threads(before.threads)
+            raise
 
     def table(self) -> str:
         """Fixed-width table; measured and projected tokens/s in separate, labelled columns."""
@@ -142,10 +162,10 @@ class Plan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise FileFormatError(f"{source} is not a fiddler_nb plan (format {found!r}, expected "
-                               f"{PLAN_FORMAT!r}); make one with fnb.autotune(...).save(path)")
+                                  f"{PLAN_FORMAT!r}); make one with fnb.autotune(...).save(path)")
         if data.get("version") != PLAN_VERSION:
             raise FileFormatError(f"{source} is plan version {data.get('version')!r}; this fiddler_nb "
-                               f"reads version {PLAN_VERSION}; re-run fnb.autotune to make a new one")
+                                  f"reads version {PLAN_VERSION}; re-run fnb.autotune to make a new one")
         body = {k: v for k, v in data.items() if k not in ("format", "version")}
         try:
             body["settings"] = PlanSettings(**body["settings"])
@@ -154,21 +174,24 @@ class Plan:
                                  for r in body["rows"])
             body["notes"] = tuple(body.get("notes", ()))
             return cls(**body)
-        except (KeyError, TypeError) as err:
-            raise FileFormatError(f"{source} is a damaged plan file ({type(err).__name__}: {err}); "
-                               "re-run fnb.autotune and save it again") from None
+        except FileFormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:  # OptionError from a field included
+            raise FileFormatError(f"{source} is a damaged plan file ({type(err).__name__}: "
+                                  f"{one_line(err)}); "
+                                  "re-run fnb.autotune and save it again") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"plan file {path} does not exist; make one with "
-                               "fnb.autotune(...).save(path) or `fiddler-nb autotune --out`")
+                                   "fnb.autotune(...).save(path) or `fiddler-nb autotune --out`")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FileFormatError(f"{path} is not JSON ({err}); pass a file saved by "
-                               "Plan.save") from None
+            raise FileFormatError(f"{path} is not JSON ({one_line(err)}); pass a file saved by "
+                                  "Plan.save") from None
         return cls.from_dict(data, str(path))
 
 

@@ -198,11 +198,11 @@ class GenerationStream:
 def _check_streamable(engine: Any, prompt: Any, kwargs: dict[str, Any]) -> None:
     if engine.tokenizer is None:
         raise InputError(f"{engine.path} has no tokenizer, so there is no text to stream; "
-                           "use engine.generate(token_ids) instead")
+                         "use engine.generate(token_ids) instead")
     rows = len(prompt) if isinstance(prompt, (list, tuple)) else (
         prompt.shape[0] if isinstance(prompt, torch.Tensor) and prompt.dim() == 2 else 1)
     beams = max(int(kwargs.get("num_beams", 1) or 1), int(kwargs.get("num_return_sequences", 1) or 1))
     if rows != 1 or beams != 1:
         raise OptionError(f"stream produces one sequence; got {rows} prompt(s) and "
-                           f"num_beams/num_return_sequences {beams}; pass one prompt and no "
-                           "beams, or use engine.generate for batches")
+                          f"num_beams/num_return_sequences {beams}; pass one prompt and no "
+                          "beams, or use engine.generate for batches")

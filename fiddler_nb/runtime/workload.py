@@ -65,8 +65,8 @@ class Workload:
         if self.context is not None and (not isinstance(self.context, int)
                                          or self.context < self.prompt_tokens + self.new_tokens):
             raise OptionError(f"Workload context={self.context!r} is shorter than prompt + new "
-                               f"tokens ({self.prompt_tokens + self.new_tokens}); leave it None "
-                               "or pass a larger integer")
+                              f"tokens ({self.prompt_tokens + self.new_tokens}); leave it None "
+                              "or pass a larger integer")
 
     @property
     def context_tokens(self) -> int:
