@@ -60,7 +60,7 @@ def test_rank_follows_projections_then_default_threads_then_more_threads():
 
 
 def test_best_row_ignores_unmeasured_rows():
-    s1, s2 = PlanSettings(1, "p", "x", 1), PlanSettings(2, "p", "x", 1)
+    s1, s2 = PlanSettings(1, "popularity", "auto", 1), PlanSettings(2, "popularity", "auto", 1)
     rows = [PlanRow(s1, TIME_LIMIT_STATUS, projected_prefill_tps=1e9, projected_decode_tps=1e9),
             PlanRow(s2, "measured", 10.0, 5.0, 3.0), PlanRow(s1, "failed: x")]
     assert tune.best_row(rows).settings == s2

@@ -166,8 +166,7 @@ def resolve_budget(budget: int | str | None, shape: ModelShape, gpu_memory_bytes
         raise OptionError(f"a budget must be a number of experts, a memory size such as '20GiB' "
                           f"or None (what fits), got {budget!r}")
     if isinstance(budget, int):
-        experts = check_int("expert budget", budget, minimum=0, maximum=shape.total_experts,
-                            hint=f"{shape.name} has {shape.total_experts} experts")
+        experts = check_int("expert budget", budget, minimum=0)
     else:
         if budget is None:
             memory = gpu_memory_bytes
@@ -216,6 +215,10 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
     if isinstance(budgets, (str, int)) or budgets is None or not len(budgets):
         raise OptionError(f"budgets must be a non-empty list (of ints, memory sizes or None), "
                           f"got {budgets!r}")
+    for b in budgets:  # a number of experts the model does not have is a mistake, not a clamp
+        if isinstance(b, int) and not isinstance(b, bool):
+            check_int("expert budget", b, minimum=0, maximum=shape.total_experts,
+                      hint=f"{shape.name} has {shape.total_experts} experts")
     if popularity is not None and not isinstance(popularity, Popularity):
         raise OptionError(f"popularity must be a Popularity, got {type(popularity).__name__}")
     lat = profile.latency_model(shape.expert_bytes, shape.hidden_size * shape.dtype_bytes)
