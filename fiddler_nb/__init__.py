@@ -24,7 +24,9 @@ from .measure.profiler import HardwareProfile, profile_hardware
 from .runtime import policies
 from .runtime.config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
 from .runtime.engine import Engine, GenerationResult
-from .runtime.errors import BudgetError, CheckpointError, FiddlerError, UnsupportedModelError
+from .runtime.dequantized import write_dequantized
+from .runtime.errors import (BudgetError, CheckpointError, FiddlerError, FormatError,
+                             UnsupportedModelError)
 from .runtime.latency import Curve, LatencyModel, assign_layer
 from .runtime.popularity import Popularity
 from .runtime.stats import GenerationStats, PhaseStats
@@ -34,12 +36,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BenchRecord", "BudgetError", "CheckpointError", "Curve", "Engine", "EngineConfig",
-    "FiddlerError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "HardwareProfile",
+    "FiddlerError", "FormatError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "HardwareProfile",
     "LINK_PRESETS", "LatencyModel", "ModelShape", "PhaseStats", "PlanRecord", "Popularity",
     "SHAPE_PRESETS", "UnsupportedModelError", "assign_layer", "bench", "calibrate", "from_model",
     "get_shape", "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table",
     "policies", "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget",
-    "use_profile",
+    "use_profile", "write_dequantized",
 ]
 
 # UI modules, imported on first use (the report pulls in plotly's HTML machinery)

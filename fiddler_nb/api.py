@@ -18,6 +18,7 @@ from .runtime import factory
 from .runtime.calibrate import calibrate
 from .runtime.engine import Engine
 from .runtime.factory import latency_from
+from .runtime.kernels import KernelChoice
 from .runtime.latency import LatencyModel
 from .runtime.popularity import Popularity
 
@@ -32,17 +33,21 @@ def load(path: str | Path, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, expert_budget: int | None = None,
          placement: str = "popularity", execution: str = "auto",
          popularity: Popularity | str | Path | None = None, profile: ProfileArg = None,
-         gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0) -> Engine:
+         gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0,
+         expert_dtype: str | torch.dtype | None = None, group_size: int | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine; see README for every argument.
 
     A profile file is read before any weight is; "quick" measures once the model is loaded
-    (seconds) and an error there closes the engine.
+    (seconds) and an error there closes the engine. expert_dtype: None keeps the checkpoint's;
+    "bf16" / "fp16" / "fp32" cast the routed experts; "int8" / "int4" (with group_size 32 / 64 /
+    128) quantize them while loading. A profile's measured kernel choice is used for the format.
     """
     latency, quick = _resolve_profile(profile)
     engine = factory.load(path, device=device, dtype=dtype, expert_budget=expert_budget,
                           placement=placement, execution=execution, popularity=popularity,
                           profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
-                          seed=seed)
+                          seed=seed, expert_dtype=expert_dtype, group_size=group_size,
+                          kernels=_kernels_of(latency))
     return _finish_quick(engine, quick)
 
 
@@ -50,13 +55,17 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                expert_budget: int | None = None, placement: str = "popularity",
                execution: str = "auto", popularity: Popularity | None = None,
                profile: ProfileArg = None, scratch_slots: int = 2, seed: int = 0,
-               name: str = "in-memory") -> Engine:
-    """An Engine around a transformers MoE model already in memory (experts on the CPU)."""
+               name: str = "in-memory", expert_dtype: str | torch.dtype | None = None,
+               group_size: int | None = None) -> Engine:
+    """An Engine around a transformers MoE model already in memory (experts on the CPU;
+    converted in place to `expert_dtype` when given)."""
     latency, quick = _resolve_profile(profile)
     engine = factory.from_model(model, tokenizer, device=device, expert_budget=expert_budget,
                                 placement=placement, execution=execution,
                                 popularity=popularity, profile=latency,
-                                scratch_slots=scratch_slots, seed=seed, name=name)
+                                scratch_slots=scratch_slots, seed=seed, name=name,
+                                expert_dtype=expert_dtype, group_size=group_size,
+                                kernels=_kernels_of(latency))
     return _finish_quick(engine, quick)
 
 
@@ -68,7 +77,15 @@ def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
     source, _ = _resolve_profile(profile)
     latency = latency_from(source, engine.expert_bytes, engine.model, engine.device)
     engine.set_latency_model(latency)
+    kernels = _kernels_of(source)
+    if kernels is not None:
+        engine.set_kernels(kernels)
     return latency
+
+
+def _kernels_of(source: Any) -> KernelChoice | None:
+    """The CPU kernel choice a HardwareProfile measured (None for a LatencyModel / nothing)."""
+    return source.kernel_choice() if isinstance(source, HardwareProfile) else None  # noqa
 
 
 def _resolve_profile(profile: Any) -> tuple[HardwareProfile | LatencyModel | None, bool]:

@@ -56,6 +56,7 @@ class EngineConfig:
     execution: str = "auto"
     scratch_slots: int = 2  # GPU buffers for transferred experts: one copying while one computes
     seed: int = 0  # for seeded policies (random placement)
+    expert_dtype: str = ""  # the routed experts' format label: 'bf16', 'int8', 'int4-g128', ...
 
 
 @dataclass(frozen=True)

@@ -22,3 +22,7 @@ class UnsupportedModelError(FiddlerError):
 
 class BudgetError(FiddlerError):
     """The requested expert budget does not fit (number of experts or device memory)."""
+
+
+class FormatError(FiddlerError):
+    """An expert format (expert_dtype / group_size) that is unknown or that the model cannot take."""

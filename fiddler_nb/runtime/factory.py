@@ -18,8 +18,11 @@ from .config import EngineConfig, resolve_device, resolve_dtype
 from .engine import Engine
 from .execution import make_execution
 from .experts import GIB, ExpertStore
+from .kernels import DEFAULT_CHOICE, KernelChoice
 from .latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
+from .quant import ExpertFormat
+from .quantize_load import check_format, quantize_experts, storage_for
 from .placement import make_placement
 from .popularity import Popularity
 
@@ -29,7 +32,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
          placement: str = "popularity", execution: str = "auto",
          popularity: Popularity | str | Path | None = None,
          profile: Any = None, gpu_memory: str | int | None = None,
-         scratch_slots: int = 2, seed: int = 0) -> Engine:
+         scratch_slots: int = 2, seed: int = 0, expert_dtype: str | torch.dtype | None = None,
+         group_size: int | None = None, kernels: KernelChoice | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine. See the README for each argument.
 
     expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
@@ -39,6 +43,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     machine now (seconds) -- those two through `fnb.load` (api.py), which measures and reads
     files; here a LatencyModel or a profile object. None uses the documented default
     (`latency.default_latency_model`), and `engine.latency.source` says which was used.
+    expert_dtype / group_size: the routed experts' format (runtime/quant.py); None keeps the
+    checkpoint's. kernels: the CPU kernel per format and token count (None: the default).
     """
     _check_options(placement, execution, scratch_slots)
     if expert_budget is not None and gpu_memory is not None:
@@ -47,14 +53,15 @@ def load(path: str | Path, device: str | torch.device | None = None,
     torch_dtype = resolve_dtype(dtype)
     root = resolve_path(path)
     check_checkpoint(root)
-    check_moe_config(root)
+    fmt = check_format(check_moe_config(root), expert_dtype, group_size)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
     model = None
     try:
-        model = load_model(root, dev, torch_dtype)
+        model = load_model(root, dev, torch_dtype, fmt)
         return _build(model, _load_tokenizer(root), dev, expert_budget, gpu_memory, placement,
-                      execution, popularity, profile, scratch_slots, seed, str(root))
+                      execution, popularity, profile, scratch_slots, seed, str(root), fmt,
+                      kernels)
     except BaseException:
         del model
         gc.collect()
@@ -67,34 +74,46 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                expert_budget: int | None = None, placement: str = "popularity",
                execution: str = "auto", popularity: Popularity | None = None,
                profile: Any = None, scratch_slots: int = 2, seed: int = 0,
-               name: str = "in-memory") -> Engine:
+               name: str = "in-memory", expert_dtype: str | torch.dtype | None = None,
+               group_size: int | None = None, kernels: KernelChoice | None = None) -> Engine:
     """An Engine around a transformers MoE model already in memory (e.g. random weights of a
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
+    With `expert_dtype` the model's experts are converted in place (layer by layer).
     """
     _check_options(placement, execution, scratch_slots)
     dev = resolve_device(device)
     layers = find_moe_layers(model)
+    fmt = check_format(layers, expert_dtype, group_size)
     if any(getattr(layer.module, n).device.type != "cpu"
            for layer in layers for n in layer.layout.param_names):
         raise ValueError("from_model needs the experts in CPU memory; load the model on the CPU")
     model.eval()
     move_non_experts(model, dev)
+    if fmt is not None:
+        quantize_experts(model, fmt, dev)
     return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
-                  profile, scratch_slots, seed, name)
+                  profile, scratch_slots, seed, name, fmt, kernels)
 
 
 def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, placement: str,
            execution: str, popularity, profile, scratch_slots: int, seed: int,
-           name: str) -> Engine:
-    """Attach an Engine to a model whose non-experts are on `dev`; undo everything on error."""
+           name: str, fmt: ExpertFormat | None = None,
+           kernels: KernelChoice | None = None) -> Engine:
+    """Attach an Engine to a model whose non-experts are on `dev` and whose experts are in
+    `fmt` (None: the float dtype they have); undo everything on error."""
     layers = find_moe_layers(model)
-    store = ExpertStore(layers, dev, scratch_slots)
+    storage = storage_for(layers[0], fmt, dev, model)
+    store = ExpertStore(layers, dev, scratch_slots, storage=storage,
+                        kernels=kernels or DEFAULT_CHOICE)
+    layers = [replace(layer, expert_bytes=store.expert_bytes) for layer in layers]
+    store.layers = layers
     engine = None
     try:
-        latency = latency_from(profile, layers[0].expert_bytes, model, dev)
+        latency = latency_from(profile, store.expert_bytes, model, dev)
         budget = _budget(expert_budget, gpu_memory, store)
-        dtype = str(layers[0].module.down_proj.dtype).removeprefix("torch.")
-        config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed)
+        dtype = str(model.get_output_embeddings().weight.dtype).removeprefix("torch.")
+        config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed,
+                              storage.fmt.label())
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
         if popularity is not None:
             engine._check_popularity(popularity)

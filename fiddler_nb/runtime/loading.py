@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import find_moe_layers, is_experts_module
+from .adapters import MoELayer, find_moe_layers, is_experts_module
 from .errors import CheckpointError, UnsupportedModelError
+from .quant import ExpertFormat
 
 CONFIG_FILE = "config.json"
 
@@ -70,8 +71,9 @@ def _check_shard(shard: Path) -> None:
                               "re-download or re-save it") from None
 
 
-def check_moe_config(root: Path) -> None:
-    """Build the model on the meta device (no memory) and make sure it has MoE layers."""
+def check_moe_config(root: Path) -> list[MoELayer]:
+    """Build the model on the meta device (no memory), make sure it has MoE layers and return
+    them (meta tensors: shapes and layouts for checks before loading)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -84,11 +86,13 @@ def check_moe_config(root: Path) -> None:
     except ValueError as err:
         raise UnsupportedModelError(f"model type {config.model_type!r} is not a causal LM "
                                     f"transformers can build: {err}") from None
-    find_moe_layers(skeleton)
+    return find_moe_layers(skeleton)
 
 
-def load_model(root: Path, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """The transformers model with non-expert weights on `device`, experts on the CPU."""
+def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
+               fmt: ExpertFormat | None = None) -> nn.Module:
+    """The transformers model with non-expert weights on `device`, experts on the CPU (in
+    `fmt` when given)."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -97,6 +101,10 @@ def load_model(root: Path, device: torch.device, dtype: torch.dtype | None) -> n
         raise CheckpointError(f"loading {root} failed: {err}") from None
     model.eval()
     move_non_experts(model, device)
+    if fmt is not None:
+        from .quantize_load import quantize_experts
+
+        quantize_experts(model, fmt, device)
     return model
 
 
