@@ -6,11 +6,12 @@ kernels use. What may still differ is the order of the fp32 accumulation: torch'
 kernels apply the scale after summing (sum_k x_k q_k) * s, or per group, while stock sums
 x_k (q_k s) with oneDNN's blocking. Each expert output then differs by a few fp32 ulps of
 sum_k |x_k w_k| (K <= 128 here: relative error <= K * 2^-24 ~ 1e-5 in the worst case, ~1e-7
-typically), and four layers of attention and routing carry that to the logits. LOGIT_ATOL =
-1e-4 is ~10x the largest difference we observed over all architectures, formats, executions and
-budgets, and still ~1000x smaller than the change int8 quantization itself makes to the logits
-(checked below), so a kernel that read a wrong scale or nibble fails it. Greedy tokens must be
-identical.
+typically, as fp32 rounding errors of random sign grow like sqrt(K)), and four layers of
+attention and routing carry that to logits of magnitude ~0.7. The largest difference we
+measured over the seven architectures and both formats was 3.6e-7 (gpt_oss int8, 2026-11-27);
+LOGIT_ATOL = 1e-5 (the float exactness tests' tolerance) leaves ~30x margin and is still far
+below the change int8 quantization itself makes to the logits (checked below), so a kernel that
+read a wrong scale, group or nibble fails it. Greedy tokens must be identical.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
 
 from test_exactness import PROMPTS, _budgets, _tokens_and_logits, split_latency
 
-LOGIT_ATOL = 1e-4
+LOGIT_ATOL = 1e-5
 FORMATS = [("int8", None), ("int4", 32)]
 EXECUTIONS = ("cpu", "transfer", "auto")
 
@@ -58,7 +59,8 @@ def test_compressed_engine_matches_stock_on_dequantized(arch, fmt, group, tiny_c
     failures, worst = [], 0.0
     for budget in _budgets(engine):
         engine.set_expert_budget(budget)
-        for execution in EXECUTIONS:
+        total = engine.num_layers * engine.num_experts
+        for execution in EXECUTIONS if budget < total else EXECUTIONS[:1]:  # all resident: same
             engine.set_execution(execution)
             tokens, logits = _tokens_and_logits(engine.model, inputs)
             err = (logits - want_logits).abs().max().item()
