@@ -91,21 +91,39 @@ def check_moe_config(root: Path) -> list[MoELayer]:
 
 def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
                fmt: ExpertFormat | None = None) -> nn.Module:
-    """The transformers model with non-expert weights on `device`, experts on the CPU (in
-    `fmt` when given)."""
-    from transformers import AutoModelForCausalLM
+    """The transformers model with non-expert weights on `device`, experts on the CPU. With
+    `fmt`, experts are converted while the checkpoint is read (runtime/streaming.py), so the
+    float copy of at most one fused matrix exists at a time."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    kwargs = {}
+    if fmt is not None:
+        from .streaming import quantization_config
+
+        act = dtype or _checkpoint_dtype(AutoConfig.from_pretrained(root))
+        kwargs["quantization_config"] = quantization_config(fmt, act, device.type == "cuda")
     try:
-        model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or "auto", device_map=None)
+        model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or "auto", device_map=None,
+                                                     **kwargs)
     except OSError as err:
         raise CheckpointError(f"loading {root} failed: {err}") from None
+    if fmt is not None:
+        from .streaming import detach_quantizer
+
+        detach_quantizer(model)
     model.eval()
     move_non_experts(model, device)
-    if fmt is not None:
-        from .quantize_load import quantize_experts
-
-        quantize_experts(model, fmt, device)
     return model
+
+
+def _checkpoint_dtype(config) -> torch.dtype:
+    """The dtype `from_pretrained(dtype='auto')` gives the model (float32 if none is recorded)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, torch.dtype):
+        return value
+    from .config import resolve_dtype
+
+    return resolve_dtype(value) if value else torch.float32
 
 
 def move_non_experts(model: nn.Module, device: torch.device) -> None:
