@@ -101,3 +101,19 @@ def test_formats_report_bytes_and_dtype(mixtral_path):
     assert sizes["bf16"] == sizes["fp32"] // 2
     assert sizes["int8"] < 0.3 * sizes["fp32"]  # int8 + one fp32 scale per row
     assert sizes["int4-g64"] < 0.6 * sizes["int8"]
+
+
+def test_planner_counts_the_formats_bytes():
+    from fiddler_nb.measure.hardware import machine_facts
+    from fiddler_nb.measure.planner import plan
+    from fiddler_nb.measure.profiler import HardwareProfile
+
+    prof = HardwareProfile("mixtral-8x7b", 4096, 14336, "bfloat16", 3 * 4096 * 14336 * 2,
+                           (1, 8), (20.0, 60.0), {"sum_fp32": 25.0}, 25.0, machine_facts())
+    prof = prof.with_gpu_preset("rtx-4090-pcie4")
+    rec = {f: plan("mixtral-8x7b", prof, budgets=["24GB"], baselines=(), expert_dtype=f)[0]
+           for f in ("bf16", "int8", "int4")}
+    assert rec["int8"].budget_experts > 1.8 * rec["bf16"].budget_experts  # twice the experts fit
+    assert rec["int4"].budget_experts > rec["int8"].budget_experts
+    assert rec["int8"].cpu_roofline_decode_tps > 1.9 * rec["bf16"].cpu_roofline_decode_tps
+    assert "int4-g64" in rec["int4"].model and any("int8" in n for n in rec["int8"].notes)

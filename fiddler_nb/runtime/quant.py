@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DTYPE_NAMES
 from .errors import FormatError
 
 INT8_MAX = 127  # symmetric: q in [-127, 127], so -w and w quantize alike
@@ -31,6 +30,7 @@ INT4_GROUP_SIZES = (32, 64, 128)  # what torch's int4 kernels accept
 # torch int4pack): g32 36.0 ms, g64 35.7 ms, g128 40.8 ms -- equal within noise for 32 / 64;
 # 64 reads fewer scale bytes than 32 and has half the error step of 128.
 DEFAULT_INT4_GROUP = 64
+FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUANTIZED = ("int8", "int4")
 FLOAT_FORMATS = ("bf16", "fp16", "fp32")
 KNOWN_FORMATS = FLOAT_FORMATS + QUANTIZED
@@ -50,7 +50,7 @@ class ExpertFormat:
     @property
     def float_dtype(self) -> torch.dtype | None:
         """The storage dtype of a float format (None for int8 / int4)."""
-        return None if self.is_quantized else DTYPE_NAMES[self.name]
+        return None if self.is_quantized else FLOAT_DTYPES[self.name]
 
     def bits_per_weight(self, scale_bytes: int = 2) -> float:
         """Bytes read per weight x 8, scales included (scale_bytes: the activations' dtype)."""
@@ -58,16 +58,22 @@ class ExpertFormat:
             return 8.0  # + one scale per row: negligible next to K weights
         if self.name == "int4":
             return 4.0 + 8.0 * scale_bytes / self.group_size
-        return 8.0 * DTYPE_NAMES[self.name].itemsize
+        return 8.0 * FLOAT_DTYPES[self.name].itemsize
 
     def label(self) -> str:
         return f"int4-g{self.group_size}" if self.name == "int4" else self.name
 
 
+def parse_label(label: str) -> ExpertFormat:
+    """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8')."""
+    name, _, group = label.partition("-g")
+    return ExpertFormat(name, int(group) if group else None)
+
+
 def dtype_label(dtype: torch.dtype) -> str:
     """torch.bfloat16 -> 'bf16' (the format name of a float dtype)."""
     for name in FLOAT_FORMATS:
-        if DTYPE_NAMES[name] == dtype:
+        if FLOAT_DTYPES[name] == dtype:
             return name
     raise FormatError(f"expert dtype {dtype} has no format name; use one of {FLOAT_FORMATS}")
 
