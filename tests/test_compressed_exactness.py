@@ -80,3 +80,28 @@ def test_quantization_changes_logits_far_more_than_tolerance(tiny_checkpoints, s
     _, float_logits = _tokens_and_logits(stock_model(path), inputs)
     _, int8_logits = _tokens_and_logits(engine.model, inputs)
     assert (float_logits - int8_logits).abs().max().item() > 10 * LOGIT_ATOL
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fmt,group", FORMATS)
+@pytest.mark.parametrize("arch", ["mixtral", "gpt_oss"])
+def test_cuda_compressed_transfers_and_residents_match_stock(arch, fmt, group, tiny_checkpoints,
+                                                             dequantized, stock_model):
+    """On a GPU: resident rows and scratch slots hold the compressed bytes (int4: the nibble
+    copy), dequantized on the GPU before its GEMM; the CPU runs the packed kernels. GPU GEMMs
+    (TF32 off by default for fp32) differ from oneDNN's order, hence 1e-4 here."""
+    ref = stock_model(dequantized(arch, fmt, group))
+    engine = fnb.load(tiny_checkpoints[arch], device="cuda", expert_budget=0, placement="none",
+                      execution="cpu", expert_dtype=fmt, group_size=group)
+    engine.set_latency_model(split_latency(engine.expert_bytes))
+    assert engine.memory().pinned_host_bytes == engine.memory().host_experts_total
+    inputs = engine.encode(PROMPTS)
+    want_tokens, want_logits = _tokens_and_logits(ref.to("cuda"), inputs)
+    for budget in _budgets(engine):
+        engine.set_expert_budget(budget)
+        for execution in EXECUTIONS:
+            engine.set_execution(execution)
+            tokens, logits = _tokens_and_logits(engine.model, inputs)
+            assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
+            assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"
