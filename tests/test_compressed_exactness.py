@@ -29,24 +29,16 @@ FORMATS = [("int8", None), ("int4", 32)]
 EXECUTIONS = ("cpu", "transfer", "auto")
 
 
-@pytest.fixture(scope="module")
-def dequantized(tiny_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("deq")
-    cache: dict[tuple[str, str], str] = {}
-
-    def get(arch: str, fmt: str, group: int | None) -> str:
-        key = (arch, fmt)
-        if key not in cache:
-            cache[key] = str(fnb.write_dequantized(tiny_checkpoints[arch], root / f"{arch}-{fmt}",
-                                                   fmt, group))
-        return cache[key]
-    return get
-
-
-@pytest.mark.parametrize("fmt,group", FORMATS)
 @pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
-def test_compressed_engine_matches_stock_on_dequantized(arch, fmt, group, tiny_checkpoints,
-                                                        dequantized, stock_model):
+def test_int8_engine_matches_stock_on_dequantized(arch, tiny_checkpoints, dequantized,
+                                                  stock_model):
+    check_against_dequantized(arch, "int8", None, tiny_checkpoints, dequantized, stock_model)
+
+
+def check_against_dequantized(arch, fmt, group, tiny_checkpoints, dequantized, stock_model):
+    """Every execution x budget of one architecture and format against stock transformers on
+    the dequantized checkpoint (test_compressed_exactness_int4.py runs int4 on the other
+    worker)."""
     ref_path = dequantized(arch, fmt, group)
     engine = fnb.load(tiny_checkpoints[arch], device="cpu", expert_budget=0, placement="none",
                       execution="cpu", expert_dtype=fmt, group_size=group)

@@ -269,7 +269,8 @@ class Engine:
 
     def close(self) -> None:
         """Free the fast-device memory this engine holds and detach it from the model (which
-        then runs its experts the stock way again)."""
+        then runs its experts the stock way again -- except int8 / int4 experts, which stay
+        compressed: stock transformers cannot run those; load the checkpoint again)."""
         if self._state is None:
             return
         self._state.store.release()
