@@ -117,3 +117,9 @@ def test_planner_counts_the_formats_bytes():
     assert rec["int4"].budget_experts > rec["int8"].budget_experts
     assert rec["int8"].cpu_roofline_decode_tps > 1.9 * rec["bf16"].cpu_roofline_decode_tps
     assert "int4-g64" in rec["int4"].model and any("int8" in n for n in rec["int8"].notes)
+
+
+def test_int4_refuses_output_dims_the_kernel_cannot_pack():
+    with pytest.raises(FormatError, match="divisible by 16.*MixtralExperts.*\\[100\\]"):
+        quant.resolve_format("int4", None, (64, 128), (100, 64), "MixtralExperts")
+    assert quant.resolve_format("int8", None, (64, 128), (100, 64)).name == "int8"

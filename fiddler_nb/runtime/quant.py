@@ -24,6 +24,7 @@ from .errors import FormatError
 INT8_MAX = 127  # symmetric: q in [-127, 127], so -w and w quantize alike
 INT4_MAX = 7  # scale = amax / 7, q in [-7, 7] (the kernel's -8 is never produced)
 INT4_OFFSET = 8  # torch's int4 kernels read an unsigned nibble u and use (u - 8)
+INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: output channels in blocks of 16
 INT4_GROUP_SIZES = (32, 64, 128)  # what torch's int4 kernels accept
 # Default group when none is given (if it divides every input dim; else the largest that does).
 # Measured (docs/benchmarks.md, Zen 3 AVX2, 2 threads, busy machine, 28672 x 4096 at 1 token,
@@ -79,9 +80,11 @@ def dtype_label(dtype: torch.dtype) -> str:
 
 
 def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | None,
-                   input_dims: tuple[int, ...] = ()) -> ExpertFormat | None:
+                   input_dims: tuple[int, ...] = (), output_dims: tuple[int, ...] = (),
+                   model: str = "this model") -> ExpertFormat | None:
     """Check a user's (expert_dtype, group_size) and return the format; None keeps the
-    checkpoint's dtype. `input_dims`: every K of the expert matrices (to check int4 groups)."""
+    checkpoint's dtype. `input_dims` / `output_dims`: every K / N of the expert matrices (int4
+    groups split K; torch's int4 CPU pack needs N divisible by INT4_N_MULTIPLE)."""
     if expert_dtype is None:
         if group_size is not None:
             raise FormatError(f"group_size={group_size!r} needs expert_dtype='int4'")
@@ -97,6 +100,10 @@ def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | Non
             raise FormatError(f"group_size={group_size!r} applies to expert_dtype='int4' only, "
                               f"not {name!r}; drop it")
         return ExpertFormat(name)
+    bad_n = sorted({n for n in output_dims if n % INT4_N_MULTIPLE})
+    if bad_n:
+        raise FormatError(f"int4 needs expert output dims divisible by {INT4_N_MULTIPLE} (torch's "
+                          f"int4 CPU kernel); {model} has {bad_n}; use expert_dtype='int8'")
     if group_size is None:
         fits = [g for g in INT4_GROUP_SIZES if all(k % g == 0 for k in input_dims)]
         if not fits:
@@ -109,7 +116,7 @@ def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | Non
     bad = [k for k in input_dims if k % group_size]
     if bad:
         raise FormatError(f"int4 group_size {group_size} does not divide the expert input dim(s) "
-                          f"{sorted(set(bad))}; pass a group_size that does, e.g. 32")
+                          f"{sorted(set(bad))} of {model}; pass a group_size that does, e.g. 32")
     return ExpertFormat("int4", group_size)
 
 

@@ -18,19 +18,22 @@ from .quant import ExpertFormat, resolve_format
 from .storage import ExpertStorage, convert_module
 
 
-def input_dims(layer: MoELayer) -> tuple[int, ...]:
-    """K (input size) of each expert matrix: the contraction dims the int4 groups split."""
-    dims = []
+def matrix_dims(layer: MoELayer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(K of each expert matrix, N of each): input dims the int4 groups split, output dims."""
+    ks, ns = [], []
     for name in (layer.layout.first_name, "down_proj"):
         shape = getattr(layer.module, name).shape  # [E, N, K] or [E, K, N] if transposed
-        dims.append(int(shape[-2] if layer.layout.is_transposed else shape[-1]))
-    return tuple(dims)
+        n, k = (shape[-1], shape[-2]) if layer.layout.is_transposed else (shape[-2], shape[-1])
+        ks.append(int(k))
+        ns.append(int(n))
+    return tuple(ks), tuple(ns)
 
 
 def check_format(layers: list[MoELayer], expert_dtype: str | torch.dtype | None,
                  group_size: int | None) -> ExpertFormat | None:
     """The format asked for, checked against the experts' shapes (meta tensors are fine)."""
-    return resolve_format(expert_dtype, group_size, input_dims(layers[0]))
+    ks, ns = matrix_dims(layers[0])
+    return resolve_format(expert_dtype, group_size, ks, ns, type(layers[0].module).__name__)
 
 
 def storage_for(layer: MoELayer, fmt: ExpertFormat | None, device: torch.device,
