@@ -85,7 +85,7 @@ def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
 
 def _kernels_of(source: Any) -> KernelChoice | None:
     """The CPU kernel choice a HardwareProfile measured (None for a LatencyModel / nothing)."""
-    return source.kernel_choice() if isinstance(source, HardwareProfile) else None  # noqa
+    return source.kernel_choice() if isinstance(source, HardwareProfile) else None
 
 
 def _resolve_profile(profile: Any) -> tuple[HardwareProfile | LatencyModel | None, bool]:
