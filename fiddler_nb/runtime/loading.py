@@ -92,13 +92,13 @@ def check_moe_config(root: Path) -> list[MoELayer]:
 def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
                fmt: ExpertFormat | None = None) -> nn.Module:
     """The transformers model with non-expert weights on `device`, experts on the CPU. With
-    `fmt`, experts are converted while the checkpoint is read (runtime/streaming.py), so the
+    `fmt`, experts are converted while the checkpoint is read (runtime/quantizer.py), so the
     float copy of at most one fused matrix exists at a time."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = {}
     if fmt is not None:
-        from .streaming import quantization_config
+        from .quantizer import quantization_config
 
         act = dtype or _checkpoint_dtype(AutoConfig.from_pretrained(root))
         kwargs["quantization_config"] = quantization_config(fmt, act, device.type == "cuda")
@@ -108,7 +108,7 @@ def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
     except OSError as err:
         raise CheckpointError(f"loading {root} failed: {err}") from None
     if fmt is not None:
-        from .streaming import detach_quantizer
+        from .quantizer import detach_quantizer
 
         detach_quantizer(model)
     model.eval()

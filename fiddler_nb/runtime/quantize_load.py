@@ -3,7 +3,7 @@
 `check_format` validates (expert_dtype, group_size) against the model's expert shapes before any
 weight is read. `quantize_experts` converts a loaded model's experts layer by layer and matrix
 by matrix (runtime/storage.py), so besides the result only one float matrix of one layer is
-alive at a time; `streaming.py` does the same while the checkpoint is read.
+alive at a time; `quantizer.py` does the same while the checkpoint is read.
 """
 
 from __future__ import annotations
