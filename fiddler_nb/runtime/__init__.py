@@ -2,7 +2,7 @@
 
 Model facts (`config`, `adapters`), checkpoint checks and loading (`loading`), tiny seeded
 checkpoints (`tiny`), expert residency and transfers (`experts`), CPU kernels
-(`kernels`), expert formats and their math (`quant`, `storage`, `quantize_load`, `streaming`,
+(`kernels`), expert formats and their math (`quant`, `storage`, `quantize_load`, `quantizer`,
 `dequantized`), the memory report (`memory`), placement and execution
 policies (`placement`, `execution`, `registry`, `policies`), the latency model and the pure
 assignment (`latency`), the experts forward (`orchestrate`), the `Engine` and its builders
