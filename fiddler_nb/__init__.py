@@ -26,9 +26,10 @@ from .measure.profiler import HardwareProfile, profile_hardware
 from .runtime import policies
 from .runtime.config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
 from .runtime.engine import Engine, GenerationResult
+from .runtime.dequantized import write_dequantized
 from .runtime.errors import (BudgetError, CheckpointError, ContextLengthError, DeviceError,
-                             EngineClosedError, FiddlerError, FileFormatError, InputError,
-                             MissingFileError, OptionError, UnsupportedModelError)
+                             EngineClosedError, FiddlerError, FileFormatError, FormatError,
+                             InputError, MissingFileError, OptionError, UnsupportedModelError)
 from .runtime.latency import Curve, LatencyModel, assign_layer
 from .runtime.plan_file import Plan, PlanRow, PlanSettings
 from .runtime.popularity import Popularity
@@ -43,13 +44,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BenchRecord", "BudgetError", "CheckpointError", "ContextLengthError", "Curve", "DeviceError",
     "Engine", "EngineClosedError", "EngineConfig", "FiddlerError", "FileFormatError",
-    "GPU_PRESETS", "GenerationResult", "GenerationStats", "GenerationStream", "HardwareProfile",
+    "FormatError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "GenerationStream", "HardwareProfile",
     "InputError", "LINK_PRESETS", "LatencyModel", "MissingFileError", "ModelFacts", "ModelShape",
     "OptionError", "PhaseStats", "Plan", "PlanRecord", "PlanRow", "PlanSettings", "Popularity",
     "SHAPE_PRESETS", "TokenEvent", "UnsupportedModelError", "Workload", "assign_layer",
     "autotune", "bench", "calibrate", "from_model", "get_shape", "inspect", "kv_cache_bytes",
     "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table", "policies",
     "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget", "use_profile",
+    "write_dequantized",
 ]
 
 # UI modules, imported on first use (the report pulls in plotly's HTML machinery)

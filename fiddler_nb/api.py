@@ -20,6 +20,7 @@ from .runtime.calibrate import calibrate
 from .runtime.engine import Engine
 from .runtime.errors import OptionError
 from .runtime.factory import latency_from
+from .runtime.kernels import KernelChoice
 from .runtime.latency import LatencyModel
 from .runtime.plan_file import Plan, as_plan
 from .runtime.popularity import Popularity
@@ -41,22 +42,26 @@ def load(path: str | Path, device: str | torch.device | None = None,
          popularity: Popularity | str | Path | None = None, profile: ProfileArg = None,
          gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0,
          workload: Workload | None = None, threads: int | None = None,
-         plan: Plan | str | Path | None = None) -> Engine:
+         plan: Plan | str | Path | None = None, expert_dtype: str | torch.dtype | None = None,
+         group_size: int | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine; see README for every argument.
 
     placement / execution default to "popularity" / "auto". plan: a `Plan` from `fnb.autotune`
     or its JSON file; its settings (budget, placement, execution, threads, workload) are the
     starting point and every keyword passed here explicitly overrides them. A profile file is
     read before any weight is; "quick" measures once the model is loaded (seconds) and an error
-    there closes the engine.
+    there closes the engine. expert_dtype: None keeps the checkpoint's; "bf16" / "fp16" / "fp32"
+    cast the routed experts; "int8" / "int4" (with group_size 32 / 64 / 128) quantize them while
+    loading. A profile's measured kernel choice is used for the format.
     """
     given = dict(expert_budget=expert_budget, placement=placement, execution=execution,
-                 threads=threads, workload=workload)
+                 threads=threads, workload=workload, expert_dtype=expert_dtype,
+                 group_size=group_size)
     settings = _with_plan(given, plan, gpu_memory)
     latency, quick = _resolve_profile(profile)
     engine = factory.load(path, device=device, dtype=dtype, popularity=popularity,
                           profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
-                          seed=seed, **settings)
+                          seed=seed, kernels=_kernels_of(latency), **settings)
     return _finish_quick(engine, quick)
 
 
@@ -65,11 +70,8 @@ def _with_plan(given: dict, plan: Plan | str | Path | None, gpu_memory) -> dict:
     base = dict(DEFAULTS)
     if plan is not None:
         from_plan = as_plan(plan).load_kwargs()
-        fmt = from_plan.pop("expert_dtype", None)
-        if fmt is not None:  # compressed expert formats arrive with issue 9's load(expert_dtype=)
-            raise OptionError(f"the plan picked expert format {fmt!r} but this fiddler_nb's "
-                              "load() has no expert_dtype; re-run autotune without "
-                              "expert_dtypes or update fiddler_nb")
+        if given.get("expert_dtype") is not None:  # the caller's format wins, with its group
+            from_plan.pop("group_size", None)
         if gpu_memory is not None:
             from_plan.pop("expert_budget")  # the caller gave the budget as memory
         base.update(from_plan)
@@ -82,14 +84,17 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                execution: str = "auto", popularity: Popularity | None = None,
                profile: ProfileArg = None, scratch_slots: int = 2, seed: int = 0,
                name: str = "in-memory", workload: Workload | None = None,
-               threads: int | None = None) -> Engine:
-    """An Engine around a transformers MoE model already in memory (experts on the CPU)."""
+               threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
+               group_size: int | None = None) -> Engine:
+    """An Engine around a transformers MoE model already in memory (experts on the CPU;
+    converted in place to `expert_dtype` when given)."""
     latency, quick = _resolve_profile(profile)
     engine = factory.from_model(model, tokenizer, device=device, expert_budget=expert_budget,
                                 placement=placement, execution=execution,
                                 popularity=popularity, profile=latency,
                                 scratch_slots=scratch_slots, seed=seed, name=name,
-                                workload=workload, threads=threads)
+                                workload=workload, threads=threads, expert_dtype=expert_dtype,
+                                group_size=group_size, kernels=_kernels_of(latency))
     return _finish_quick(engine, quick)
 
 
@@ -103,7 +108,15 @@ def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
     source, _ = _resolve_profile(profile)
     latency = latency_from(source, engine.expert_bytes, engine.model, engine.device)
     engine.set_latency_model(latency)
+    kernels = _kernels_of(source)
+    if kernels is not None:
+        engine.set_kernels(kernels)
     return latency
+
+
+def _kernels_of(source: Any) -> KernelChoice | None:
+    """The CPU kernel choice a HardwareProfile measured (None for a LatencyModel / nothing)."""
+    return source.kernel_choice() if isinstance(source, HardwareProfile) else None
 
 
 def _resolve_profile(profile: Any) -> tuple[HardwareProfile | LatencyModel | None, bool]:

@@ -24,7 +24,6 @@ May import: runtime, measure, api. Never benchmarks, notebook or cli.
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .runtime.errors import FiddlerError, OptionError
+from .runtime.errors import FiddlerError
 from .runtime.validate import check_float
 from .runtime.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
                                 PlanSettings, use_workload)
@@ -290,11 +289,7 @@ def engine_shape(engine: Any):
 def _default_loader(path: Any, workload: Workload, fmt: str | None):
     from .api import load
 
-    if fmt is not None and "expert_dtype" not in inspect.signature(load).parameters:
-        raise OptionError(f"expert format {fmt!r} was asked for but this fiddler_nb's load() "
-                          "has no expert_dtype (compressed expert formats); pass "
-                          "expert_dtypes=None")
-    return load(path, workload=workload, **({"expert_dtype": fmt} if fmt is not None else {}))
+    return load(path, workload=workload, expert_dtype=fmt)
 
 
 def _reload(engine: Any, close_old: bool, load: Callable, workload: Workload, fmt: str | None):

@@ -221,6 +221,31 @@ NOTEBOOKS["07_bring_your_own_model"] = [
          "tuner.run()\ntuner"),
 ]
 
+NOTEBOOKS["08_compressed_experts"] = [
+    md("# 08 Compressed experts (int8, int4)\n\n"
+       "Decode speed on CPU experts is bounded by the bytes of expert weights read per token, "
+       "and host memory by the bytes of all experts. Storing the routed experts as int8 (one "
+       "scale per output channel) or int4 (one scale per group of inputs) cuts both. This "
+       "notebook measures what each format costs in accuracy on the same model."),
+    md(SETUP_MD), code(SETUP + "\nfrom fiddler_nb.benchmarks.format_compare import compare_formats"),
+    md("**Load the model in each format** (experts are quantized while the checkpoint is read) "
+       "and measure expert memory, decode tokens/s, the relative error of every expert's output "
+       "against the checkpoint's own dtype, and how often the top-1 next token agrees."),
+    code("points = compare_formats(S.model_path(), formats=(None, 'bf16', 'int8', 'int4'),\n"
+         "                         prompts=[S.prompt()], new_tokens=S.new_tokens)\n"
+         "[(p.expert_format, p.expert_bytes, round(p.decode_tps, 1), round(p.rel_expert_error, 4),\n"
+         "  p.top1_agreement) for p in points]"),
+    md("**Memory vs speed vs error.** In smoke mode (tiny model on a CPU) the timings show the "
+       "mechanics only; memory and error are what they would be at any size."),
+    code("plots.format_tradeoff(points)"),
+    md("**One engine, its memory report.** `eng.memory()` splits host bytes of experts by format "
+       "from what the fast device holds (non-expert weights, resident experts, scratch slots, "
+       "reserve)."),
+    code("eng = fnb.load(S.model_path(), expert_dtype='int8')\nprint(eng)\n"
+         "for what, mib in eng.memory().rows():\n    print(f'{what:36} {mib:10.2f} MiB')"),
+]
+
+
 NOTEBOOKS["09_your_model"] = [
     md("# 09 Your own model: inspect it, auto-tune it for your workload, chat with it\n\n"
        "Point at a checkpoint folder, see what fits on the fast device for the prompts you "

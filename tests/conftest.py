@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+import fiddler_nb as fnb
+
 from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
 from fiddler_nb.runtime.tiny import make_tiny_checkpoint
 
@@ -40,3 +42,18 @@ def _stock(path: str, dtype: torch.dtype = torch.float32):
 def stock_model():
     """Stock transformers on the same checkpoint, default experts implementation."""
     return _stock
+
+
+@pytest.fixture(scope="session")
+def dequantized(tiny_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("deq")
+    cache: dict[tuple[str, str, int | None], str] = {}
+
+    def get(arch: str, fmt: str, group: int | None) -> str:
+        """`fnb.write_dequantized` of the tiny checkpoint, written once per run."""
+        key = (arch, fmt, group)
+        if key not in cache:
+            out = root / f"{arch}-{fmt}-g{group}"
+            cache[key] = str(fnb.write_dequantized(tiny_checkpoints[arch], out, fmt, group))
+        return cache[key]
+    return get

@@ -29,7 +29,8 @@ def fake_measure(speeds: dict, clock: FakeClock, calls: list):
     """Measured tokens/s by (threads, format); each call advances the clock by STEP_S."""
 
     def measure(engine, workload, new_tokens):
-        key = (engine.config.threads, getattr(engine, "expert_dtype", None))
+        fmt = engine.expert_dtype
+        key = (engine.config.threads, None if fmt == "fp32" else fmt)  # fp32: the tiny's own
         calls.append(key)
         clock.now += STEP_S
         return tune.Measured(*speeds[key])
@@ -107,9 +108,8 @@ def test_formats_are_tried_only_when_asked_each_through_a_reload(mixtral_path):
 
     def loader(path, workload, fmt):
         loads.append(fmt)
-        eng = fnb.load(path, workload=workload, expert_budget=8, placement="layer-balanced")
-        eng.expert_dtype = fmt  # what issue 9's engines report
-        return eng
+        return fnb.load(path, workload=workload, expert_budget=8, placement="layer-balanced",
+                        expert_dtype=fmt)
 
     speeds = {(1, "bf16"): (100.0, 10.0), (1, "int8"): (100.0, 40.0)}
     plan = fnb.autotune(mixtral_path, WORK, seconds=100, expert_dtypes=("bf16", "int8"),
@@ -120,10 +120,13 @@ def test_formats_are_tried_only_when_asked_each_through_a_reload(mixtral_path):
     assert plan.load_kwargs()["expert_dtype"] == "int8"
 
 
-def test_the_real_loader_says_when_formats_are_not_supported(mixtral_path):
-    with pytest.raises(FiddlerError, match="expert_dtype"):
-        fnb.autotune(mixtral_path, WORK, seconds=5, expert_dtypes=("int8", "int4"),
-                     progress=False)
+def test_the_real_loader_reloads_each_format(mixtral_path):
+    plan = fnb.autotune(mixtral_path, fnb.Workload(8, 3), seconds=60, threads=(1,),
+                        expert_dtypes=("fp32", "int8"), progress=False)
+    measured = {r.settings.expert_dtype for r in plan.rows if r.measured}
+    assert measured == {"fp32", "int8"} and plan.settings.expert_dtype in measured
+    with pytest.raises(FiddlerError, match="unknown expert_dtype"):
+        fnb.autotune(mixtral_path, WORK, seconds=5, expert_dtypes=("int3",), progress=False)
 
 
 def test_real_autotune_on_tiny_measures_threads(engine):

@@ -161,3 +161,17 @@ def test_bad_targets_and_lengths_are_refused(engine):
         widgets.run_point(engine, 0, "none", "cpu", 4, 1)
     with pytest.raises(ValueError, match="prompt length"):
         widgets.run_point(engine, 0, "none", "cpu", 0, 3)
+
+
+def test_format_control_reprojects_with_the_formats_bytes(engine):
+    t = widgets.tuner(synthetic_profile(), prompt_tokens=64, new_tokens=8)
+    t.budget.value = 56
+    t.run_button.click()
+    bf16 = t.points[-1]
+    t.expert_format.value = "int4"
+    t.run_button.click()
+    int4 = t.points[-1]
+    assert t.error.value == "" and t.target.shape.expert_format == "int4-g64"
+    assert int4.budget_gib < 0.35 * bf16.budget_gib  # the same 56 experts take far less memory
+    measured = widgets.tuner(engine)
+    assert measured.expert_format.disabled and measured.expert_format.value == "fp32"

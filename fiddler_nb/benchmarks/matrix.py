@@ -186,12 +186,15 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
           new_tokens: int = 8, batches: Sequence[int] = (1, 2), repeats: int = 3, warmup: int = 1,
           device: str | None = None, dtype: str | None = None, seed: int = 0,
           on_mismatch: str = "raise", full_shape: str | None = None, profile: Any = None,
-          command: str | None = None, progress: bool = True) -> list[BenchRecord]:
+          command: str | None = None, progress: bool = True,
+          expert_dtype: str | None = None, group_size: int | None = None) -> list[BenchRecord]:
     """Run the matrix (see the module docstring) and return one record per cell.
 
     budgets: GPU expert budgets (all layers together); None = `default_budgets`. full_shape: a
     shape preset (e.g. "mixtral-8x7b") whose layer count scales decode tok/s into the derived
     full-model figure. profile: a HardwareProfile / JSON for `auto` (default: the engine's).
+    expert_dtype / group_size: the engine's expert format (the naive-offload baseline keeps the
+    checkpoint's dtype, so pass on_mismatch="record" when comparing it with int8 / int4).
     """
     from ..api import load
     from ..measure.hardware import machine_facts
@@ -201,7 +204,8 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
                         on_mismatch, full_shape, seed)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     eng = load(model, device=device, dtype=dtype, expert_budget=0, placement="none",
-               execution="cpu", profile=profile)
+               execution="cpu", profile=profile, expert_dtype=expert_dtype,
+               group_size=group_size)
     total = eng.num_layers * eng.num_experts
     try:
         eng.check_context(max(prompt_lengths), new_tokens)  # before building any prompt
@@ -265,11 +269,17 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
 def _base_fields(eng, facts, command: str, repeats: int, new_tokens: int) -> dict[str, Any]:
     """The record fields every cell shares: model shape, machine, run settings."""
     cfg = eng.model.config
-    return dict(device=str(eng.device), dtype=eng.config.dtype, model=Path(eng.path).name,
+    from ..runtime.config import resolve_dtype
+    from ..runtime.quant import dtype_label
+
+    same = eng.config.expert_dtype in ("", dtype_label(resolve_dtype(eng.config.dtype)))
+    dtype = eng.config.dtype if same else f"{eng.config.dtype}, experts {eng.config.expert_dtype}"
+    return dict(device=str(eng.device), dtype=dtype, model=Path(eng.path).name,
                 layers=eng.num_layers, experts=eng.num_experts,
                 top_k=int(getattr(cfg, "num_experts_per_tok", 0)),
                 hidden_size=int(cfg.hidden_size),
-                intermediate_size=int(eng.layers[0].module.down_proj.shape[-1]),
+                intermediate_size=int(getattr(cfg, "moe_intermediate_size", None)
+                                      or cfg.intermediate_size),
                 machine=f"{facts.cpu_model} x{facts.threads_used} threads"
                         + (f", {facts.gpu_name}" if facts.gpu_name else ""),
                 date=facts.date, command=command, repeats=repeats, new_tokens=new_tokens)

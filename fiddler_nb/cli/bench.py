@@ -38,6 +38,17 @@ def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
 
 def cmd_bench(args: argparse.Namespace) -> int:
     command = "fiddler-nb " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.cpu_suite and args.expert_dtype:
+        from ..benchmarks.format_suite import run_format_suite
+
+        result = run_format_suite(shape=args.shape, layers=args.layers or 2,
+                                  formats=tuple(args.expert_dtype), threads=args.threads,
+                                  rounds=args.suite_repeats or 3, probe_bytes=args.probe_mib << 20,
+                                  command=command)
+        if args.out:
+            result.save(args.out)
+        print(result.table())
+        return 0
     if args.cpu_suite:
         from ..benchmarks.cpu_suite import run_cpu_suite
 
@@ -68,7 +79,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     batches=args.batches, repeats=args.repeats, warmup=args.warmup,
                     device=args.device, dtype=args.dtype, seed=args.seed,
                     on_mismatch=args.on_mismatch, full_shape=full_shape, profile=args.profile,
-                    command=command)
+                    command=command, expert_dtype=(args.expert_dtype or [None])[0],
+                    group_size=args.group_size)
     print(records_table(records))
     if args.out:
         print(f"saved {save_records(records, args.out)}")
@@ -110,6 +122,13 @@ def add_subcommands(sub) -> None:
                    help="different greedy tokens across strategies: fail, or record and go on")
     b.add_argument("--profile", default=None,
                    help="a HardwareProfile JSON for 'auto' (default: the engine's default model)")
+    b.add_argument("--expert-dtype", nargs="+", default=None,
+                   help="expert formats (bf16 fp16 fp32 int8 int4). With --cpu-suite: the "
+                        "targets table (stock bf16 vs the engine in each format); else the "
+                        "engine's format (first one)")
+    b.add_argument("--group-size", type=int, default=None, help="int4 group size (32/64/128)")
+    b.add_argument("--threads", type=int, default=2,
+                   help="--cpu-suite --expert-dtype: torch threads (default 2)")
     b.add_argument("--out", default=None, help="write the JSON here")
     b.set_defaults(func=cmd_bench)
 

@@ -28,7 +28,7 @@ Shape legend: L = MoE layers, E = experts per layer, k = top_k, N = sampled toke
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +42,7 @@ from ..runtime.latency import LatencyModel
 from ..runtime.placement import PlacementRequest, make_placement
 from .profiler import HardwareProfile
 from ..runtime.popularity import Popularity
+from ..runtime.quant import resolve_format
 from ..runtime.validate import check_float, check_int, check_name
 
 MAX_PLAN_TOKENS = 1 << 20  # a million-token prompt: past every preset's context
@@ -184,7 +185,8 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
          placements: Sequence[str] = ("popularity",), executions: Sequence[str] = ("auto",),
          popularity: Popularity | None = None, prompt_tokens: int = 512, new_tokens: int = 32,
          skew: float = DEFAULT_SKEW, samples: int = 256, seed: int = 0,
-         baselines: Sequence[str] = BASELINES) -> list[PlanRecord]:
+         baselines: Sequence[str] = BASELINES, expert_dtype: str | None = None,
+         group_size: int | None = None) -> list[PlanRecord]:
     """Project prefill/decode tokens/s for each budget x strategy (see the module docstring).
 
     budgets: experts (int), None (what fits the profile's GPU memory) or a memory string such
@@ -193,10 +195,19 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
     `fnb.load(gpu_memory=...)`, whose memory is for resident experts only.
     A profile with neither a measured GPU nor a preset still projects, on the documented default
     GPU figures, and every record's notes (and `plan_table`'s header) say so (`UNMEASURED_GPU`).
+    expert_dtype / group_size: the experts' format ('int8', 'int4', ...): expert bytes (memory,
+    copies, CPU bytes per token) are the format's, scales included; expert times scale with
+    those bytes (the bandwidth-bound assumption; the records' notes say so).
     """
     shape = get_shape(shape) if isinstance(shape, str) else shape
     if not isinstance(shape, ModelShape):
         raise OptionError(f"shape must be a ModelShape or a preset name, got {type(shape).__name__}")
+    format_notes: tuple[str, ...] = ()
+    if expert_dtype is not None:
+        fmt = resolve_format(expert_dtype, group_size, (shape.hidden_size, shape.intermediate_size))
+        shape = replace(shape, expert_format=fmt.label(), name=f"{shape.name} ({fmt.label()})")
+        format_notes = (f"experts {fmt.label()}: {shape.expert_bytes / 1e6:.1f} MB each; expert "
+                        "times scaled from the profiled dtype by bytes (bandwidth-bound)",)
     profile = HardwareProfile.load(profile) if isinstance(profile, (str, Path)) else profile
     if not isinstance(profile, HardwareProfile):
         raise OptionError(f"profile must be a HardwareProfile or its JSON path, got "
@@ -222,7 +233,7 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
     if popularity is not None and not isinstance(popularity, Popularity):
         raise OptionError(f"popularity must be a Popularity, got {type(popularity).__name__}")
     lat = profile.latency_model(shape.expert_bytes, shape.hidden_size * shape.dtype_bytes)
-    notes = lat.notes + ((UNMEASURED_GPU,) if gpu_is_unmeasured(profile) else ())
+    notes = lat.notes + format_notes + ((UNMEASURED_GPU,) if gpu_is_unmeasured(profile) else ())
     shares, pop_source = _shares(shape, popularity, skew)
     gen = torch.Generator().manual_seed(seed)
     decode = _sample_routing(shares, samples, shape.top_k, gen)  # L x [N, k]

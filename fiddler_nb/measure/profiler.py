@@ -20,8 +20,8 @@ C = rotated weight copies (to defeat the CPU's last-level cache).
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,12 +29,14 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.errors import OptionError
 from ..runtime.config import ModelShape, get_shape, resolve_dtype
-from ..runtime.errors import FileFormatError, MissingFileError, one_line
+from ..runtime.errors import FileFormatError, MissingFileError, OptionError, one_line
+from ..runtime.kernels import KernelChoice
 from ..runtime.latency import Curve, LatencyModel, default_latency_model
+from ..runtime.quant import ExpertFormat, resolve_format
 from ..runtime.validate import check_int, check_path
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
+from .kernel_choice import KernelMeasurement, measure_kernels
 from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gbps,  # noqa: F401
                      expert_forward, measure_cpu_bandwidth, measure_cpu_expert)  # re-exported
 
@@ -69,6 +71,14 @@ class HardwareProfile:
     sources: dict[str, str] = field(default_factory=dict)  # part -> "measured" / "preset:x"
     skipped: dict[str, str] = field(default_factory=dict)  # part -> why it was not measured
     notes: tuple[str, ...] = ()
+    kernels: dict | None = None  # KernelMeasurement.to_dict(): CPU kernel per format, threads
+
+    def kernel_choice(self) -> KernelChoice | None:
+        """The measured CPU kernel per format and token bucket, and threads (None if not
+        measured: the engine keeps the documented default, runtime/kernels.py)."""
+        if not self.kernels:
+            return None
+        return KernelMeasurement.from_dict(self.kernels).kernel_choice()
 
     # ---- combining with presets --------------------------------------------------------
     def with_gpu_preset(self, name: str, link: str | None = None) -> "HardwareProfile":
@@ -206,6 +216,15 @@ class HardwareProfile:
         return cls.from_dict(data, source=str(path))
 
 
+def _formats_of(shape_or_engine: Any, hidden: int, inter: int) -> list[ExpertFormat]:
+    """The formats whose kernels to measure: an engine's own; for a shape, all of them."""
+    label = getattr(shape_or_engine, "expert_dtype", None)
+    if isinstance(label, str):
+        name, _, group = label.partition("-g")
+        return [resolve_format(name, int(group) if group else None, (hidden, inter))]
+    return [resolve_format(f, None, (hidden, inter)) for f in ("bf16", "int8", "int4")]
+
+
 def _resolve_target(shape_or_engine: Any, dtype: Any) -> tuple[str, int, int, torch.dtype]:
     """(name, H, I, dtype) from a ModelShape, a preset name or an Engine."""
     if isinstance(shape_or_engine, str):
@@ -263,11 +282,16 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
         facts = machine_facts()
         rotate = 0 if quick else 4 * max(facts.llc_bytes, 32 << 20)  # 4x LLC, at least 128 MiB
         cuda = torch.cuda.is_available()
-        steps = len(tokens) + 2 + (len(tokens) + 3 if cuda else 0)
+        steps = len(tokens) + 3 + (len(tokens) + 3 if cuda else 0)
         with tqdm(total=steps, desc=f"profiling {name} {torch_dtype}".replace("torch.", "")) as bar:
             cpu_ms = measure_cpu_expert(hidden, inter, torch_dtype, tokens, warmup, repeats,
                                         rotate, bar)
             probes = measure_cpu_bandwidth(probe_bytes, repeats, bar)
+            kernels = measure_kernels(hidden, inter, _formats_of(shape_or_engine, hidden, inter),
+                                      torch_dtype, warmup=warmup, repeats=repeats,
+                                      threads=[threads] if threads else None,
+                                      rotate_bytes=rotate).to_dict()
+            bar.update(1)
             cuda_part = _measure_cuda(hidden, inter, torch_dtype, tokens, warmup, repeats,
                                       probe_bytes, bar) if cuda else None
     finally:
@@ -293,4 +317,4 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
         dtype=str(torch_dtype).removeprefix("torch."), expert_bytes=expert_bytes,
         cpu_tokens=tokens, cpu_ms=tuple(cpu_ms), cpu_probes_gbps=probes,
         cpu_read_gbps=best_read_gbps(probes), facts=facts, sources=sources, skipped=skipped,
-        notes=tuple(notes), **extra)
+        notes=tuple(notes), kernels=kernels, **extra)

@@ -46,6 +46,7 @@ def run_demo(out_dir: str | Path = "reports", quick: bool = True, model: str = "
         {"kind": "projected", "records": [asdict(r) for r in plan_records]}, indent=1))
     report = Report("fiddler_nb demo: measured here, projected elsewhere")
     _measured_section(report, records, profile, command)
+    _memory_section(report, model)
     _projected_section(report, profile, plan_records)
     return report.write(out / "demo.html")
 
@@ -86,6 +87,16 @@ def _measured_section(report: Report, records, profile, command: str) -> None:
     report.table(records, MEASURED_COLUMNS, "measured", collapsed=True)
     report.heading(f"CPU expert profile ({profile.shape_name}, {profile.dtype})", "measured")
     report.pre(profile.summary())
+
+
+def _memory_section(report: Report, model: str) -> None:
+    """`Engine.memory()` of the benchmarked model: host bytes of experts, fast-device bytes."""
+    from ..api import load
+
+    eng = load(model, expert_budget=0, placement="none")
+    report.heading(f"Memory of the loaded engine ({eng.expert_dtype} experts)", "measured")
+    report.pre("\n".join(f"{what:36} {mib:10.2f} MiB" for what, mib in eng.memory().rows()))
+    eng.close()
 
 
 def _projected_section(report: Report, profile, plan_records) -> None:

@@ -344,3 +344,27 @@ def autotune(plan: Any) -> go.Figure:
         yaxis=dict(autorange="reversed", title="candidate"), legend_title="phase (kind)")
     fig.update_xaxes(title_text="tokens/s")
     return fig
+
+
+def format_tradeoff(points: Sequence[Any], title: str = "") -> go.Figure:
+    """Expert memory, decode tokens/s and output error per expert format (benchmarks/
+    format_compare.py `FormatPoint`s): three panels, one bar per format."""
+    from plotly.subplots import make_subplots
+
+    names = [p.expert_format for p in points]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(
+        "routed experts in host memory (MiB)", "decode tokens/s",
+        "relative expert-output error (bars) / top-1 agreement (markers)"))
+    fig.add_bar(x=names, y=[p.expert_bytes / (1 << 20) for p in points], row=1, col=1,
+                name="memory", showlegend=False)
+    fig.add_bar(x=names, y=[p.decode_tps for p in points], row=1, col=2, name="decode",
+                showlegend=False)
+    fig.add_bar(x=names, y=[p.rel_expert_error for p in points], row=1, col=3,
+                name="relative error", showlegend=True)
+    fig.add_scatter(x=names, y=[1.0 - p.top1_agreement for p in points], row=1, col=3,
+                    mode="markers", marker=dict(size=12, symbol="diamond"),
+                    name="1 - top-1 agreement", showlegend=True)
+    kinds = sorted({p.kind for p in points})
+    fig.update_layout(title=title or f"Expert formats: memory vs speed vs error ({', '.join(kinds)})",
+                      template="plotly_white", height=420)
+    return fig

@@ -40,6 +40,7 @@ from .plots import MEASURED, PROJECTED
 WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
 SWEEP_POINTS = 5  # budgets the Sweep button runs, evenly spread over the slider's range
 MAX_PROMPT_TOKENS = 4096  # slider limit; a model's own position limit may be lower
+EXPERT_FORMATS = ("bf16", "fp16", "fp32", "int8", "int4")  # runtime/quant.py KNOWN_FORMATS
 CSS_CLASS = "fnb-tuner"  # on the tuner's outer box, for styling and browser tests
 
 
@@ -188,6 +189,17 @@ def sweep(target: Any, budgets: Sequence[int], placements: Sequence[str] = ("pop
     return points
 
 
+def with_format(plan_input: PlanInput, name: str) -> PlanInput:
+    """The same projection with experts in format `name` ('bf16', 'int8', 'int4', ...)."""
+    from dataclasses import replace
+
+    from ..runtime.quant import resolve_format
+
+    shape = plan_input.shape
+    fmt = resolve_format(name, None, (shape.hidden_size, shape.intermediate_size))
+    return replace(plan_input, shape=replace(shape, expert_format=fmt.label()))
+
+
 # ---- the figure --------------------------------------------------------------------------
 def budget_figure(kind: str, where: str, widget: bool = True):
     """An empty decode tokens/s vs budget figure (FigureWidget unless widget=False)."""
@@ -249,6 +261,11 @@ class Tuner:
                                          continuous_update=False)
         self.new_tokens = w.BoundedIntText(value=new_tokens, min=2, max=MAX_PROMPT_TOKENS,
                                            description="new tokens", style=style)
+        # an engine's format is fixed at load (fnb.load(expert_dtype=...)); projections switch
+        self.expert_format = w.Dropdown(options=EXPERT_FORMATS, value=self._format(),
+                                        description="expert format", style=style,
+                                        disabled=self.kind == MEASURED)
+        self.expert_format.observe(lambda c: self._set_format(c["new"]), names="value")
         verb = "Measure" if self.kind == MEASURED else "Project"
         wide = w.Layout(width="auto")  # the whole label, not "Measure this bud..."
         self.run_button = w.Button(description=f"{verb} this budget", button_style="primary",
@@ -263,7 +280,7 @@ class Tuner:
         self.sweep_button.on_click(lambda _: self.run_sweep())
         self._show_gib()
         controls = w.VBox([w.HBox([self.budget, self.budget_gib]), self.placement, self.execution,
-                           self.prompt_tokens, self.new_tokens,
+                           self.expert_format, self.prompt_tokens, self.new_tokens,
                            w.HBox([self.run_button, self.sweep_button]), self.progress])
         self.autotune = None
         extra = []
@@ -276,6 +293,22 @@ class Tuner:
             extra = [self.autotune.widget]
         self.widget = w.VBox([controls, self.status, self.error, self.figure, *extra])
         self.widget.add_class(CSS_CLASS)
+
+    def _format(self) -> str:
+        if self.kind == MEASURED:
+            return self.target.expert_dtype.partition("-g")[0]
+        from ..runtime.config import resolve_dtype
+        from ..runtime.quant import dtype_label
+
+        shape = self.target.shape
+        return (shape.expert_format or dtype_label(resolve_dtype(shape.dtype))).partition("-g")[0]
+
+    def _set_format(self, name: str) -> None:
+        """Projections: re-plan with the experts in `name` (bytes, so also the budget's GiB)."""
+        if self.kind == PROJECTED:
+            self.target = with_format(self.target, name)
+            self.expert_bytes = self.target.expert_bytes
+            self._show_gib()
 
     # the cell displays the VBox
     def _repr_mimebundle_(self, **kwargs):

@@ -76,6 +76,7 @@ class EngineConfig:
     scratch_slots: int = 2  # GPU buffers for transferred experts: one copying while one computes
     seed: int = 0  # for seeded policies (random placement)
     threads: int | None = None  # torch CPU threads while generating (None: leave torch's setting)
+    expert_dtype: str = ""  # the routed experts' format label: 'bf16', 'int8', 'int4-g128', ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class ModelShape:
     dtype: str = "bfloat16"
     non_expert_bytes: int = 0  # attention, embeddings, norms, routers, shared experts, lm_head
     gated: bool = True  # SwiGLU-style experts have three matrices, ungated two
+    expert_format: str | None = None  # 'int8', 'int4-g64', 'bf16', ...: None = `dtype`
 
     @property
     def dtype_bytes(self) -> int:
@@ -103,7 +105,13 @@ class ModelShape:
 
     @property
     def expert_bytes(self) -> int:
-        return self.expert_params * self.dtype_bytes
+        """Bytes of one expert as stored (scales included for int8 / int4)."""
+        if self.expert_format is None:
+            return self.expert_params * self.dtype_bytes
+        from .quant import parse_label
+
+        bits = parse_label(self.expert_format).bits_per_weight(scale_bytes=self.dtype_bytes)
+        return int(self.expert_params * bits / 8)
 
     @property
     def total_experts(self) -> int:

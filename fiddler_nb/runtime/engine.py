@@ -22,6 +22,8 @@ from .execution import make_execution
 from .errors import (ContextLengthError, EngineClosedError, FileFormatError, InputError,
                      OptionError)
 from .experts import ExpertStore
+from .kernels import KernelChoice
+from .memory import MemoryReport, memory_report
 from .latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
 from .placement import PlacementRequest, is_dynamic, make_placement
@@ -82,7 +84,27 @@ class Engine:
 
     @property
     def expert_bytes(self) -> int:
-        return self.layers[0].expert_bytes
+        """Bytes of one expert as stored for the fast device (what a transfer moves)."""
+        return self._open().store.expert_bytes
+
+    @property
+    def expert_dtype(self) -> str:
+        """The routed experts' format: 'bf16', 'fp32', 'int8', 'int4-g64', ..."""
+        return self._open().store.storage.fmt.label()
+
+    @property
+    def kernels(self) -> KernelChoice:
+        """The CPU kernel per format and token count (measured or the default)."""
+        return self._open().store.kernels
+
+    def set_kernels(self, kernels: KernelChoice) -> None:
+        self._open().store.kernels = kernels
+        if kernels.threads is not None:
+            torch.set_num_threads(kernels.threads)
+
+    def memory(self) -> MemoryReport:
+        """Host and fast-device bytes: experts by format, non-experts, residents, scratch."""
+        return memory_report(self.model, self._open().store)
 
     @property
     def closed(self) -> bool:
@@ -327,7 +349,8 @@ class Engine:
 
     def close(self) -> None:
         """Free the fast-device memory this engine holds and detach it from the model (which
-        then runs its experts the stock way again)."""
+        then runs its experts the stock way again -- except int8 / int4 experts, which stay
+        compressed: stock transformers cannot run those; load the checkpoint again)."""
         if self._state is None:
             return
         self._state.store.release()
@@ -348,8 +371,9 @@ class Engine:
         c = self.config
         notes = "".join(f"; note: {n}" for n in self.notes)
         return (f"Engine({self.path!s}, device={self.device}, {self.num_layers} MoE layers x "
-                f"{self.num_experts} experts, budget={c.expert_budget}, placement={c.placement!r}, "
-                f"execution={c.execution!r}{notes})")
+                f"{self.num_experts} experts {self.expert_dtype}, budget={c.expert_budget}, "
+                f"placement={c.placement!r}, execution={c.execution!r}, "
+                f"{self.memory().short()}{notes})")
 
 
 

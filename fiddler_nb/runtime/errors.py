@@ -24,6 +24,10 @@ class BudgetError(FiddlerError):
     """The requested expert budget does not fit (number of experts or device memory)."""
 
 
+class FormatError(FiddlerError):
+    """An expert format (expert_dtype / group_size) that is unknown or that the model cannot take."""
+
+
 class EngineClosedError(FiddlerError, RuntimeError):
     """The engine was closed (also a RuntimeError)."""
 

@@ -17,53 +17,53 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .adapters import MoELayer
 from .errors import BudgetError
+from .kernels import DEFAULT_CHOICE, KernelChoice, Matrix, linear
+from .quant import ExpertFormat, dtype_label
+from .storage import ExpertStorage, tensor_bytes
 from .workload import check_fits, experts_that_fit
 
 GIB = 1 << 30
 DEFAULT_RESERVE_BYTES = GIB  # kept free on the GPU for activations and KV cache
 
 
-def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+               storage: ExpertStorage | None = None, on_device: bool = False,
+               choice: KernelChoice = DEFAULT_CHOICE) -> torch.Tensor:
     """One expert on whatever device `weights` are on. x: [n, H] -> [n, H].
 
     Mirrors transformers' experts math for every layout flag (gated or not, biases, transposed
-    storage, custom `_apply_gate` such as gpt-oss's clamped interleaved SwiGLU).
+    storage, custom `_apply_gate` such as gpt-oss's clamped interleaved SwiGLU). `weights` are in
+    `storage.cpu_names()` order (`device_names()` when `on_device`); None: the float layout.
+    Matrices go through `kernels.linear` (the measured CPU kernel of the format, or the fast
+    device's GEMM).
     """
     module, layout = layer.module, layer.layout
-    first, down = weights[0], weights[1]
-    x = x.to(first.dtype)
-    h = x @ first if layout.is_transposed else _linear(x, first)  # [n, 2I] or [n, I]
+    storage = storage or ExpertStorage(layout, ExpertFormat(dtype_label(weights[0].dtype)))
+    first, down, biases = storage.matrices(weights, on_device)
+    label = storage.fmt.label()
+    if not storage.fmt.is_quantized:
+        x = x.to(first.data.dtype)
+    if storage.is_transposed:
+        h = x @ first.data  # [n, 2I] or [n, I]
+    else:
+        h = linear(x, first, choice, label)
     if layout.has_bias:
-        h = h + weights[2]
+        h = h + biases[0]
     h = module._apply_gate(h) if layout.has_gate else module.act_fn(h)  # [n, I]
-    y = h @ down if layout.is_transposed else _linear(h, down)  # [n, H]
+    y = h @ down.data if storage.is_transposed else linear(h, down, choice, label)  # [n, H]
     if layout.has_bias:
-        y = y + weights[3]
+        y = y + biases[1]
     if layout.has_post_expert_norm:
         y = _post_norm_on(module, y.device)(y)
     return y
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """F.linear; for one bf16 token on the CPU, ATen's GEMV instead of oneDNN.
-
-    Measured on our 2-core AVX512-bf16 dev machine (docs/benchmarks.md): at 1 token ATen's
-    bf16 GEMV streams weights ~1.2x faster than oneDNN; from 2 tokens on oneDNN wins by far.
-    """
-    if x.shape[0] == 1 and x.device.type == "cpu" and w.dtype == torch.bfloat16:
-        # the switch behind torch.backends.mkldnn.flags(enabled=False), without that context
-        # manager's TF32 side effect (and its warning on every machine without an Intel GPU)
-        previous = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)
-        try:
-            return F.linear(x, w)
-        finally:
-            torch._C._set_mkldnn_enabled(previous)
-    return F.linear(x, w)
+    """x [n, K] @ w [N, K]^T with the default float kernel (measure/probes.py's float probe)."""
+    return linear(x, Matrix("float", w), DEFAULT_CHOICE, dtype_label(w.dtype))
 
 
 def _post_norm_on(module, device: torch.device):
@@ -87,13 +87,19 @@ class ExpertStore:
     """Residency and weight movement for all MoE layers of one model."""
 
     def __init__(self, layers: list[MoELayer], device: torch.device, scratch_slots: int = 2,
-                 reserve_bytes: int = DEFAULT_RESERVE_BYTES):
+                 reserve_bytes: int = DEFAULT_RESERVE_BYTES, storage: ExpertStorage | None = None,
+                 kernels: KernelChoice = DEFAULT_CHOICE):
         self.layers = layers
         self.device = device
         self.is_cuda = device.type == "cuda"
         self.reserve_bytes = reserve_bytes  # kept free on the GPU for activations and KV cache
         self.reserve_split: tuple[int, int] | None = None  # (KV, activations) of a Workload
-        self.expert_bytes = layers[0].expert_bytes
+        first = getattr(layers[0].module, layers[0].layout.first_name)
+        self.storage = storage or ExpertStorage(layers[0].layout,
+                                                ExpertFormat(dtype_label(first.dtype)))
+        self.kernels = kernels  # which CPU kernel runs each format and token count
+        # bytes of one expert on the fast device (what a transfer moves; compressed if quantized)
+        self.expert_bytes = self._bytes_per_expert(self.storage.device_names())
         self.num_experts = layers[0].num_experts
         self._slots = [_LayerSlots({}, None) for _ in layers]
         self._row_read: dict[tuple[int, int], object] = {}
@@ -171,7 +177,7 @@ class ExpertStore:
         resident = {e: row for row, e in enumerate(experts)}
         if not experts or not self.is_cuda:
             return _LayerSlots(resident, None)  # CPU: resident experts use the CPU weights
-        cpu = [getattr(layer.module, n) for n in layer.layout.param_names]
+        cpu = [getattr(layer.module, n) for n in self.storage.device_names()]
         tensors = tuple(torch.empty((len(experts), *w.shape[1:]), dtype=w.dtype, device=self.device)
                         for w in cpu)
         for row, e in enumerate(experts):
@@ -182,10 +188,30 @@ class ExpertStore:
     def _resident_bytes(self) -> int:
         return sum(len(s.resident) for s in self._slots) * self.expert_bytes if self.is_cuda else 0
 
+    def resident_bytes(self) -> int:
+        """Bytes of resident expert copies on the fast device (0 on a CPU-only machine)."""
+        return self._resident_bytes()
+
+    def scratch_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self._scratch
+
     # ---- weights ---------------------------------------------------------------------
     def cpu_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
-        module, names = self.layers[layer].module, self.layers[layer].layout.param_names
-        return tuple(getattr(module, n)[expert] for n in names)
+        """One expert's tensors in host memory that the CPU kernels read (cpu_names order)."""
+        module = self.layers[layer].module
+        return tuple(getattr(module, n)[expert] for n in self.storage.cpu_names())
+
+    def host_device_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
+        """One expert's host tensors that are copied to the fast device (device_names order)."""
+        module = self.layers[layer].module
+        return tuple(getattr(module, n)[expert] for n in self.storage.device_names())
+
+    def run(self, layer: int, x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+            on_device: bool) -> torch.Tensor:
+        """Run one expert: `weights` from cpu_weights (on_device=False) or from a resident row,
+        scratch slot or cache fill (on_device=True). x: [n, H] -> [n, H]."""
+        return run_expert(self.layers[layer], x, weights, self.storage,
+                          on_device and self.is_cuda, self.kernels)
 
     def resident_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
         slots = self._slots[layer]
@@ -219,7 +245,7 @@ class ExpertStore:
                 self.copy_stream.wait_stream(compute)
             else:
                 self.copy_stream.wait_event(last_read)
-            for dst, src in zip(slots.tensors, self.cpu_weights(layer, expert)):
+            for dst, src in zip(slots.tensors, self.host_device_weights(layer, expert)):
                 dst[row].copy_(src, non_blocking=True)
         compute.wait_stream(self.copy_stream)
         return tuple(t[row] for t in slots.tensors)
@@ -241,7 +267,7 @@ class ExpertStore:
         slot = self._next_scratch
         self._next_scratch = (slot + 1) % self.scratch_slots
         dst = tuple(t[slot] for t in self._scratch)
-        src = self.cpu_weights(layer, expert)
+        src = self.host_device_weights(layer, expert)  # compressed bytes if quantized
         if self.is_cuda:
             compute = torch.cuda.current_stream(self.device)
             with torch.cuda.stream(self.copy_stream):
@@ -270,14 +296,18 @@ class ExpertStore:
     # ---- set-up ----------------------------------------------------------------------
     def _alloc_scratch(self, count: int) -> tuple[torch.Tensor, ...]:
         first = self.layers[0]
-        cpu = [getattr(first.module, n) for n in first.layout.param_names]
+        cpu = [getattr(first.module, n) for n in self.storage.device_names()]
         return tuple(torch.empty((count, *w.shape[1:]), dtype=w.dtype, device=self.device)
                      for w in cpu)  # per weight: [S, ...]
+
+    def _bytes_per_expert(self, names: tuple[str, ...]) -> int:
+        module = self.layers[0].module
+        return sum(tensor_bytes(getattr(module, n)[0]) for n in names)
 
     def _pin_cpu_weights(self) -> None:
         """Page-lock the experts' CPU memory so host->device copies are asynchronous."""
         for layer in self.layers:
-            for name in layer.layout.param_names:
+            for name in self.storage.host_names():
                 param = getattr(layer.module, name)
                 if not param.is_pinned():
                     param.data = param.data.pin_memory()

@@ -19,8 +19,11 @@ from .engine import Engine
 from .execution import make_execution
 from .errors import BudgetError, FileFormatError, OptionError
 from .experts import GIB, ExpertStore
+from .kernels import DEFAULT_CHOICE, KernelChoice
 from .latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
+from .quant import ExpertFormat
+from .quantize_load import check_format, quantize_experts, storage_for
 from .placement import make_placement
 from .popularity import Popularity
 from .validate import check_int, check_path
@@ -33,7 +36,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
          popularity: Popularity | str | Path | None = None,
          profile: Any = None, gpu_memory: str | int | None = None,
          scratch_slots: int = 2, seed: int = 0, workload: Workload | None = None,
-         threads: int | None = None) -> Engine:
+         threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
+         group_size: int | None = None, kernels: KernelChoice | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine. See the README for each argument.
 
     expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
@@ -45,6 +49,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     (`latency.default_latency_model`), and `engine.latency.source` says which was used.
     workload: a `Workload` whose KV cache + activations are kept free on the fast device (None:
     a fixed 1 GiB). threads: torch CPU threads while generating (None: torch's setting).
+    expert_dtype / group_size: the routed experts' format (runtime/quant.py); None keeps the
+    checkpoint's. kernels: the CPU kernel per format and token count (None: the default).
     """
     _check_options(placement, execution, scratch_slots, seed, popularity)
     if expert_budget is not None and gpu_memory is not None:
@@ -55,13 +61,15 @@ def load(path: str | Path, device: str | torch.device | None = None,
     torch_dtype = resolve_dtype(dtype)
     root = resolve_path(path)
     check_checkpoint(root)
-    num_layers, num_experts = check_moe_config(root)
+    meta_layers = check_moe_config(root)
+    num_layers, num_experts = len(meta_layers), meta_layers[0].num_experts
     if expert_budget is not None and (isinstance(expert_budget, bool)
                                       or not isinstance(expert_budget, int)
                                       or not 0 <= expert_budget <= num_layers * num_experts):
         raise BudgetError(f"expert budget {expert_budget!r} is out of range: this model has "
                           f"{num_layers * num_experts} experts ({num_layers} MoE layers x "
                           f"{num_experts}); pass 0..{num_layers * num_experts}")
+    fmt = check_format(meta_layers, expert_dtype, group_size)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
     if popularity is not None and (popularity.num_layers, popularity.num_experts) != (num_layers, num_experts):
@@ -70,10 +78,10 @@ def load(path: str | Path, device: str | torch.device | None = None,
                               "record it on this model with fnb.calibrate")
     model = None
     try:
-        model = load_model(root, dev, torch_dtype)
+        model = load_model(root, dev, torch_dtype, fmt)
         return _build(model, _load_tokenizer(root), dev, expert_budget, gpu_memory, placement,
                       execution, popularity, profile, scratch_slots, seed, str(root),
-                      workload, threads)
+                      workload, threads, fmt, kernels)
     except BaseException:
         del model
         gc.collect()
@@ -87,9 +95,11 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                execution: str = "auto", popularity: Popularity | None = None,
                profile: Any = None, scratch_slots: int = 2, seed: int = 0,
                name: str = "in-memory", workload: Workload | None = None,
-               threads: int | None = None) -> Engine:
+               threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
+               group_size: int | None = None, kernels: KernelChoice | None = None) -> Engine:
     """An Engine around a transformers MoE model already in memory (e.g. random weights of a
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
+    With `expert_dtype` the model's experts are converted in place (layer by layer).
     """
     _check_options(placement, execution, scratch_slots, seed, popularity)
     if isinstance(popularity, (str, Path)):
@@ -98,30 +108,39 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"from_model needs a transformers model, got {type(model).__name__}")
     layers = find_moe_layers(model)
+    fmt = check_format(layers, expert_dtype, group_size)
     if any(getattr(layer.module, n).device.type != "cpu"
            for layer in layers for n in layer.layout.param_names):
         raise OptionError("from_model needs the experts in CPU memory; load the model on the CPU")
     model.eval()
     move_non_experts(model, dev)
+    if fmt is not None:
+        quantize_experts(model, fmt, dev)
     return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
-                  profile, scratch_slots, seed, name, workload, threads)
+                  profile, scratch_slots, seed, name, workload, threads, fmt, kernels)
 
 
 def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, placement: str,
            execution: str, popularity, profile, scratch_slots: int, seed: int,
-           name: str, workload: Workload | None = None, threads: int | None = None) -> Engine:
-    """Attach an Engine to a model whose non-experts are on `dev`; undo everything on error."""
+           name: str, workload: Workload | None = None, threads: int | None = None,
+           fmt: ExpertFormat | None = None, kernels: KernelChoice | None = None) -> Engine:
+    """Attach an Engine to a model whose non-experts are on `dev` and whose experts are in
+    `fmt` (None: the float dtype they have); undo everything on error."""
     layers = find_moe_layers(model)
-    store = ExpertStore(layers, dev, scratch_slots)
+    storage = storage_for(layers[0], fmt, dev, model)
+    store = ExpertStore(layers, dev, scratch_slots, storage=storage,
+                        kernels=kernels or DEFAULT_CHOICE)
+    layers = [replace(layer, expert_bytes=store.expert_bytes) for layer in layers]
+    store.layers = layers
     engine = None
     try:
         if workload is not None:  # before the budget is computed: what fits depends on it
             store.set_reserve(*workload.reserve_for(model))
-        latency = latency_from(profile, layers[0].expert_bytes, model, dev)
+        latency = latency_from(profile, store.expert_bytes, model, dev)
         budget = _budget(expert_budget, gpu_memory, store)
-        dtype = str(layers[0].module.down_proj.dtype).removeprefix("torch.")
+        dtype = str(model.get_output_embeddings().weight.dtype).removeprefix("torch.")
         config = EngineConfig(str(dev), dtype, budget, placement, execution, scratch_slots, seed,
-                              threads)
+                              threads, storage.fmt.label())
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
         engine.workload = workload
         if threads is not None:

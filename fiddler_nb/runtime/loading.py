@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import find_moe_layers, is_experts_module
+from .adapters import MoELayer, find_moe_layers, is_experts_module
 from .errors import CheckpointError, UnsupportedModelError, one_line
+from .quant import ExpertFormat
 
 CONFIG_FILE = "config.json"
 
@@ -70,9 +71,9 @@ def _check_shard(shard: Path) -> None:
                               "re-download or re-save it") from None
 
 
-def check_moe_config(root: Path) -> tuple[int, int]:
-    """Build the model on the meta device (no memory) and make sure it has MoE layers.
-    Returns (MoE layers, experts per layer), so budgets can be checked before loading."""
+def check_moe_config(root: Path) -> list[MoELayer]:
+    """Build the model on the meta device (no memory), make sure it has MoE layers and return
+    them (meta tensors: shapes and layouts for budget and format checks before loading)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -88,21 +89,44 @@ def check_moe_config(root: Path) -> tuple[int, int]:
     except (TypeError, AttributeError, KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"the config in {root} cannot build a {config.model_type!r} model "
                               f"({one_line(err)}); check config.json") from None
-    layers = find_moe_layers(skeleton)
-    return len(layers), layers[0].num_experts
+    return find_moe_layers(skeleton)
 
 
-def load_model(root: Path, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """The transformers model with non-expert weights on `device`, experts on the CPU."""
-    from transformers import AutoModelForCausalLM
+def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
+               fmt: ExpertFormat | None = None) -> nn.Module:
+    """The transformers model with non-expert weights on `device`, experts on the CPU. With
+    `fmt`, experts are converted while the checkpoint is read (runtime/quantizer.py), so the
+    float copy of at most one fused matrix exists at a time."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    kwargs = {}
+    if fmt is not None:
+        from .quantizer import quantization_config
+
+        act = dtype or _checkpoint_dtype(AutoConfig.from_pretrained(root))
+        kwargs["quantization_config"] = quantization_config(fmt, act, device.type == "cuda")
     try:
-        model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or "auto", device_map=None)
+        model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or "auto", device_map=None,
+                                                     **kwargs)
     except OSError as err:
         raise CheckpointError(f"loading {root} failed: {err}") from None
+    if fmt is not None:
+        from .quantizer import detach_quantizer
+
+        detach_quantizer(model)
     model.eval()
     move_non_experts(model, device)
     return model
+
+
+def _checkpoint_dtype(config) -> torch.dtype:
+    """The dtype `from_pretrained(dtype='auto')` gives the model (float32 if none is recorded)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, torch.dtype):
+        return value
+    from .config import resolve_dtype
+
+    return resolve_dtype(value) if value else torch.float32
 
 
 def move_non_experts(model: nn.Module, device: torch.device) -> None:

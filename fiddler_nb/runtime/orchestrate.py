@@ -20,7 +20,7 @@ import torch
 
 from .adapters import MoELayer
 from .execution import ExecutionPolicy
-from .experts import ExpertStore, run_expert
+from .experts import ExpertStore
 from .latency import LatencyModel
 from .placement import DynamicPlacement
 from .stats import StatsRecorder
@@ -72,7 +72,8 @@ class LayerRuntime:
         on_cpu = [e for e, t in zip(offloaded, flags) if not t]
         transferred = [e for e, t in zip(offloaded, flags) if t]
 
-        weight_dtype = getattr(self.layer.module, self.layer.layout.first_name).dtype
+        fmt = st.store.storage.fmt
+        weight_dtype = fmt.float_dtype if not fmt.is_quantized else hidden.dtype
         out_dtype = torch.promote_types(weight_dtype, top_k_weights.dtype)
         out = torch.zeros(len(order), hidden_size, dtype=out_dtype, device=hidden.device)  # [S, H]
 
@@ -81,8 +82,9 @@ class LayerRuntime:
         mark = tracer.start("gpu") if tracer and resident else None
         for e in resident:
             rows = row_lists[e]
-            self._write(out, rows, run_expert(self.layer, hidden[rows // top_k],
-                                              st.store.resident_weights(idx, e)), pair_weights)
+            self._write(out, rows, st.store.run(idx, hidden[rows // top_k],
+                                                st.store.resident_weights(idx, e), True),
+                        pair_weights)
             if st.cache is not None:
                 st.store.mark_read(idx, e)  # a cache fill may reuse this row soon
             st.stats.add(idx, "resident", counts[e])
@@ -104,7 +106,7 @@ class LayerRuntime:
             if tracer:
                 tracer.stop(idx, "transfer", mark, 1, copy_stream)
                 mark = tracer.start("gpu")
-            self._write(out, rows, run_expert(self.layer, hidden[rows // top_k], weights),
+            self._write(out, rows, st.store.run(idx, hidden[rows // top_k], weights, True),
                         pair_weights)
             if tracer:
                 tracer.stop(idx, "gpu", mark, 1)
@@ -151,7 +153,7 @@ class LayerRuntime:
         start = 0
         for e in on_cpu:
             n = counts[e]
-            y = run_expert(self.layer, x_host[start:start + n], st.store.cpu_weights(idx, e))
+            y = st.store.run(idx, x_host[start:start + n], st.store.cpu_weights(idx, e), False)
             y_host[start:start + n] = y * w_host[start:start + n, None]
             start += n
             st.stats.add(idx, "cpu", n)

@@ -108,7 +108,12 @@ class Plan:
         """Re-place a loaded engine with the plan's settings (no reload; format must match)."""
         s = self.settings
         current = getattr(engine, "expert_dtype", None)
-        if s.expert_dtype is not None and s.expert_dtype != current:
+        wanted = s.expert_dtype
+        if wanted is not None:  # compare labels: 'int4' means the default group ('int4-g64')
+            from .quant import resolve_format
+
+            wanted = resolve_format(wanted, None).label()
+        if wanted is not None and wanted != current:
             raise FileFormatError(f"the plan uses expert format {s.expert_dtype!r} but the engine "
                                   f"holds {current!r}; load it with fnb.load(path, plan=plan)")
         before, workload = engine.config, engine.workload

@@ -109,17 +109,19 @@ def _scale_routers(model: torch.nn.Module, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * ROUTER_STD)
 
 
+TINY_VERSION = 2  # bump when what make_tiny_checkpoint writes changes (2: a chat template)
+
+
 def default_tiny_path(arch: str = DEFAULT_ARCH, seed: int = 0) -> Path:
     """The embedded default model: written once under the user cache, then reused.
 
     FIDDLER_NB_CACHE overrides the location (tests point it at a temporary folder).
     """
     import os
-
     import shutil
 
     base = Path(os.environ.get("FIDDLER_NB_CACHE", Path.home() / ".cache" / "fiddler_nb"))
-    path = base / f"tiny-{arch}-seed{seed}"
+    path = base / f"tiny-{arch}-seed{seed}-v{TINY_VERSION}"  # an older cached copy is not reused
     if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:

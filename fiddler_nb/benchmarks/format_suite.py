@@ -1,0 +1,212 @@
+"""The compressed-experts targets table (issue 9), measured side by side in one run.
+
+On a `layers`-layer model with `shape`'s real sizes (random weights, benchmarks/
+random_checkpoint.py), all experts on the CPU path, at `threads` threads:
+  - decode tok/s (after a `prompt`-token prompt) and prefill tok/s (one forward of
+    `prefill` tokens) of stock transformers bf16 and of the engine with bf16 / int8 / int4
+    experts, in interleaved rounds (each round runs every contender once, in rotating order;
+    medians over rounds, ratios taken per round against stock, then the median);
+  - host bytes of the experts per format, as a ratio to bf16;
+  - kernel_bw_ratio per format: bytes of the format read per second by the kernel chosen for one
+    token (measure/kernel_choice.py), over the machine's read bandwidth (best read probe).
+Stock transformers runs the bf16 engine's own model with transformers' experts implementation
+switched back, so both read the same weights. Nothing is printed inside timed regions.
+
+Shape legend: T = prompt tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..measure.hardware import machine_facts
+from ..measure.kernel_choice import ROTATE_BYTES, measure_kernels
+from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
+from ..runtime.config import get_shape
+from ..runtime.quant import resolve_format
+from .naive import timed_generate
+
+STOCK = "stock-bf16"
+DEFAULT_FORMATS = ("bf16", "int8", "int4")
+DECODE_PROMPT = 16
+PREFILL_TOKENS = 128
+DECODE_TOKENS = 9  # 8 timed decode steps after the first token
+ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class FormatSuiteResult:
+    rows: dict[str, dict[str, float]]  # contender -> decode_tps, prefill_tps, ratios, bytes
+    kernel: dict[str, Any]  # KernelMeasurement.to_dict()
+    read_gbps: float
+    probes_gbps: dict[str, float]
+    machine: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    date: str = ""
+    kind: str = "measured"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    def table(self) -> str:
+        s = self.settings
+        lines = [f"machine: {self.machine.get('cpu_model')} ({self.machine.get('isa')}), "
+                 f"{s['threads']} threads; load average {self.machine.get('load_average_1m', 0):.2f}"
+                 f" at start, {s.get('load_average_after', 0):.2f} at end; {self.date}",
+                 f"model: {s['shape']} x {s['layers']} layers, random weights, all experts on "
+                 f"the CPU path; decode after a {s['prompt']}-token prompt ({s['decode_tokens'] - 1}"
+                 f" steps), prefill {s['prefill']} tokens; median of {s['rounds']} interleaved "
+                 "rounds", f"read bandwidth {self.read_gbps:.1f} GB/s (best read probe)",
+                 f"command: {self.command}", "",
+                 "| engine / format | decode tok/s | x stock | prefill tok/s | x stock | "
+                 "expert bytes x bf16 | kernel | kernel GB/s | kernel_bw_ratio |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in self.rows.items():
+            kern = self.kernel["choice"].get(r.get("format", ""), {}).get("1", "-")
+            lines.append(
+                f"| {name} | {r['decode_tps']:.2f} | {r['decode_x_stock']:.2f} | "
+                f"{r['prefill_tps']:.2f} | {r['prefill_x_stock']:.2f} | "
+                f"{_f(r.get('bytes_x_bf16'))} | {kern} | {_f(r.get('kernel_gbps'), 1)} | "
+                f"{_f(r.get('kernel_bw_ratio'))} |")
+        return "\n".join(lines)
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
+                     formats: tuple[str, ...] = DEFAULT_FORMATS, threads: int | None = 2,
+                     rounds: int = ROUNDS, prompt: int = DECODE_PROMPT,
+                     prefill: int = PREFILL_TOKENS, decode_tokens: int = DECODE_TOKENS,
+                     probe_bytes: int = PROBE_BYTES, rotate_bytes: int = ROTATE_BYTES,
+                     command: str | None = None, progress: bool = True) -> FormatSuiteResult:
+    """Measure the targets table (module docstring); returns it with machine and command."""
+    from ..api import from_model
+    from .random_checkpoint import build_random_model
+
+    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    spec = get_shape(shape)
+    fmts = [resolve_format(f, None, (spec.hidden_size, spec.intermediate_size)) for f in formats]
+    facts = asdict(machine_facts())
+    facts["isa"] = torch.backends.cpu.get_cpu_capability()
+    facts["platform"] = platform.platform()
+    try:
+        with tqdm(total=3 + len(fmts) + rounds, desc="format suite", disable=not progress) as bar:
+            probes = measure_cpu_bandwidth(probe_bytes)
+            bar.update(1)
+            kernels = measure_kernels(spec.hidden_size, spec.intermediate_size, fmts,
+                                      torch.bfloat16, buckets=(1, 64),
+                                      threads=[torch.get_num_threads()],
+                                      rotate_bytes=rotate_bytes)
+            bar.update(1)
+            engines = {}
+            for fmt in fmts:
+                model = build_random_model(spec, layers, "bfloat16")
+                engines[fmt.label()] = from_model(
+                    model, device="cpu", placement="none", execution="cpu", expert_budget=0,
+                    expert_dtype=fmt.name, group_size=fmt.group_size,
+                    name=f"random-{shape}-{layers}L-{fmt.label()}")
+                engines[fmt.label()].set_kernels(kernels.kernel_choice())
+                bar.update(1)
+            samples = _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar)
+            after = measure_cpu_bandwidth(probe_bytes)
+            probes = {k: max(v, after.get(k, 0.0)) for k, v in probes.items()}
+            bar.update(1)
+    finally:
+        torch.set_num_threads(old_threads)
+    read = best_read_gbps(probes)
+    rows = _rows(samples, engines, kernels, read)
+    for eng in engines.values():
+        eng.close()
+    settings = dict(shape=shape, layers=layers, threads=threads or old_threads, rounds=rounds,
+                    prompt=prompt, prefill=prefill, decode_tokens=decode_tokens,
+                    formats=[f.label() for f in fmts], activations="bfloat16",
+                    load_average_after=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    return FormatSuiteResult(rows, kernels.to_dict(), read, probes, facts, settings, command,
+                             _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+def _contenders(engines: dict) -> dict:
+    """name -> (model, implementation to run it with). Stock is the bf16 engine's model with
+    transformers' own experts implementation."""
+    bf16 = engines.get("bf16") or next(iter(engines.values()))
+    out = {STOCK: (bf16.model, bf16._previous_impl or "grouped_mm")}
+    out.update({f"engine-{k}": (e.model, "fiddler") for k, e in engines.items()})
+    return out
+
+
+def _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar) -> dict:
+    """contender -> {'decode': [tok/s per round], 'prefill': [...]} with a warm-up round."""
+    contenders = _contenders(engines)
+    gen = torch.Generator().manual_seed(0)
+    decode_ids = torch.randint(0, 256, (1, prompt), generator=gen)  # [1, T]
+    prefill_ids = torch.randint(0, 256, (1, prefill), generator=gen)  # [1, P]
+    cpu = torch.device("cpu")
+    out = {name: {"decode": [], "prefill": []} for name in contenders}
+    names = list(contenders)
+    for r in range(rounds + 1):  # round 0 warms up
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for name in order:
+            model, impl = contenders[name]
+            model.set_experts_implementation(impl)
+            timed = timed_generate(model, decode_ids, decode_tokens, cpu,
+                                   min_new_tokens=decode_tokens, pad_token_id=0)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                model(prefill_ids)
+                seconds = time.perf_counter() - t0
+            if r:
+                out[name]["decode"].append((decode_tokens - 1) / timed.decode_s)
+                out[name]["prefill"].append(prefill / seconds)
+        bar.update(1 if r else 0)
+    for eng in engines.values():
+        eng.model.set_experts_implementation("fiddler")
+    return out
+
+
+def _rows(samples, engines, kernels, read_gbps) -> dict[str, dict[str, float]]:
+    stock = samples[STOCK]
+    bf16_bytes = None
+    if "bf16" in engines:
+        bf16_bytes = engines["bf16"].memory().host_experts_total
+    rows = {}
+    for name, s in samples.items():
+        row = {"decode_tps": statistics.median(s["decode"]),
+               "prefill_tps": statistics.median(s["prefill"]),
+               "decode_x_stock": statistics.median(a / b for a, b in zip(s["decode"],
+                                                                         stock["decode"])),
+               "prefill_x_stock": statistics.median(a / b for a, b in zip(s["prefill"],
+                                                                          stock["prefill"])),
+               "decode_samples": s["decode"], "prefill_samples": s["prefill"]}
+        if name != STOCK:
+            label = name.removeprefix("engine-")
+            row["format"] = label
+            nbytes = engines[label].memory().host_experts_total
+            row["expert_bytes"] = nbytes
+            if bf16_bytes:
+                row["bytes_x_bf16"] = nbytes / bf16_bytes
+            row["kernel_gbps"] = kernels.gbps(label, 1)
+            row["kernel_bw_ratio"] = row["kernel_gbps"] / read_gbps
+        rows[name] = row
+    return rows

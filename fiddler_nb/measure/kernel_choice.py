@@ -1,0 +1,127 @@
+"""Pick the CPU kernel per expert format and token bucket, and the thread count, by measurement.
+
+For each format (bf16 / fp16 / fp32 / int8 / int4-gG) one expert's gate_up matrix [2I, H] is
+stored as the engine stores it (runtime/storage.py), rotated over enough copies to be read from
+DRAM, and every kernel the registry offers for it (runtime/kernels.py `candidates`) is timed at
+each token bucket; the fastest wins. Threads: the chosen one-token kernel of the first format is
+timed at 1..nproc threads (a busy neighbour core can make fewer threads faster) and the best
+count is kept. Every figure is stored with torch's CPU capability (AVX2 / AVX512 / AMX ...).
+
+Shape legend: n = tokens, N = 2I output channels, K = H input channels, C = rotated copies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..runtime.kernels import TOKEN_BUCKETS, KernelChoice, Matrix, candidates, get_kernel
+from ..runtime.quant import ExpertFormat
+from ..runtime.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
+from .probes import _median_ms
+
+QUICK_BUCKETS = (1, 8, 64)  # quick mode: decode, small batches, a short prefill
+ROTATE_BYTES = 256 << 20  # weights read per rotation: well past a 32-128 MiB LLC
+
+
+@dataclass(frozen=True)
+class KernelMeasurement:
+    """What was measured: ms per (format, bucket, kernel), threads, and the choice."""
+
+    cpu_capability: str  # torch.backends.cpu.get_cpu_capability(): AVX2 / AVX512 / ...
+    shape: tuple[int, int]  # (N, K) of the timed matrix
+    ms: dict[str, dict[str, dict[str, float]]]  # format -> bucket -> kernel -> median ms
+    bytes_read: dict[str, int]  # format -> bytes of the matrix as stored (weights + scales)
+    thread_ms: dict[str, float] = field(default_factory=dict)  # threads -> one-token ms
+    threads: int | None = None
+    choice: dict[str, dict[str, str]] = field(default_factory=dict)  # format -> bucket -> kernel
+
+    def kernel_choice(self) -> KernelChoice:
+        table = {f: {int(b): k for b, k in per.items()} for f, per in self.choice.items()}
+        return KernelChoice(table, self.threads,
+                            f"measured ({self.cpu_capability}, {self.shape[0]}x{self.shape[1]})")
+
+    def gbps(self, fmt: str, bucket: int = 1) -> float:
+        """Bytes of the format read per second by the chosen kernel at `bucket` tokens."""
+        ms = self.ms[fmt][str(bucket)][self.choice[fmt][str(bucket)]]
+        return self.bytes_read[fmt] / ms / 1e6
+
+    def to_dict(self) -> dict:
+        """JSON-ready (lists, string keys), so a saved profile reads back equal."""
+        return dict(asdict(self), shape=list(self.shape))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "KernelMeasurement":
+        data = dict(data, shape=tuple(data["shape"]))
+        return cls(**data)
+
+
+def _stored(fmt: ExpertFormat, w: torch.Tensor, act: torch.dtype) -> Matrix:
+    """One matrix w [N, K] as the engine stores it for the CPU kernels."""
+    parts = convert_weight(w[None], fmt, False, act, on_gpu=False)
+    kind = "float" if not fmt.is_quantized else fmt.name
+    return Matrix(kind, parts[""][0], parts.get(SCALE_SUFFIX, [None])[0], fmt.group_size)
+
+
+def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
+                    act: torch.dtype = torch.bfloat16, buckets: Sequence[int] = QUICK_BUCKETS,
+                    threads: Sequence[int] | None = None, warmup: int = 1, repeats: int = 3,
+                    rotate_bytes: int = ROTATE_BYTES) -> KernelMeasurement:
+    """Time every candidate kernel of each format at each bucket; pick the fastest; then time
+    threads 1..nproc (None: every count up to os.cpu_count()) with the first format's choice."""
+    n_out, k_in = 2 * inter, hidden  # the gate_up matrix: the larger of an expert's two
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5  # [N, K] fp32
+    ms: dict[str, dict[str, dict[str, float]]] = {}
+    choice: dict[str, dict[str, str]] = {}
+    nbytes: dict[str, int] = {}
+    mats: dict[str, list[Matrix]] = {}
+    with torch.inference_mode():
+        for fmt in formats:
+            label = fmt.label()
+            first = _stored(fmt, base, act)
+            nbytes[label] = tensor_bytes(first.data) + (tensor_bytes(first.scale)
+                                                        if first.scale is not None else 0)
+            copies = max(1, math.ceil(rotate_bytes / nbytes[label]))  # C
+            mats[label] = [first] + [_stored(fmt, base.roll(c, 0), act) for c in range(1, copies)]
+            ms[label], choice[label] = {}, {}
+            x_dtype = fmt.float_dtype or act  # float experts run in their own dtype
+            for bucket in buckets:
+                x = torch.randn(bucket, k_in, generator=gen).to(x_dtype)  # [n, K]
+                timing = {name: _time(name, x, mats[label], warmup, repeats)
+                          for name in candidates(first.fmt)}
+                ms[label][str(bucket)] = timing
+                choice[label][str(bucket)] = min(timing, key=timing.get)
+        thread_ms, best = _measure_threads(formats, mats, choice, act, k_in, threads, warmup,
+                                           repeats)
+    return KernelMeasurement(torch.backends.cpu.get_cpu_capability(), (n_out, k_in), ms, nbytes,
+                             thread_ms, best, choice)
+
+
+def _time(name: str, x: torch.Tensor, mats: list[Matrix], warmup: int, repeats: int) -> float:
+    fn = get_kernel(name).fn
+    turn = iter(range(1 << 62))
+    return _median_ms(lambda: fn(x, mats[next(turn) % len(mats)]), warmup, repeats)
+
+
+def _measure_threads(formats, mats, choice, act, k_in, threads, warmup, repeats):
+    """(threads -> one-token ms of the first format's chosen kernel, the best count)."""
+    if not formats:
+        return {}, None
+    label = formats[0].label()
+    counts = list(threads or range(1, (os.cpu_count() or 1) + 1))
+    x = torch.randn(1, k_in).to(formats[0].float_dtype or act)  # [1, K]
+    name = choice[label][str(TOKEN_BUCKETS[0])]
+    old = torch.get_num_threads()
+    out: dict[str, float] = {}
+    try:
+        for t in counts:
+            torch.set_num_threads(t)
+            out[str(t)] = _time(name, x, mats[label], warmup, repeats)
+    finally:
+        torch.set_num_threads(old)
+    return out, int(min(out, key=out.get))

@@ -1,0 +1,169 @@
+"""CPU kernels for one expert matrix, per format, behind a small registry.
+
+A kernel computes y = x @ W^T for one stored matrix (`Matrix`: float, int8 + per-row scales, or
+torch's CPU int4 pack + group scales). Which kernel runs is a `KernelChoice`: per format and
+token-count bucket, a kernel name, picked by measurement on this machine (measure/probes.py,
+recorded in the HardwareProfile) or, without a profile, `DEFAULT_CHOICE` below. Nothing here is
+tuned to one CPU: the default is what torch itself would do, plus the one-token ATen switch that
+was faster on both machines we measured (docs/benchmarks.md).
+
+Shape legend: n = tokens routed to the expert, N = output channels, K = input channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .quant import unpack_nibbles
+
+# Token-count buckets: a kernel is chosen per bucket; n tokens use the first bucket >= n.
+TOKEN_BUCKETS: tuple[int, ...] = (1, 8, 64, 512)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """One expert's matrix as stored."""
+
+    fmt: str  # 'float' | 'int8' | 'int4' (CPU pack) | 'int4-nibbles' (fast-device copy)
+    data: torch.Tensor  # float [N, K] | int8 [N, K] | uint8 [N, K/2]
+    scale: torch.Tensor | None = None  # int8: [N]; int4: [K/G, N, 2] (activation dtype)
+    group_size: int | None = None  # int4 only
+
+
+KernelFn = Callable[[torch.Tensor, Matrix], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    fmt: str  # the Matrix.fmt it reads
+    fn: KernelFn
+    available: Callable[[], bool] = lambda: True
+
+
+_KERNELS: dict[str, KernelSpec] = {}
+
+
+def register(name: str, fmt: str, available: Callable[[], bool] = lambda: True):
+    """Decorator: add a kernel function under `name` for matrices of `fmt`."""
+    def wrap(fn: KernelFn) -> KernelFn:
+        _KERNELS[name] = KernelSpec(name, fmt, fn, available)
+        return fn
+    return wrap
+
+
+def known_kernels(fmt: str | None = None) -> list[str]:
+    """Registered kernels (for one Matrix.fmt), available on this machine or not."""
+    return sorted(k for k, s in _KERNELS.items() if fmt is None or s.fmt == fmt)
+
+
+def candidates(fmt: str) -> list[str]:
+    """Kernels for `fmt` that can run here (what a measurement compares)."""
+    return [k for k in known_kernels(fmt) if _KERNELS[k].available()]
+
+
+def get_kernel(name: str) -> KernelSpec:
+    if name not in _KERNELS:
+        raise ValueError(f"unknown CPU kernel {name!r}; known: {', '.join(known_kernels())}")
+    return _KERNELS[name]
+
+
+def bucket_of(n: int) -> int:
+    """The token bucket that n tokens fall in."""
+    for b in TOKEN_BUCKETS:
+        if n <= b:
+            return b
+    return TOKEN_BUCKETS[-1]
+
+
+# ---- the kernels ---------------------------------------------------------------------------
+@register("onednn", "float")
+def _onednn(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    return F.linear(x, m.data)  # [n, N]
+
+
+@register("aten", "float")
+def _aten(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """F.linear with oneDNN switched off: ATen's own GEMV / GEMM. Uses the switch behind
+    torch.backends.mkldnn.flags(enabled=False) without that context manager's TF32 side effect
+    (and its warning on every machine without an Intel GPU)."""
+    previous = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        return F.linear(x, m.data)
+    finally:
+        torch._C._set_mkldnn_enabled(previous)
+
+
+@register("int8pack", "int8")
+def _int8pack(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    return torch._weight_int8pack_mm(x, m.data, m.scale)  # [n, N]
+
+
+@register("int8-dequant", "int8")
+def _int8_dequant(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """Dequantize to the activations' dtype, then oneDNN (can win for many tokens where the
+    GEMM is compute-bound and the CPU has fast bf16 / AMX)."""
+    w = m.data.to(x.dtype) * m.scale.unsqueeze(-1)  # [N, K]
+    return F.linear(x, w)
+
+
+@register("int4pack", "int4")
+def _int4pack(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, m.data, m.group_size, m.scale)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Per format label ('bf16', 'int8', 'int4-g64', ...) and token bucket, a kernel name; plus
+    the CPU threads to run with (None: leave torch's setting). `source` says where it came from."""
+
+    table: dict[str, dict[int, str]] = field(default_factory=dict)
+    threads: int | None = None
+    source: str = "default (no measured profile)"
+
+    def kernel_for(self, fmt_label: str, m: Matrix, x: torch.Tensor) -> KernelSpec:
+        name = self.table.get(fmt_label, {}).get(bucket_of(x.shape[0]))
+        if name is None or not get_kernel(name).available():
+            name = default_kernel(m.fmt, x.shape[0], x.dtype)
+        return get_kernel(name)
+
+
+def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
+    """Without a measurement: ATen for one bf16 token (oneDNN's bf16 GEMV was slower on every
+    machine we measured; DESIGN.md §6), oneDNN otherwise; torch's packed kernels for int8 /
+    int4."""
+    if matrix_fmt == "float":
+        return "aten" if n == 1 and dtype == torch.bfloat16 else "onednn"
+    return {"int8": "int8pack", "int4": "int4pack"}[matrix_fmt]
+
+
+DEFAULT_CHOICE = KernelChoice()
+
+
+def linear(x: torch.Tensor, m: Matrix, choice: KernelChoice, fmt_label: str) -> torch.Tensor:
+    """y [n, N] = x [n, K] @ W^T with the chosen kernel (CPU) or a dequantize + F.linear
+    (any other device: the fast device's own GEMM)."""
+    if x.device.type != "cpu":
+        return F.linear(x, dequantize_matrix(m, x.dtype))
+    return choice.kernel_for(fmt_label, m, x).fn(x, m)
+
+
+def dequantize_matrix(m: Matrix, dtype: torch.dtype) -> torch.Tensor:
+    """[N, K] weights in `dtype` from a float or int8 matrix (int4 on the fast device is
+    dequantized by the store from its nibble copy before it gets here)."""
+    if m.fmt == "float":
+        return m.data
+    if m.fmt == "int8":
+        return m.data.to(dtype) * m.scale.to(dtype).unsqueeze(-1)
+    if m.fmt == "int4-nibbles":  # the fast device's copy: [N, K/2] nibbles, scale [K/G, N, 2]
+        q = unpack_nibbles(m.data)  # [N, K]
+        n, k = q.shape
+        s = m.scale[..., 0].t().to(dtype)  # [N, K/G]
+        return (q.to(dtype).view(n, s.shape[1], -1) * s.unsqueeze(-1)).view(n, k)
+    raise ValueError(f"matrix format {m.fmt!r} cannot run off the CPU; the fast device gets "
+                     "the int4 nibble copy ('int4-nibbles')")

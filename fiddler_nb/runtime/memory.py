@@ -1,0 +1,71 @@
+"""What an engine holds in memory: a frozen report (`Engine.memory()`).
+
+Host bytes of the routed experts by format (every tensor the store keeps for them: weights,
+scales, the GPU's nibble copy of int4), fast-device bytes (non-expert weights, resident experts,
+scratch slots, the reserve kept free for activations), and page-locked host bytes. On a CPU-only
+machine the fast device is the CPU: non-expert weights count there, resident experts are the
+host copies (0 extra bytes), and scratch slots are real host buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .adapters import is_experts_module
+from .experts import ExpertStore
+from .storage import tensor_bytes
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    expert_format: str  # 'bf16', 'int8', 'int4-g64', ...
+    host_expert_bytes: dict[str, int]  # format label -> bytes of routed experts in host memory
+    non_expert_bytes: int  # on the fast device (the CPU on a CPU-only machine)
+    resident_expert_bytes: int  # extra copies on the fast device (0 on a CPU-only machine)
+    scratch_bytes: int  # buffers for transferred experts
+    reserve_bytes: int  # kept free on the GPU for activations and KV cache (0 on the CPU)
+    pinned_host_bytes: int
+    device: str
+
+    @property
+    def host_experts_total(self) -> int:
+        return sum(self.host_expert_bytes.values())
+
+    @property
+    def fast_device_bytes(self) -> int:
+        return (self.non_expert_bytes + self.resident_expert_bytes + self.scratch_bytes
+                + self.reserve_bytes)
+
+    def short(self) -> str:
+        """One line for the engine's repr."""
+        return (f"experts {self.host_experts_total / MIB:.1f} MiB host ({self.expert_format}), "
+                f"{self.fast_device_bytes / MIB:.1f} MiB on {self.device}")
+
+    def rows(self) -> list[tuple[str, float]]:
+        """(what, MiB) rows for a report table."""
+        rows = [(f"host: experts ({k})", v / MIB) for k, v in self.host_expert_bytes.items()]
+        return rows + [("fast device: non-expert weights", self.non_expert_bytes / MIB),
+                       ("fast device: resident experts", self.resident_expert_bytes / MIB),
+                       ("fast device: scratch slots", self.scratch_bytes / MIB),
+                       ("fast device: reserve", self.reserve_bytes / MIB),
+                       ("host: pinned", self.pinned_host_bytes / MIB)]
+
+
+def memory_report(model: nn.Module, store: ExpertStore) -> MemoryReport:
+    label = store.storage.fmt.label()
+    host = sum(tensor_bytes(getattr(layer.module, n))
+               for layer in store.layers for n in store.storage.host_names())
+    inside = {id(p) for m in model.modules() if is_experts_module(m) for p in m.parameters()}
+    non_expert = sum(tensor_bytes(p) for p in model.parameters() if id(p) not in inside)
+    pinned = sum(tensor_bytes(getattr(layer.module, n)) for layer in store.layers
+                 for n in store.storage.host_names() if getattr(layer.module, n).is_pinned())
+    return MemoryReport(
+        expert_format=label, host_expert_bytes={label: host}, non_expert_bytes=non_expert,
+        resident_expert_bytes=store.resident_bytes(),
+        scratch_bytes=sum(tensor_bytes(t) for t in store.scratch_tensors()),
+        reserve_bytes=store.reserve_bytes if store.is_cuda else 0, pinned_host_bytes=pinned,
+        device=str(store.device))

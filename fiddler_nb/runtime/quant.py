@@ -1,0 +1,210 @@
+"""Expert weight formats and their quantization math (pure functions, no model code).
+
+Formats: a float dtype ("bf16", "fp16", "fp32": a cast), "int8" (weight-only, symmetric, one
+scale per output channel) and "int4" (weight-only, symmetric, one scale per `group_size` inputs
+of an output channel). Quantized matrices are always stored `[N, K]` (out, in), whatever the
+checkpoint's layout, so one kernel family serves every architecture.
+
+int4 is stored in torch's CPU pack (`aten._convert_weight_to_int4pack_for_cpu`: two 4-bit values
+per byte in a machine-specific order) because the CPU runs most experts in Fiddler; the fast
+device, when it is a GPU, also gets the plain nibble layout (`pack_nibbles`) it can unpack.
+The unsigned nibble u holds q + 8, with q in [-8, 7]; dequant(q) = q * scale (zero point 0).
+
+Shape legend: N = output channels, K = input channels, G = group size, E = experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FormatError
+
+INT8_MAX = 127  # symmetric: q in [-127, 127], so -w and w quantize alike
+INT4_MAX = 7  # scale = amax / 7, q in [-7, 7] (the kernel's -8 is never produced)
+INT4_OFFSET = 8  # torch's int4 kernels read an unsigned nibble u and use (u - 8)
+INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: output channels in blocks of 16
+INT4_GROUP_SIZES = (32, 64, 128)  # what torch's int4 kernels accept
+# Default group when none is given (if it divides every input dim; else the largest that does).
+# Measured (docs/benchmarks.md, Zen 3 AVX2, 2 threads, busy machine, 28672 x 4096 at 1 token,
+# torch int4pack): g32 36.0 ms, g64 35.7 ms, g128 40.8 ms -- equal within noise for 32 / 64;
+# 64 reads fewer scale bytes than 32 and has half the error step of 128.
+DEFAULT_INT4_GROUP = 64
+FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+QUANTIZED = ("int8", "int4")
+FLOAT_FORMATS = ("bf16", "fp16", "fp32")
+KNOWN_FORMATS = FLOAT_FORMATS + QUANTIZED
+
+
+@dataclass(frozen=True)
+class ExpertFormat:
+    """How routed experts are stored. name: 'bf16' | 'fp16' | 'fp32' | 'int8' | 'int4'."""
+
+    name: str
+    group_size: int | None = None  # int4 only
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.name in QUANTIZED
+
+    @property
+    def float_dtype(self) -> torch.dtype | None:
+        """The storage dtype of a float format (None for int8 / int4)."""
+        return None if self.is_quantized else FLOAT_DTYPES[self.name]
+
+    def bits_per_weight(self, scale_bytes: int = 2) -> float:
+        """Bytes read per weight x 8, scales included (scale_bytes: the activations' dtype)."""
+        if self.name == "int8":
+            return 8.0  # + one scale per row: negligible next to K weights
+        if self.name == "int4":
+            return 4.0 + 8.0 * scale_bytes / self.group_size
+        return 8.0 * FLOAT_DTYPES[self.name].itemsize
+
+    def label(self) -> str:
+        return f"int4-g{self.group_size}" if self.name == "int4" else self.name
+
+
+def parse_label(label: str) -> ExpertFormat:
+    """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8')."""
+    name, _, group = label.partition("-g")
+    return ExpertFormat(name, int(group) if group else None)
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bf16' (the format name of a float dtype)."""
+    for name in FLOAT_FORMATS:
+        if FLOAT_DTYPES[name] == dtype:
+            return name
+    raise FormatError(f"expert dtype {dtype} has no format name; use one of {FLOAT_FORMATS}")
+
+
+def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | None,
+                   input_dims: tuple[int, ...] = (), output_dims: tuple[int, ...] = (),
+                   model: str = "this model") -> ExpertFormat | None:
+    """Check a user's (expert_dtype, group_size) and return the format; None keeps the
+    checkpoint's dtype. `input_dims` / `output_dims`: every K / N of the expert matrices (int4
+    groups split K; torch's int4 CPU pack needs N divisible by INT4_N_MULTIPLE)."""
+    if expert_dtype is None:
+        if group_size is not None:
+            raise FormatError(f"group_size={group_size!r} needs expert_dtype='int4'")
+        return None
+    name = dtype_label(expert_dtype) if isinstance(expert_dtype, torch.dtype) else \
+        {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(str(expert_dtype).lower(),
+                                                                      str(expert_dtype).lower())
+    if name.startswith("int4-g"):  # a label such as eng.expert_dtype or a plan writes
+        label_group = name.removeprefix("int4-g")
+        if not label_group.isdigit() or (group_size is not None and group_size != int(label_group)):
+            raise FormatError(f"expert_dtype {expert_dtype!r} and group_size={group_size!r} "
+                              "disagree; pass expert_dtype='int4' with the group_size you want")
+        name, group_size = "int4", int(label_group)
+    if name not in KNOWN_FORMATS:
+        raise FormatError(f"unknown expert_dtype {expert_dtype!r}; use one of "
+                          f"{', '.join(KNOWN_FORMATS)} (or None to keep the checkpoint's)")
+    if name != "int4":
+        if group_size is not None:
+            raise FormatError(f"group_size={group_size!r} applies to expert_dtype='int4' only, "
+                              f"not {name!r}; drop it")
+        return ExpertFormat(name)
+    bad_n = sorted({n for n in output_dims if n % INT4_N_MULTIPLE})
+    if bad_n:
+        raise FormatError(f"int4 needs expert output dims divisible by {INT4_N_MULTIPLE} (torch's "
+                          f"int4 CPU kernel); {model} has {bad_n}; use expert_dtype='int8'")
+    if group_size is None:
+        fits = [g for g in INT4_GROUP_SIZES if all(k % g == 0 for k in input_dims)]
+        if not fits:
+            raise FormatError(f"int4 needs input dims divisible by one of {INT4_GROUP_SIZES}, "
+                              f"this model has {input_dims}; use expert_dtype='int8'")
+        return ExpertFormat("int4", DEFAULT_INT4_GROUP if DEFAULT_INT4_GROUP in fits else max(fits))
+    if group_size not in INT4_GROUP_SIZES:
+        raise FormatError(f"int4 group_size {group_size!r} is not supported by the kernels; use "
+                          f"one of {INT4_GROUP_SIZES} (or None for the default)")
+    bad = [k for k in input_dims if k % group_size]
+    if bad:
+        raise FormatError(f"int4 group_size {group_size} does not divide the expert input dim(s) "
+                          f"{sorted(set(bad))} of {model}; pass a group_size that does, e.g. 32")
+    return ExpertFormat("int4", group_size)
+
+
+# ---- int8: one scale per output channel -------------------------------------------------
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., N, K] float -> (q [..., N, K] int8, scale [..., N] fp32). All-zero rows get
+    scale 1 (q = 0), so nothing divides by zero."""
+    w32 = w.float()
+    amax = w32.abs().amax(dim=-1)  # [..., N]
+    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    q = torch.round(w32 / scale.unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(q [..., N, K], scale [..., N]) -> w [..., N, K] in `dtype` (scale rounded to `dtype`
+    first, as the kernels see it)."""
+    return (q.float() * scale.to(dtype).float().unsqueeze(-1)).to(dtype)
+
+
+# ---- int4: one scale per G inputs of an output channel ----------------------------------
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., N, K] float -> (q [..., N, K] int8 in [-7, 7], scale [..., N, K/G] fp32).
+    All-zero groups get scale 1."""
+    *lead, n, k = w.shape
+    if k % group_size:
+        raise FormatError(f"int4 group_size {group_size} does not divide K={k}")
+    wg = w.float().reshape(*lead, n, k // group_size, group_size)  # [..., N, K/G, G]
+    amax = wg.abs().amax(dim=-1)  # [..., N, K/G]
+    scale = torch.where(amax > 0, amax / INT4_MAX, torch.ones_like(amax))
+    q = torch.round(wg / scale.unsqueeze(-1)).clamp_(-INT4_MAX, INT4_MAX).to(torch.int8)
+    return q.reshape(*lead, n, k), scale
+
+
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(q [..., N, K], scale [..., N, K/G]) -> w [..., N, K] in `dtype`."""
+    *lead, n, k = q.shape
+    groups = scale.shape[-1]
+    qg = q.float().reshape(*lead, n, groups, k // groups)
+    w = qg * scale.to(dtype).float().unsqueeze(-1)
+    return w.reshape(*lead, n, k).to(dtype)
+
+
+def pack_int4_cpu(q: torch.Tensor) -> torch.Tensor:
+    """q [N, K] int8 in [-8, 7] -> torch's CPU int4 pack [N, K/2] uint8."""
+    u = (q.to(torch.int32) + INT4_OFFSET).contiguous()
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1)
+
+
+def int4_scales_and_zeros(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """scale [N, K/G] -> [K/G, N, 2] (scale, zero=0) in `dtype`, the layout torch's int4 CPU
+    kernel reads."""
+    s = scale.to(dtype).t()  # [K/G, N]
+    return torch.stack([s, torch.zeros_like(s)], dim=-1).contiguous()
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """q [..., K] int8 in [-8, 7] -> [..., K/2] uint8, low nibble = even k (for GPU unpacking)."""
+    u = (q.to(torch.int16) + INT4_OFFSET).to(torch.uint8)
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_nibbles`: [..., K/2] uint8 -> [..., K] int8."""
+    low = (packed & 0xF).to(torch.int8) - INT4_OFFSET
+    high = (packed >> 4).to(torch.int8) - INT4_OFFSET
+    return torch.stack([low, high], dim=-1).flatten(-2)
+
+
+def roundtrip(w: torch.Tensor, fmt: ExpertFormat, dtype: torch.dtype) -> torch.Tensor:
+    """dequant(quant(w)) in `dtype`: exactly the weights the engine's kernels multiply by
+    (what `write_dequantized` stores). w [..., N, K]."""
+    if fmt.name == "int8":
+        return dequantize_int8(*quantize_int8(w), dtype)
+    if fmt.name == "int4":
+        return dequantize_int4(*quantize_int4(w, fmt.group_size), dtype)
+    return w.to(fmt.float_dtype)
+
+
+def half_step(w: torch.Tensor, fmt: ExpertFormat) -> torch.Tensor:
+    """Half the quantization step each weight of w [..., N, K] sees (the error bound)."""
+    if fmt.name == "int8":
+        return quantize_int8(w)[1].unsqueeze(-1).expand_as(w) / 2
+    scale = quantize_int4(w, fmt.group_size)[1]  # [..., N, K/G]
+    return scale.repeat_interleave(fmt.group_size, dim=-1) / 2

@@ -1,0 +1,37 @@
+"""The compressed-experts targets table, on the tiny shape (plumbing; no timing asserted).
+The Mixtral-shaped run is `fiddler-nb bench --cpu-suite --expert-dtype bf16 int8 int4`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fiddler_nb.benchmarks.format_suite import STOCK, run_format_suite
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_format_suite(shape="tiny", layers=1, rounds=2, prefill=16, decode_tokens=3,
+                            probe_bytes=8 << 20, rotate_bytes=1 << 20, threads=1, command="pytest", progress=False)
+
+
+def test_rows_for_stock_and_every_format(result):
+    assert set(result.rows) == {STOCK, "engine-bf16", "engine-int8", "engine-int4-g64"}
+    assert result.rows[STOCK]["decode_x_stock"] == 1.0
+    for name, row in result.rows.items():
+        assert row["decode_tps"] > 0 and row["prefill_tps"] > 0, name
+        assert len(row["decode_samples"]) == 2
+    assert result.rows["engine-int8"]["bytes_x_bf16"] < 0.55
+    assert result.rows["engine-int4-g64"]["bytes_x_bf16"] < 0.35
+    for label in ("bf16", "int8", "int4-g64"):
+        assert result.rows[f"engine-{label}"]["kernel_bw_ratio"] > 0
+    assert result.machine["isa"] and result.command == "pytest"
+
+
+def test_json_and_table(result, tmp_path):
+    data = json.loads(result.save(tmp_path / "f.json").read_text())
+    assert data["rows"].keys() == result.rows.keys() and data["kind"] == "measured"
+    table = result.table()
+    assert "| engine-int8 |" in table and "command: pytest" in table
+    assert result.machine["isa"] in table
