@@ -9,8 +9,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 import fiddler_nb as fnb
 from fiddler_nb.cli.chat import ANSWER, STOPPED, chat_loop
 from fiddler_nb.cli.main import main
