@@ -77,10 +77,11 @@ def _restore(eng: fnb.Engine, before: tuple) -> None:
 
 # ---- loading -----------------------------------------------------------------------------
 LOAD_ARGS = ["device", "dtype", "expert_budget", "placement", "execution", "gpu_memory",
-             "scratch_slots", "seed", "popularity", "profile"]
+             "expert_dtype", "group_size", "threads", "workload", "plan", "scratch_slots", "seed",
+             "popularity", "profile"]
 
 
-@FUZZ
+@settings(FUZZ, max_examples=45)
 @given(arg=st.sampled_from(LOAD_ARGS), value=junk)
 def test_load_with_a_malformed_argument(mixtral_path, arg, value):
     built = []

@@ -52,7 +52,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     expert_dtype / group_size: the routed experts' format (runtime/quant.py); None keeps the
     checkpoint's. kernels: the CPU kernel per format and token count (None: the default).
     """
-    _check_options(placement, execution, scratch_slots, seed, popularity)
+    _check_options(placement, execution, scratch_slots, seed, popularity, workload, threads)
     if expert_budget is not None and gpu_memory is not None:
         raise OptionError("pass expert_budget or gpu_memory, not both")
     if gpu_memory is not None:
@@ -70,6 +70,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
                           f"{num_layers * num_experts} experts ({num_layers} MoE layers x "
                           f"{num_experts}); pass 0..{num_layers * num_experts}")
     fmt = check_format(meta_layers, expert_dtype, group_size)
+    _check_slots(scratch_slots, num_experts)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
     if popularity is not None and (popularity.num_layers, popularity.num_experts) != (num_layers, num_experts):
@@ -101,7 +102,7 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
     With `expert_dtype` the model's experts are converted in place (layer by layer).
     """
-    _check_options(placement, execution, scratch_slots, seed, popularity)
+    _check_options(placement, execution, scratch_slots, seed, popularity, workload, threads)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
     dev = resolve_device(device)
@@ -127,6 +128,7 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
     """Attach an Engine to a model whose non-experts are on `dev` and whose experts are in
     `fmt` (None: the float dtype they have); undo everything on error."""
     layers = find_moe_layers(model)
+    _check_slots(scratch_slots, layers[0].num_experts)
     storage = storage_for(layers[0], fmt, dev, model)
     store = ExpertStore(layers, dev, scratch_slots, storage=storage,
                         kernels=kernels or DEFAULT_CHOICE)
@@ -159,7 +161,7 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
 
 
 def _check_options(placement: str, execution: str, scratch_slots: int, seed: int,
-                   popularity: Any) -> None:
+                   popularity: Any, workload: Any = None, threads: Any = None) -> None:
     make_placement(placement), make_execution(execution)  # unknown names fail before loading
     check_int("scratch_slots", scratch_slots, minimum=1,
               hint="GPU buffers for transferred experts")
@@ -167,6 +169,16 @@ def _check_options(placement: str, execution: str, scratch_slots: int, seed: int
     if popularity is not None and not isinstance(popularity, (Popularity, str, Path)):
         raise OptionError(f"popularity must be a Popularity or the path of a saved one, got "
                           f"{type(popularity).__name__}")
+    if workload is not None and not isinstance(workload, Workload):
+        raise OptionError(f"workload must be a fnb.Workload or None, got {type(workload).__name__}")
+    if threads is not None:
+        check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
+
+
+def _check_slots(scratch_slots: int, num_experts: int) -> None:
+    """More scratch slots than a layer has experts could never be used (and only cost memory)."""
+    check_int("scratch_slots", scratch_slots, minimum=1, maximum=num_experts,
+              hint="GPU buffers for transferred experts, at most one per expert of a layer")
 
 
 def resolve_path(path: str | Path) -> Path:

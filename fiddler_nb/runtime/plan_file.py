@@ -21,7 +21,7 @@ from typing import Any
 from .errors import FileFormatError, MissingFileError, OptionError, one_line
 from .execution import make_execution
 from .placement import make_placement
-from .validate import check_int
+from .validate import check_int, check_path
 from .workload import Workload
 
 PLAN_FORMAT = "fiddler_nb.plan"
@@ -188,7 +188,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        path = Path(path)
+        path = check_path("plan path", path)
         if not path.is_file():
             raise MissingFileError(f"plan file {path} does not exist; make one with "
                                    "fnb.autotune(...).save(path) or `fiddler-nb autotune --out`")
@@ -213,7 +213,12 @@ def use_workload(engine: Any, workload: Workload) -> None:
 
 
 def as_plan(plan: "Plan | str | Path") -> Plan:
-    return plan if isinstance(plan, Plan) else Plan.load(plan)
+    if isinstance(plan, Plan):
+        return plan
+    if not isinstance(plan, (str, Path)) or not str(plan):
+        raise OptionError(f"plan must be a fnb.Plan or the path of a saved one, got "
+                          f"{type(plan).__name__}")
+    return Plan.load(plan)
 
 
 def _f(value: float | None, digits: int = 1) -> str:
