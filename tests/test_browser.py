@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
 from browser_helpers import (CHROMIUM, CHROMIUM_ARGS, jupyter_lab, missing_requirements,
-                             plot_points)
+                             plot_points, wait_until)
 
 pytestmark = pytest.mark.browser
 
@@ -29,16 +28,6 @@ RUN_ALL_S = 180  # kernel start + model build + calibration + a 5-budget sweep, 
 CLICK_S = 60  # one measured point on the tiny model
 VIEWPORT = {"width": 1400, "height": 1000}
 FIGURES = 2  # plotly figures notebook 03 shows once every cell ran: the tuner's, the breakdown
-
-
-def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _budget_readout(page) -> int:
@@ -81,13 +70,13 @@ def _drive(page, server, shot: Path) -> tuple[int, int, int, str, str]:
     error line)."""
     page.goto(server.notebook_url(NOTEBOOK))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    _wait(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), 60,
+    wait_until(lambda: "Idle" in page.locator("#jp-main-statusbar").inner_text(), 60,
           "the kernel to start")
     page.click(".lm-MenuBar-item:has-text('Run')")
     page.click(".lm-Menu-item:has-text('Run All Cells')")
 
     page.wait_for_selector(f"{TUNER} .js-plotly-plot", timeout=RUN_ALL_S * 1000)
-    _wait(lambda: page.locator(".jp-Notebook .js-plotly-plot").count() >= FIGURES,
+    wait_until(lambda: page.locator(".jp-Notebook .js-plotly-plot").count() >= FIGURES,
           RUN_ALL_S, "the last cell's figure (all cells run)")
     before = plot_points(page, TUNER)
     assert before > 0, "the sweep cell drew no points in the tuner plot"
@@ -95,10 +84,10 @@ def _drive(page, server, shot: Path) -> tuple[int, int, int, str, str]:
 
     page.locator(f"{TUNER} .noUi-handle").first.focus()
     page.keyboard.press("ArrowRight")  # one step up
-    _wait(lambda: _budget_readout(page) == budget + 1, 10, "the slider to move")
+    wait_until(lambda: _budget_readout(page) == budget + 1, 10, "the slider to move")
     page.click(f"{TUNER} button:has-text('Measure this budget')")
 
-    after = _wait(lambda: plot_points(page, TUNER) > before and plot_points(page, TUNER),
+    after = wait_until(lambda: plot_points(page, TUNER) > before and plot_points(page, TUNER),
                   CLICK_S, "a new point in the tuner plot")
     status = page.locator(f"{TUNER} .widget-html").first.inner_text()
     page.locator(TUNER).scroll_into_view_if_needed()

@@ -20,7 +20,6 @@ Shape legend: H = hidden size, I = expert intermediate size, C = expert copies r
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shlex
 import statistics
@@ -34,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..runtime.config import ModelShape, get_shape, resolve_dtype
 from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
+from ..runtime.config import ModelShape, get_shape, resolve_dtype
+from ..runtime.files import write_json
 
 KERNEL_COPIES = 2  # experts rotated over so each call reads its weights from DRAM
 KERNEL_REPEATS = 15
@@ -64,10 +64,7 @@ class CpuSuiteResult:
     kind: str = "measured"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
-        return path
+        return write_json(path, asdict(self))
 
     def summary(self) -> str:
         """Raw figures first, the three ratios last."""

@@ -18,7 +18,6 @@ Shape legend: T = prompt tokens.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import shlex
@@ -36,6 +35,7 @@ from ..measure.hardware import machine_facts
 from ..measure.kernel_choice import ROTATE_BYTES, measure_kernels
 from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
 from ..runtime.config import get_shape
+from ..runtime.files import write_json
 from ..runtime.quant import resolve_format
 from .naive import timed_generate
 
@@ -60,10 +60,7 @@ class FormatSuiteResult:
     kind: str = "measured"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
-        return path
+        return write_json(path, asdict(self))
 
     def table(self) -> str:
         s = self.settings

@@ -19,7 +19,6 @@ C = rotated weight copies (to defeat the CPU's last-level cache).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -30,11 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.config import ModelShape, get_shape, resolve_dtype
-from ..runtime.errors import FileFormatError, MissingFileError, OptionError, one_line
+from ..runtime.errors import FileFormatError, OptionError, one_line
+from ..runtime.files import read_json, write_json
 from ..runtime.kernels import KernelChoice
 from ..runtime.latency import Curve, LatencyModel, default_latency_model
 from ..runtime.quant import ExpertFormat, resolve_format
-from ..runtime.validate import check_int, check_path
+from ..runtime.validate import check_int
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
 from .kernel_choice import KernelMeasurement, measure_kernels
 from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gbps,  # noqa: F401
@@ -164,10 +164,7 @@ class HardwareProfile:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "HardwareProfile":
@@ -204,15 +201,8 @@ class HardwareProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> "HardwareProfile":
-        path = check_path("profile path", path)
-        if not path.is_file():
-            raise MissingFileError(f"hardware profile {path} does not exist; measure one with "
-                                   "`fiddler-nb profile --out FILE` or fnb.profile_hardware()")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise FileFormatError(f"hardware profile {path} is not readable JSON ({one_line(err)}); "
-                                  "measure it again with `fiddler-nb profile --out FILE`") from None
+        data = read_json(path, "hardware profile", "measure one with `fiddler-nb profile "
+                         "--out FILE` or fnb.profile_hardware()")
         return cls.from_dict(data, source=str(path))
 
 

@@ -12,16 +12,16 @@ else with a FiddlerError. `fnb.load(path, plan=plan_or_path)` starts from the pl
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FileFormatError, MissingFileError, OptionError, one_line
+from .errors import FileFormatError, OptionError, one_line
 from .execution import make_execution
+from .files import read_json, write_json
 from .placement import make_placement
-from .validate import check_int, check_path
+from .validate import check_int
 from .workload import Workload
 
 PLAN_FORMAT = "fiddler_nb.plan"
@@ -157,10 +157,7 @@ class Plan:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **asdict(self)}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
@@ -188,15 +185,8 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        path = check_path("plan path", path)
-        if not path.is_file():
-            raise MissingFileError(f"plan file {path} does not exist; make one with "
-                                   "fnb.autotune(...).save(path) or `fiddler-nb autotune --out`")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FileFormatError(f"{path} is not JSON ({one_line(err)}); pass a file saved by "
-                                  "Plan.save") from None
+        data = read_json(path, "plan file", "make one with fnb.autotune(...).save(path) or "
+                         "`fiddler-nb autotune --out`")
         return cls.from_dict(data, str(path))
 
 
