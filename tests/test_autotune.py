@@ -167,7 +167,7 @@ def test_plan_load_refuses_other_files(engine, tmp_path, change, match):
     with pytest.raises(FiddlerError, match=match):
         fnb.Plan.load(path)
     path.write_text("not json")
-    with pytest.raises(FiddlerError, match="not JSON"):
+    with pytest.raises(FiddlerError, match="not readable JSON"):
         fnb.Plan.load(path)
     with pytest.raises(FiddlerError, match="does not exist"):
         fnb.Plan.load(tmp_path / "missing.json")
