@@ -40,6 +40,37 @@ def missing_requirements() -> str | None:
     return None
 
 
+REPO = Path(__file__).resolve().parents[1]
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+@contextmanager
+def notebook_page(tmp_path: Path, notebook: str) -> Iterator[tuple["LabServer", object]]:
+    """(server, page): JupyterLab in smoke mode serving a copy of notebooks/<notebook>, and a
+    headless Chromium page. Skips the test, with the reason, when the browser cannot run."""
+    import shutil
+
+    import pytest
+
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(REPO / "notebooks" / notebook, root / notebook)
+    cache = os.environ.get("FIDDLER_NB_CACHE") or str(tmp_path / "cache")
+    with jupyter_lab(root, {"FIDDLER_NB_CACHE": cache, "FIDDLER_NB_MODE": "smoke"}) as server, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                     headless=True)
+        try:
+            yield server, browser.new_page(viewport=VIEWPORT)
+        finally:
+            browser.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,15 +9,13 @@ Skipped (with the reason) without /usr/bin/chromium or the playwright package.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from browser_helpers import (CHROMIUM, CHROMIUM_ARGS, jupyter_lab, missing_requirements,
-                             plot_points, wait_until)
+from browser_helpers import notebook_page, plot_points, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -26,7 +24,6 @@ NOTEBOOK = "03_tune_the_gpu_expert_budget.ipynb"
 TUNER = ".fnb-tuner"  # widgets.CSS_CLASS
 RUN_ALL_S = 180  # kernel start + model build + calibration + a 5-budget sweep, smoke mode
 CLICK_S = 60  # one measured point on the tiny model
-VIEWPORT = {"width": 1400, "height": 1000}
 FIGURES = 2  # plotly figures notebook 03 shows once every cell ran: the tuner's, the breakdown
 
 
@@ -36,29 +33,14 @@ def _budget_readout(page) -> int:
 
 
 def test_tuner_renders_and_reruns_in_jupyterlab(tmp_path):
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    root = tmp_path / "root"
-    root.mkdir()
-    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
-    cache = os.environ.get("FIDDLER_NB_CACHE") or str(tmp_path / "cache")
-    env = {"FIDDLER_NB_CACHE": cache, "FIDDLER_NB_MODE": "smoke"}
     shot = tmp_path / "screenshot.png"
-    with jupyter_lab(root, env) as server, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                     headless=True)
-        page = browser.new_page(viewport=VIEWPORT)
+    with notebook_page(tmp_path, NOTEBOOK) as (server, page):
         try:
             before, after, budget, status, errors = _drive(page, server, shot)
         except BaseException:
             page.screenshot(path=str(shot), full_page=True)  # what the page showed at failure
             _keep(shot)
             raise
-        finally:
-            browser.close()
     _keep(shot)
     assert after == before + 1, f"the plot had {before} points and now has {after}"
     assert f"budget {budget + 1} experts" in status, f"status line after the click: {status!r}"

@@ -9,15 +9,13 @@ Skipped (with the reason) without /usr/bin/chromium or the playwright package.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from browser_helpers import (CHROMIUM, CHROMIUM_ARGS, jupyter_lab, missing_requirements,
-                             run_all_cells, wait_until)
+from browser_helpers import notebook_page, run_all_cells, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -28,25 +26,11 @@ RUN_ALL_S = 180  # kernel start, tiny model, calibration, a 10 s autotune, smoke
 ANSWER_S = 90  # nbmode smoke chat_tokens (200) on the tiny model, loaded machine
 POLL_S = 0.05
 MESSAGE = "Hello from the browser"
-VIEWPORT = {"width": 1400, "height": 1000}
 
 
 def test_chat_box_streams_an_answer_in_jupyterlab(tmp_path):
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    root = tmp_path / "root"
-    root.mkdir()
-    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
-    cache = os.environ.get("FIDDLER_NB_CACHE") or str(tmp_path / "cache")
     shot = tmp_path / "chat.png"
-    with jupyter_lab(root, {"FIDDLER_NB_CACHE": cache, "FIDDLER_NB_MODE": "smoke"}) as server, \
-            sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                     headless=True)
-        page = browser.new_page(viewport=VIEWPORT)
+    with notebook_page(tmp_path, NOTEBOOK) as (server, page):
         try:
             lengths, user_shown, status = _drive(page, server)
             page.locator(CHAT).scroll_into_view_if_needed()
@@ -55,7 +39,6 @@ def test_chat_box_streams_an_answer_in_jupyterlab(tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             raise
         finally:
-            browser.close()
             _keep(shot)
     assert user_shown, "the typed message is not in the chat history"
     assert lengths and lengths[-1] > 0, "no assistant text appeared"
