@@ -139,3 +139,12 @@ def test_cli_plan_warns_first_without_a_gpu_preset(tmp_path, capsys, preset):
         assert lines[0] == f"warning: {UNMEASURED_GPU}"
     else:
         assert not any(UNMEASURED_GPU in line for line in lines)
+
+
+@pytest.mark.parametrize("budgets", [object(), [], "20GiB", 5])
+def test_budgets_that_are_not_a_list_are_refused_in_one_line(budgets):
+    from fiddler_nb.runtime.errors import OptionError
+
+    with pytest.raises(OptionError, match="budgets") as err:
+        plan(SMALL, synthetic_profile(), budgets=budgets)
+    assert "\n" not in str(err.value)

@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.config import get_shape
-from ..runtime.errors import BudgetError, FiddlerError, OptionError
-from ..runtime.validate import check_int, check_name
+from ..runtime.errors import BudgetError, FiddlerError
+from ..runtime.validate import check_int, check_list, check_name
 
 STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (placement, execution) in the engine
     "fiddler": ("popularity", "auto"),
@@ -152,26 +152,18 @@ def default_budgets(total_experts: int) -> list[int]:
 MAX_BATCH = 1 << 12  # rows per generate call; more would only exhaust memory
 
 
-def _as_list(name: str, values: Any) -> list:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range)):
-        raise OptionError(f"{name} must be a list or tuple, got {values!r}")
-    if not values:
-        raise OptionError(f"{name} is empty; give at least one value")
-    return list(values)
-
-
 def validate_bench_args(strategies: Any, budgets: Any, prompt_lengths: Any, new_tokens: Any,
                         batches: Any, repeats: Any, warmup: Any, on_mismatch: Any,
                         full_shape: Any, seed: Any) -> None:
     """Every argument of `bench` that can be checked before loading (FiddlerError if not)."""
-    for s in _as_list("strategies", strategies):
+    for s in check_list("strategies", strategies):
         check_name("strategy", s, STRATEGIES)
     check_name("on_mismatch", on_mismatch, ("raise", "record"))
     for name, values in (("prompt_lengths", prompt_lengths), ("batches", batches)):
-        for v in _as_list(name, values):
+        for v in check_list(name, values):
             check_int(f"each of {name}", v, minimum=1,
                       maximum=MAX_BATCH if name == "batches" else None)
-    for v in _as_list("budgets", budgets) if budgets is not None else ():
+    for v in check_list("budgets", budgets) if budgets is not None else ():
         check_int("each of budgets", v, minimum=0)
     check_int("new_tokens", new_tokens, minimum=1)
     check_int("repeats", repeats, minimum=1)

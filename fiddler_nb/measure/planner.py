@@ -43,7 +43,7 @@ from ..runtime.placement import PlacementRequest, make_placement
 from .profiler import HardwareProfile
 from ..runtime.popularity import Popularity
 from ..runtime.quant import resolve_format
-from ..runtime.validate import check_float, check_int, check_name
+from ..runtime.validate import check_float, check_int, check_list, check_name
 
 MAX_PLAN_TOKENS = 1 << 20  # a million-token prompt: past every preset's context
 MAX_SAMPLES = 1 << 16  # decode tokens sampled per projection; more changes nothing but time
@@ -223,9 +223,7 @@ def plan(shape: ModelShape | str, profile: HardwareProfile | str | Path,
         make_execution(name)
     for name in baselines:
         check_name("baseline", name, BASELINES)
-    if isinstance(budgets, (str, int)) or budgets is None or not len(budgets):
-        raise OptionError(f"budgets must be a non-empty list (of ints, memory sizes or None), "
-                          f"got {budgets!r}")
+    budgets = check_list("budgets", budgets, "ints, memory sizes or None")
     for b in budgets:  # a number of experts the model does not have is a mistake, not a clamp
         if isinstance(b, int) and not isinstance(b, bool):
             check_int("expert budget", b, minimum=0, maximum=shape.total_experts,

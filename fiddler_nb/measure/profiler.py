@@ -34,7 +34,7 @@ from ..runtime.files import read_json, write_json
 from ..runtime.kernels import KernelChoice
 from ..runtime.latency import Curve, LatencyModel, default_latency_model
 from ..runtime.quant import ExpertFormat, resolve_format
-from ..runtime.validate import check_int
+from ..runtime.validate import check_int, check_list
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
 from .kernel_choice import KernelMeasurement, measure_kernels
 from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gbps,  # noqa: F401
@@ -255,10 +255,7 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
     if not isinstance(quick, bool):
         raise OptionError(f"quick must be True or False, got {quick!r}")
     if tokens is not None:
-        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, (list, tuple, range)) \
-                or not tokens:
-            raise OptionError(f"tokens must be a non-empty list of token counts, got {tokens!r}")
-        for n in tokens:
+        for n in check_list("tokens", tokens, "token counts"):
             check_int("each of tokens", n, minimum=1, maximum=MAX_PROFILE_TOKENS)
         tokens = sorted(set(tokens))
     name, hidden, inter, torch_dtype = _resolve_target(shape_or_engine, dtype)

@@ -19,8 +19,7 @@ from transformers import DynamicCache
 from .adapters import MoELayer
 from .config import EngineConfig
 from .execution import make_execution
-from .errors import (ContextLengthError, EngineClosedError, FileFormatError, InputError,
-                     OptionError)
+from .errors import ContextLengthError, EngineClosedError, InputError
 from .experts import ExpertStore
 from .kernels import KernelChoice
 from .memory import MemoryReport, memory_report
@@ -31,8 +30,9 @@ from .popularity import Popularity
 from .stats import GenerationStats, StatsRecorder, phase_stats
 from .timing import FirstTokenClock, sync, torch_threads, with_clock
 from .trace import StepTrace, Tracer
-from .validate import check_attention_mask, check_int, check_prompt_text, check_token_ids
-from .workload import Workload
+from .validate import (check_attention_mask, check_int, check_prompt_text, check_threads,
+                       check_token_ids)
+from .workload import Workload, check_workload
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -179,8 +179,7 @@ class Engine:
         """Change several settings with one re-placement (one round of weight copies)."""
         if execution is not None:
             make_execution(execution)  # validate before touching anything
-        if threads is not None:
-            check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
+        check_threads(threads)
         changes = {k: v for k, v in (("expert_budget", expert_budget), ("placement", placement))
                    if v is not None}
         if changes:
@@ -199,17 +198,13 @@ class Engine:
 
     def set_threads(self, threads: int | None) -> None:
         """torch CPU threads used while generating (None: whatever torch is set to)."""
-        if threads is not None:
-            check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
-        self.config = replace(self.config, threads=threads)
+        self.config = replace(self.config, threads=check_threads(threads))
 
     def set_workload(self, workload: Workload | None) -> None:
         """Keep `workload`'s KV cache + activations free on the fast device (None: the fixed
         default); refused, with the numbers, if the current budget then no longer fits."""
         store = self._open().store
-        if workload is not None and not isinstance(workload, Workload):
-            raise OptionError(f"workload must be a fnb.Workload or None, got "
-                              f"{type(workload).__name__}")
+        check_workload(workload)
         old = (store.reserve_bytes, store.reserve_split)
         if workload is not None:
             store.set_reserve(*workload.reserve_for(self.model))
@@ -238,15 +233,9 @@ class Engine:
     def set_latency_model(self, latency: LatencyModel) -> None:
         self._open().latency = latency
 
-    def _check_popularity(self, popularity: Popularity) -> None:
-        if (popularity.num_layers, popularity.num_experts) != (self.num_layers, self.num_experts):
-            raise FileFormatError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] "
-                             f"but the model has {self.num_layers} MoE layers x "
-                             f"{self.num_experts} experts; record it on this model")
-
     def set_popularity(self, popularity: Popularity) -> None:
         """Use these routing counts; placement 'popularity' re-places at once."""
-        self._check_popularity(popularity)
+        popularity.check_shape(self.num_layers, self.num_experts)
         self.popularity = popularity
         if self.config.placement == "popularity":
             self._place(self.config)

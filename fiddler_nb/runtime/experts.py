@@ -29,6 +29,14 @@ GIB = 1 << 30
 DEFAULT_RESERVE_BYTES = GIB  # kept free on the GPU for activations and KV cache
 
 
+def check_budget_range(budget: int, num_layers: int, num_experts: int) -> None:
+    """BudgetError unless `budget` is an int in 0..(all experts of the model)."""
+    total = num_layers * num_experts
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= total:
+        raise BudgetError(f"expert budget {budget!r} is out of range: this model has {total} "
+                          f"experts ({num_layers} MoE layers x {num_experts}); pass 0..{total}")
+
+
 def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ...],
                storage: ExpertStorage | None = None, on_device: bool = False,
                choice: KernelChoice = DEFAULT_CHOICE) -> torch.Tensor:
@@ -138,11 +146,8 @@ class ExpertStore:
         self.reserve_bytes = int(kv_bytes) + int(activation_bytes)
 
     def check_budget(self, budget: int) -> None:
+        check_budget_range(budget, len(self.layers), self.num_experts)
         total = len(self.layers) * self.num_experts
-        if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= total:
-            raise BudgetError(f"expert budget {budget!r} is out of range: this model has {total} "
-                              f"experts ({len(self.layers)} MoE layers x {self.num_experts}); "
-                              f"pass 0..{total}")
         if self.is_cuda and self.reserve_split is not None:
             check_fits(budget, self._free_bytes(), self.expert_bytes, total, *self.reserve_split,
                        device=str(self.device))

@@ -17,8 +17,8 @@ from .adapters import find_moe_layers
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .engine import Engine
 from .execution import make_execution
-from .errors import BudgetError, FileFormatError, OptionError
-from .experts import GIB, ExpertStore
+from .errors import OptionError
+from .experts import GIB, ExpertStore, check_budget_range
 from .kernels import DEFAULT_CHOICE, KernelChoice
 from .latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
@@ -26,8 +26,8 @@ from .quant import ExpertFormat
 from .quantize_load import check_format, quantize_experts, storage_for
 from .placement import make_placement
 from .popularity import Popularity
-from .validate import check_int, check_path
-from .workload import Workload
+from .validate import check_int, check_path, check_threads
+from .workload import Workload, check_workload
 
 
 def load(path: str | Path, device: str | torch.device | None = None,
@@ -63,20 +63,14 @@ def load(path: str | Path, device: str | torch.device | None = None,
     check_checkpoint(root)
     meta_layers = check_moe_config(root)
     num_layers, num_experts = len(meta_layers), meta_layers[0].num_experts
-    if expert_budget is not None and (isinstance(expert_budget, bool)
-                                      or not isinstance(expert_budget, int)
-                                      or not 0 <= expert_budget <= num_layers * num_experts):
-        raise BudgetError(f"expert budget {expert_budget!r} is out of range: this model has "
-                          f"{num_layers * num_experts} experts ({num_layers} MoE layers x "
-                          f"{num_experts}); pass 0..{num_layers * num_experts}")
+    if expert_budget is not None:
+        check_budget_range(expert_budget, num_layers, num_experts)
     fmt = check_format(meta_layers, expert_dtype, group_size)
     _check_slots(scratch_slots, num_experts)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
-    if popularity is not None and (popularity.num_layers, popularity.num_experts) != (num_layers, num_experts):
-        raise FileFormatError(f"popularity is [{popularity.num_layers}, {popularity.num_experts}] "
-                              f"but the model has {num_layers} MoE layers x {num_experts} experts; "
-                              "record it on this model with fnb.calibrate")
+    if popularity is not None:
+        popularity.check_shape(num_layers, num_experts)
     model = None
     try:
         model = load_model(root, dev, torch_dtype, fmt)
@@ -148,7 +142,7 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
         if threads is not None:
             engine.set_threads(threads)  # validates
         if popularity is not None:
-            engine._check_popularity(popularity)
+            popularity.check_shape(engine.num_layers, engine.num_experts)
             engine.popularity = popularity  # placed once, just below
         engine._place(config)
         return engine
@@ -169,10 +163,8 @@ def _check_options(placement: str, execution: str, scratch_slots: int, seed: int
     if popularity is not None and not isinstance(popularity, (Popularity, str, Path)):
         raise OptionError(f"popularity must be a Popularity or the path of a saved one, got "
                           f"{type(popularity).__name__}")
-    if workload is not None and not isinstance(workload, Workload):
-        raise OptionError(f"workload must be a fnb.Workload or None, got {type(workload).__name__}")
-    if threads is not None:
-        check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
+    check_workload(workload)
+    check_threads(threads)
 
 
 def _check_slots(scratch_slots: int, num_experts: int) -> None:

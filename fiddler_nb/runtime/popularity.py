@@ -41,6 +41,13 @@ class Popularity:
     def num_experts(self) -> int:
         return int(self.counts.shape[1])
 
+    def check_shape(self, num_layers: int, num_experts: int) -> None:
+        """FileFormatError unless these counts were recorded on a model of this shape."""
+        if (self.num_layers, self.num_experts) != (num_layers, num_experts):
+            raise FileFormatError(f"popularity is [{self.num_layers}, {self.num_experts}] but the "
+                                  f"model has {num_layers} MoE layers x {num_experts} experts; "
+                                  "record it on this model with fnb.calibrate")
+
     def share(self) -> torch.Tensor:
         """[L, E] fraction of each layer's pairs routed to each expert."""
         totals = self.counts.sum(dim=1, keepdim=True).clamp(min=1)

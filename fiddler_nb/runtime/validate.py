@@ -34,6 +34,22 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     return value
 
 
+def check_list(name: str, values: Any, what: str = "values") -> list:
+    """A non-empty list, tuple or range (not a string) as a list."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range)):
+        raise OptionError(f"{name} must be a list or tuple of {what}, got {_show(values)}")
+    if not values:
+        raise OptionError(f"{name} is empty; give at least one of {what}")
+    return list(values)
+
+
+def check_threads(threads: Any) -> int | None:
+    """torch CPU threads for generating: a positive int, or None for torch's own setting."""
+    if threads is not None:
+        check_int("threads", threads, minimum=1, hint="or None for torch's own setting")
+    return threads
+
+
 def check_float(name: str, value: Any, minimum: float | None = None,
                 strictly_positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:

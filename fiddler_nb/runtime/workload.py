@@ -109,6 +109,13 @@ class Workload:
         return text + "".join(f"; {n}" for n in kv.notes)
 
 
+def check_workload(workload: Any) -> Workload | None:
+    """A Workload or None (anything else: OptionError)."""
+    if workload is not None and not isinstance(workload, Workload):
+        raise OptionError(f"workload must be a fnb.Workload or None, got {type(workload).__name__}")
+    return workload
+
+
 def kv_cache_bytes(model_config: Any, tokens: int, batch: int, dtype_bytes: int) -> KvEstimate:
     """Bytes of transformers' KV cache holding `tokens` tokens of `batch` sequences."""
     cfg = _text_config(model_config)
