@@ -24,20 +24,21 @@ from .measure.hardware import GPU_PRESETS, LINK_PRESETS
 from .measure.planner import PlanRecord, plan, plan_table
 from .measure.profiler import HardwareProfile, profile_hardware
 from .runtime import policies
-from .runtime.config import SHAPE_PRESETS, EngineConfig, ModelShape, get_shape
-from .runtime.engine import Engine, GenerationResult
-from .runtime.dequantized import write_dequantized
+from .runtime.model.config import EngineConfig
+from .measure.shapes import SHAPE_PRESETS, ModelShape, get_shape
+from .runtime.engine.engine import Engine, GenerationResult
+from .runtime.engine.dequantized import write_dequantized
 from .runtime.errors import (BudgetError, CheckpointError, ContextLengthError, DeviceError,
                              EngineClosedError, FiddlerError, FileFormatError, FormatError,
                              InputError, MissingFileError, OptionError, UnsupportedModelError)
-from .runtime.latency import Curve, LatencyModel, assign_layer
-from .runtime.plan_file import Plan, PlanRow, PlanSettings
-from .runtime.popularity import Popularity
-from .runtime.stats import GenerationStats, PhaseStats
-from .runtime.streaming import GenerationStream, TokenEvent
-from .runtime.tiny import make_tiny_checkpoint
-from .runtime.model_facts import ModelFacts, inspect
-from .runtime.workload import Workload, kv_cache_bytes
+from .runtime.policies.latency import Curve, LatencyModel, assign_layer
+from .runtime.generation.plan_file import Plan, PlanRow, PlanSettings
+from .runtime.policies.popularity import Popularity
+from .runtime.generation.stats import GenerationStats, PhaseStats
+from .runtime.generation.streaming import GenerationStream, TokenEvent
+from .runtime.model.tiny import make_tiny_checkpoint
+from .runtime.engine.model_facts import ModelFacts, inspect
+from .runtime.generation.workload import Workload, kv_cache_bytes
 
 __version__ = "0.1.0"
 

@@ -15,16 +15,16 @@ from typing import Any, Union
 import torch
 
 from .measure.profiler import HardwareProfile, profile_hardware
-from .runtime import factory
-from .runtime.calibrate import calibrate
-from .runtime.engine import Engine
+from .runtime.engine import factory
+from .runtime.engine.calibrate import calibrate
+from .runtime.engine.engine import Engine
 from .runtime.errors import OptionError
-from .runtime.factory import latency_from
-from .runtime.kernels import KernelChoice
-from .runtime.latency import LatencyModel
-from .runtime.plan_file import Plan, as_plan
-from .runtime.popularity import Popularity
-from .runtime.workload import Workload
+from .runtime.engine.factory import latency_from
+from .runtime.kernels.registry import KernelChoice
+from .runtime.policies.latency import LatencyModel
+from .runtime.generation.plan_file import Plan, as_plan
+from .runtime.policies.popularity import Popularity
+from .runtime.generation.workload import Workload
 
 QUICK_PROFILE = "quick"  # profile= value: measure this machine at load time
 

@@ -11,7 +11,7 @@
    the time limit would be passed by one more point (at least one point is always measured),
    with a tqdm bar. Expert formats (`expert_dtypes` with more than one entry) each need a reload
    through `loader` and get an equal share of the time.
-4. Return a `Plan` (runtime/plan_file.py) with the best *measured* candidate: the one whose
+4. Return a `Plan` (runtime/generation/plan_file.py) with the best *measured* candidate: the one whose
    measured prefill and decode tokens/s give the workload the shortest time.
 
 `measure`, `clock`, `project` and `loader` are injectable, so tests are deterministic.
@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from .runtime.errors import FiddlerError
 from .runtime.validate import check_float
-from .runtime.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
+from .runtime.generation.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
                                 PlanSettings, use_workload)
-from .runtime.workload import Workload
+from .runtime.generation.workload import Workload
 
 DEFAULT_SECONDS = 120.0
 MEASURE_NEW_TOKENS = 32  # decode tok/s is steady after a few tokens; short points fit more in
@@ -269,7 +269,7 @@ def _default_projection(profile: Any) -> Callable:
 
 def engine_shape(engine: Any):
     """The planner's ModelShape of a loaded engine."""
-    from .runtime.config import ModelShape
+    from .measure.shapes import ModelShape
 
     layer = engine.layers[0]
     first = getattr(layer.module, layer.layout.first_name)  # [E, 2I, H] (or transposed)

@@ -9,8 +9,8 @@ import torch
 
 import fiddler_nb as fnb
 
-from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
-from fiddler_nb.runtime.tiny import make_tiny_checkpoint
+from fiddler_nb.runtime.model.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.model.tiny import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)

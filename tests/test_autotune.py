@@ -11,7 +11,7 @@ import pytest
 import fiddler_nb as fnb
 from fiddler_nb import tune
 from fiddler_nb.runtime.errors import FiddlerError
-from fiddler_nb.runtime.plan_file import TIME_LIMIT_STATUS, PlanRow, PlanSettings
+from fiddler_nb.runtime.generation.plan_file import TIME_LIMIT_STATUS, PlanRow, PlanSettings
 
 WORK = fnb.Workload(prompt_tokens=16, new_tokens=5)
 STEP_S = 10.0  # what one fake measurement takes on the fake clock

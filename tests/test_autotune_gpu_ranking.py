@@ -10,7 +10,7 @@ import pytest
 
 import fiddler_nb as fnb
 from fiddler_nb import tune
-from fiddler_nb.runtime.plan_file import PlanSettings
+from fiddler_nb.runtime.generation.plan_file import PlanSettings
 
 from test_widgets import synthetic_profile
 

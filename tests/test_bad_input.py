@@ -99,7 +99,7 @@ def test_failed_load_leaves_nothing_behind(mixtral_path, monkeypatch):
     """A budget error after the weights were read must not keep the model alive."""
     import transformers
 
-    from fiddler_nb.runtime.experts import ExpertStore
+    from fiddler_nb.runtime.engine.experts import ExpertStore
 
     # out of range is refused before loading; "does not fit the device" only after
     monkeypatch.setattr(ExpertStore, "max_resident_experts", lambda self: 3)
@@ -132,7 +132,7 @@ def test_text_prompt_without_tokenizer(tmp_path, mixtral_path):
 
 
 def test_budget_above_device_memory_says_how_many_fit(mixtral_path, monkeypatch):
-    from fiddler_nb.runtime.experts import ExpertStore
+    from fiddler_nb.runtime.engine.experts import ExpertStore
 
     monkeypatch.setattr(ExpertStore, "max_resident_experts", lambda self: 3)
     with pytest.raises(BudgetError, match=r"only 3 experts fit.*expert_budget<=3"):

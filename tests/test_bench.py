@@ -103,7 +103,7 @@ def test_random_model_and_budgets(tmp_path):
 
 def test_plots_say_measured_or_projected(records):
     from fiddler_nb.notebook.plots import latency_curves, tokens_per_s_vs_budget
-    from fiddler_nb.runtime.latency import default_latency_model
+    from fiddler_nb.runtime.policies.latency import default_latency_model
 
     fig = tokens_per_s_vs_budget(measured=records, prompt_tokens=8)
     assert "measured" in fig.layout.title.text and "tokens/s" in fig.layout.yaxis.title.text

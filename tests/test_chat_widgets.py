@@ -12,7 +12,7 @@ import pytest
 import fiddler_nb as fnb
 from fiddler_nb import tune
 from fiddler_nb.notebook import chat_widgets, plots, widgets
-from fiddler_nb.runtime.plan_file import PlanRow
+from fiddler_nb.runtime.generation.plan_file import PlanRow
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.model.adapters import TESTED_ARCHITECTURES
 
 from test_exactness import PROMPTS, _budgets, _tokens_and_logits, split_latency
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.model.adapters import TESTED_ARCHITECTURES
 
 from test_compressed_exactness import check_against_dequantized
 

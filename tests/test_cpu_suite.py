@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fiddler_nb.benchmarks.cpu_suite import CpuSuiteResult, experts_module, run_cpu_suite, run_kernel
-from fiddler_nb.runtime.config import get_shape
+from fiddler_nb.measure.shapes import get_shape
 
 SMALL_PROBE = 8 << 20  # bytes: fast, and no timing is asserted
 
@@ -47,9 +47,9 @@ def test_kernel_uses_the_engine_layout():
 
 
 def test_oneDNN_comparison_computes_the_engine_math():
-    from fiddler_nb.runtime.adapters import expert_weights
+    from fiddler_nb.runtime.model.adapters import expert_weights
     from fiddler_nb.benchmarks.cpu_suite import _onednn_expert
-    from fiddler_nb.runtime.experts import run_expert
+    from fiddler_nb.runtime.engine.experts import run_expert
 
     layer = experts_module(get_shape("tiny"), torch.bfloat16, copies=1)
     x, weights = torch.randn(1, 64).bfloat16(), expert_weights(layer, 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime.loading import experts_on_cpu
+from fiddler_nb.runtime.engine.loading import experts_on_cpu
 
 
 def test_experts_stay_in_cpu_memory_after_generation(mixtral_path):

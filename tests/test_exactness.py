@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
-from fiddler_nb.runtime.latency import Curve, LatencyModel
+from fiddler_nb.runtime.model.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.policies.latency import Curve, LatencyModel
 from fiddler_nb.runtime.policies import known_executions, known_placements
 
 NEW_TOKENS = 6

@@ -388,7 +388,7 @@ def test_workload_and_threads_with_junk(engine, prompt, new, batch, context, thr
 
 @pytest.fixture(scope="module")
 def plan_bytes(engine, tmp_path_factory):
-    from fiddler_nb.runtime.plan_file import Plan, PlanSettings
+    from fiddler_nb.runtime.generation.plan_file import Plan, PlanSettings
 
     settings_ = PlanSettings(expert_budget=4, placement="layer-balanced", execution="cpu",
                              threads=1)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from fiddler_nb.runtime.latency import Curve, LatencyModel, assign_layer, brute_force_assign
+from fiddler_nb.runtime.policies.latency import Curve, LatencyModel, assign_layer, brute_force_assign
 
 
 def _synthetic_model() -> LatencyModel:

@@ -147,3 +147,105 @@ def test_the_checker_catches_a_deliberate_upward_import_and_cycle(tmp_path):
 def test_each_layer_says_what_it_may_import(layer):
     doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text())) or ""
     assert "May import" in doc, f"fiddler_nb/{layer}/__init__.py should say what it may import"
+
+
+# ---- runtime's parts (issue 14) ----------------------------------------------------------------
+# runtime/ is split into subpackages; the plain modules at its own level are the shared base.
+# Each part's __init__.py docstring has a line "May import: base, model, ..." naming the parts
+# it may import; the checker reads those lines, so the docstring and the rule cannot drift.
+RUNTIME = "fiddler_nb.runtime"
+BASE = "base"
+MAX_PLAIN_RUNTIME_MODULES = 6  # issue 14: at most six plain modules left at runtime's level
+
+
+def part_of(module: str, root: Path = PACKAGE) -> str | None:
+    """'model', 'formats', ... for a module inside a runtime part, 'base' for runtime's own
+    plain modules, None outside the runtime (or for runtime/__init__ itself)."""
+    parts = module.split(".")
+    if module == RUNTIME or parts[:2] != RUNTIME.split("."):
+        return None
+    is_package = (root / Path(*parts[1:]) / "__init__.py").is_file()
+    return BASE if len(parts) == 3 and not is_package else parts[2]
+
+
+def allowed_parts(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """part -> the parts its docstring's 'May import:' line names (base may import only base)."""
+    out = {BASE: set()}
+    for init in sorted((root / "runtime").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        lines = [l for l in doc.splitlines() if l.strip().startswith("May import:")]
+        names = lines[0].split(":", 1)[1] if lines else ""
+        out[init.parent.name] = {n.strip(" .") for n in names.split(",") if n.strip(" .")}
+    return out
+
+
+def part_violations(graph: dict[str, set[str]], allowed: dict[str, set[str]],
+                    root: Path = PACKAGE) -> list[str]:
+    bad = []
+    for src, targets in graph.items():
+        src_part = part_of(src, root)
+        if src_part is None:
+            continue
+        for dst in targets:
+            dst_part = part_of(dst, root)
+            if dst_part is None or dst_part == src_part:
+                continue
+            if dst_part not in allowed.get(src_part, set()):
+                bad.append(f"{src} ({src_part}) imports {dst} ({dst_part}); {src_part} may "
+                           f"import: {', '.join(sorted(allowed.get(src_part, ()))) or 'nothing'}")
+    return sorted(bad)
+
+
+def part_graph(graph: dict[str, set[str]], root: Path = PACKAGE) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for src, targets in graph.items():
+        if (p := part_of(src, root)) is not None:
+            out.setdefault(p, set()).update(
+                q for d in targets if (q := part_of(d, root)) is not None and q != p)
+    return out
+
+
+def test_runtime_has_few_plain_modules():
+    plain = sorted(p.name for p in (PACKAGE / "runtime").glob("*.py") if p.name != "__init__.py")
+    assert len(plain) <= MAX_PLAIN_RUNTIME_MODULES, f"runtime/ has {len(plain)} plain modules: {plain}"
+
+
+def test_every_runtime_part_says_what_it_may_import():
+    allowed = allowed_parts()
+    for part, names in allowed.items():
+        unknown = names - set(allowed)
+        assert not unknown, f"runtime/{part}/__init__.py names unknown parts {sorted(unknown)}"
+    missing = [p for p, names in allowed.items() if p != BASE and not names]
+    assert not missing, f"runtime parts without a 'May import:' line: {missing}"
+
+
+def test_runtime_parts_import_only_what_their_docstrings_allow():
+    bad = part_violations(import_graph(), allowed_parts())
+    assert not bad, "a runtime part imports one its docstring does not allow:\n" + "\n".join(bad)
+
+
+def test_no_cycle_between_runtime_parts():
+    cycle = find_cycle(part_graph(import_graph()))
+    assert cycle is None, "cycle between runtime parts: " + " -> ".join(cycle)
+
+
+def test_the_part_checker_catches_a_planted_violation(tmp_path):
+    """A lazy import from a lower part into a higher one fails with its chain."""
+    root = tmp_path / "fiddler_nb"
+    (root / "runtime" / "model").mkdir(parents=True)
+    (root / "runtime" / "engine").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "runtime" / "__init__.py").write_text('"""May import: nothing."""\n')
+    (root / "runtime" / "errors.py").write_text("")
+    (root / "runtime" / "model" / "__init__.py").write_text('"""Model.\n\nMay import: base.\n"""\n')
+    (root / "runtime" / "engine" / "__init__.py").write_text(
+        '"""Engine.\n\nMay import: base, model.\n"""\n')
+    (root / "runtime" / "model" / "config.py").write_text(
+        "from ..errors import x\ndef f():\n    from ..engine.factory import g\n")
+    (root / "runtime" / "engine" / "factory.py").write_text("from ..model.config import f\n")
+    graph = import_graph(root)
+    bad = part_violations(graph, allowed_parts(root), root)
+    cycle = find_cycle(part_graph(graph, root))
+    assert bad == ["fiddler_nb.runtime.model.config (model) imports "
+                   "fiddler_nb.runtime.engine.factory (engine); model may import: base"]
+    assert cycle in (["engine", "model", "engine"], ["model", "engine", "model"])

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime.latency import Curve, LatencyModel
+from fiddler_nb.runtime.policies.latency import Curve, LatencyModel
 
 # one superset of size fields; each config class takes the ones it knows
 SMALL = dict(vocab_size=272, hidden_size=64, intermediate_size=128, moe_intermediate_size=64,

@@ -153,7 +153,7 @@ def test_cli_prints_one_line_and_no_warning(mixtral_path, capsys):
 
 
 def test_a_plan_that_does_not_fit_leaves_the_engine_as_it_was(engine):
-    from fiddler_nb.runtime.plan_file import Plan, PlanSettings
+    from fiddler_nb.runtime.generation.plan_file import Plan, PlanSettings
 
     plan = Plan(model=str(engine.path), workload=fnb.Workload(16, 4),
                 settings=PlanSettings(expert_budget=10**6, placement="first-layers",
@@ -169,7 +169,7 @@ def test_a_plan_that_does_not_fit_leaves_the_engine_as_it_was(engine):
 
 
 def test_a_plan_with_an_unknown_policy_is_a_damaged_file(tmp_path):
-    from fiddler_nb.runtime.plan_file import Plan
+    from fiddler_nb.runtime.generation.plan_file import Plan
 
     data = {"format": "fiddler_nb.plan", "version": 1}
     path = tmp_path / "p.json"

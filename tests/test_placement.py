@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fiddler_nb.runtime.placement import PlacementRequest, known_placements, make_placement
+from fiddler_nb.runtime.policies.placement import PlacementRequest, known_placements, make_placement
 
 L, E = 4, 8
 

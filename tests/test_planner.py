@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from fiddler_nb.runtime.config import SHAPE_PRESETS, ModelShape
+from fiddler_nb.measure.shapes import SHAPE_PRESETS, ModelShape
 from fiddler_nb.measure.planner import (UNMEASURED_GPU, PlanRecord, plan, plan_table, resolve_budget,
                                 zipf_shares)
 from fiddler_nb.measure.hardware import MachineFacts
 from fiddler_nb.measure.profiler import HardwareProfile
-from fiddler_nb.runtime.popularity import Popularity
+from fiddler_nb.runtime.policies.popularity import Popularity
 
 SMALL = ModelShape("small", num_layers=3, num_experts=8, top_k=2, hidden_size=256,
                    intermediate_size=512, non_expert_bytes=2_000_000)

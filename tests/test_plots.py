@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fiddler_nb.notebook import plots
-from fiddler_nb.runtime.popularity import Popularity
+from fiddler_nb.runtime.policies.popularity import Popularity
 from fiddler_nb.notebook.widgets import TunerPoint
 
 COUNTS = torch.tensor([[5, 1, 0, 4], [2, 2, 2, 2], [0, 0, 9, 1]])  # [L=3, E=4]
@@ -55,7 +55,7 @@ def test_timeline_lanes_bars_and_units():
 
 
 def test_timeline_from_a_step_trace_and_errors():
-    from fiddler_nb.runtime.trace import StepTrace, TraceEvent
+    from fiddler_nb.runtime.generation.trace import StepTrace, TraceEvent
 
     trace = StepTrace(tuple(TraceEvent(l, lane, a, b, 1) for l, lane, a, b in ROWS), 2.5,
                       "cuda:0", 1)

@@ -152,7 +152,7 @@ def test_profile_of_an_engine_with_other_experts_says_what_to_do(tiny_checkpoint
 def test_profiler_times_the_engines_kernel():
     """expert_forward must go through experts._linear (ATen GEMV for one bf16 CPU token)."""
     from fiddler_nb.measure import probes, profiler
-    from fiddler_nb.runtime.experts import _linear
+    from fiddler_nb.runtime.engine.experts import _linear
 
     assert probes._linear is _linear
     torch.manual_seed(0)

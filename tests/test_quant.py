@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime import quant
+from fiddler_nb.runtime.formats import quant
 from fiddler_nb.runtime.errors import FormatError
-from fiddler_nb.runtime.kernels import DEFAULT_CHOICE, Matrix, candidates, get_kernel, linear
+from fiddler_nb.runtime.kernels.registry import DEFAULT_CHOICE, Matrix, candidates, get_kernel, linear
 
 
 def _weights(seed: int = 0, n: int = 96, k: int = 128) -> torch.Tensor:
@@ -50,7 +50,7 @@ def test_nibble_pack_round_trips():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.label())
 def test_every_kernel_matches_the_dequantized_matmul(fmt, dtype):
-    from fiddler_nb.runtime.storage import convert_weight
+    from fiddler_nb.runtime.formats.storage import convert_weight
 
     w = _weights(2, 64, 128)
     stored = convert_weight(w[None], fmt, False, dtype, on_gpu=True)
@@ -64,7 +64,7 @@ def test_every_kernel_matches_the_dequantized_matmul(fmt, dtype):
     if fmt.name == "int4":  # the fast device's nibble copy dequantizes to the same weights
         m = Matrix("int4-nibbles", stored["_fnb_nibbles"][0], stored["_fnb_scale"][0],
                    fmt.group_size)
-        from fiddler_nb.runtime.kernels import dequantize_matrix
+        from fiddler_nb.runtime.kernels.registry import dequantize_matrix
 
         assert torch.equal(dequantize_matrix(m, dtype), quant.roundtrip(w, fmt, dtype))
     got = linear(x, Matrix(fmt.name, stored[""][0], stored["_fnb_scale"][0], fmt.group_size),
@@ -80,7 +80,7 @@ def test_every_kernel_matches_the_dequantized_matmul(fmt, dtype):
     (dict(group_size=64), "needs expert_dtype='int4'"),
 ])
 def test_bad_formats_fail_before_loading(kwargs, match, mixtral_path, monkeypatch):
-    from fiddler_nb.runtime import factory
+    from fiddler_nb.runtime.engine import factory
 
     def no_load(*a, **k):
         raise AssertionError("weights were read before the format was checked")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime.chat import chat_prompt_ids
+from fiddler_nb.runtime.generation.chat import chat_prompt_ids
 from fiddler_nb.runtime.errors import FiddlerError
-from fiddler_nb.runtime.tiny import CHAT_TEMPLATE
+from fiddler_nb.runtime.model.tiny import CHAT_TEMPLATE
 
 PROMPT = "The quick brown fox"
 NEW = 12

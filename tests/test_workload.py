@@ -8,9 +8,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import fiddler_nb as fnb
-from fiddler_nb.runtime.adapters import TESTED_ARCHITECTURES
+from fiddler_nb.runtime.model.adapters import TESTED_ARCHITECTURES
 from fiddler_nb.runtime.errors import BudgetError, FiddlerError
-from fiddler_nb.runtime.workload import check_fits, experts_that_fit, kv_cache_bytes
+from fiddler_nb.runtime.generation.workload import check_fits, experts_that_fit, kv_cache_bytes
 
 PROMPT, NEW, BATCH = 40, 5, 2  # 40 > gpt_oss's sliding window (32): the cap is exercised
 MIB = 1 << 20

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
-from ..runtime.config import ModelShape, get_shape, resolve_dtype
+from ..runtime.model.config import resolve_dtype
+from ..measure.shapes import ModelShape, get_shape
 from ..runtime.files import write_json
 
 KERNEL_COPIES = 2  # experts rotated over so each call reads its weights from DRAM
@@ -106,7 +107,7 @@ def experts_module(shape: ModelShape, dtype: torch.dtype, copies: int, seed: int
     """A real transformers experts module of `shape` with `copies` experts, filled on the CPU."""
     from transformers import AutoModelForCausalLM
 
-    from ..runtime.adapters import find_moe_layers
+    from ..runtime.model.adapters import find_moe_layers
     from .random_checkpoint import TILE_ELEMENTS, _tile_fill, random_config
 
     cfg = random_config(shape, layers=1, num_local_experts=copies)
@@ -141,8 +142,8 @@ def _onednn_expert(layer, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) ->
 def run_kernel(shape: ModelShape, dtype: torch.dtype, repeats: int = KERNEL_REPEATS) -> dict:
     """(a) ms and weight GB/s of `experts.run_expert` at 1 token, rotating over expert copies;
     interleaved with `_onednn_expert` (comparison: the same math through plain F.linear)."""
-    from ..runtime.adapters import expert_weights
-    from ..runtime.experts import run_expert
+    from ..runtime.model.adapters import expert_weights
+    from ..runtime.engine.experts import run_expert
 
     layer = experts_module(shape, dtype, KERNEL_COPIES)
     weights = [expert_weights(layer, e) for e in range(KERNEL_COPIES)]
@@ -178,7 +179,7 @@ def run_overhead(model: str = "tiny", repeats: int = OVERHEAD_REPEATS,
     from transformers import AutoModelForCausalLM
 
     from ..api import load
-    from ..runtime.factory import resolve_path
+    from ..runtime.engine.factory import resolve_path
     from .naive import timed_generate
 
     path = resolve_path(model)

@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 from ..measure.hardware import machine_facts
 from ..measure.kernel_choice import ROTATE_BYTES, measure_kernels
 from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
-from ..runtime.config import get_shape
+from ..measure.shapes import get_shape
 from ..runtime.files import write_json
-from ..runtime.quant import resolve_format
+from ..runtime.formats.quant import resolve_format
 from .naive import timed_generate
 
 STOCK = "stock-bf16"

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.config import get_shape
+from ..measure.shapes import get_shape
 from ..runtime.errors import BudgetError, FiddlerError
 from ..runtime.validate import check_int, check_list, check_name
 
@@ -190,7 +190,7 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     """
     from ..api import load
     from ..measure.hardware import machine_facts
-    from ..runtime.calibrate import calibrate
+    from ..runtime.engine.calibrate import calibrate
 
     validate_bench_args(strategies, budgets, prompt_lengths, new_tokens, batches, repeats, warmup,
                         on_mismatch, full_shape, seed)
@@ -261,8 +261,8 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
 def _base_fields(eng, facts, command: str, repeats: int, new_tokens: int) -> dict[str, Any]:
     """The record fields every cell shares: model shape, machine, run settings."""
     cfg = eng.model.config
-    from ..runtime.config import resolve_dtype
-    from ..runtime.quant import dtype_label
+    from ..runtime.model.config import resolve_dtype
+    from ..runtime.formats.quant import dtype_label
 
     same = eng.config.expert_dtype in ("", dtype_label(resolve_dtype(eng.config.dtype)))
     dtype = eng.config.dtype if same else f"{eng.config.dtype}, experts {eng.config.expert_dtype}"
@@ -338,8 +338,8 @@ def _run_engine_cell(eng, strategy: str, budget: int, case, ids: torch.Tensor, w
 
 def _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base, reference,
                on_mismatch, bar) -> list[BenchRecord]:
-    from ..runtime.config import resolve_device, resolve_dtype
-    from ..runtime.factory import resolve_path
+    from ..runtime.model.config import resolve_device, resolve_dtype
+    from ..runtime.engine.factory import resolve_path
     from .naive import load_naive, timed_generate
 
     dev = resolve_device(device)

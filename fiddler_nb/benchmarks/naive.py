@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.adapters import find_moe_layers, is_experts_module
-from ..runtime.timing import FirstTokenClock, sync, with_clock
+from ..runtime.model.adapters import find_moe_layers, is_experts_module
+from ..runtime.generation.timing import FirstTokenClock, sync, with_clock
 
 CPU_NOTE = ("no CUDA: accelerate cpu_offload hooks with execution device cpu; no weights cross a "
             "link, so this measures hook overhead only (not an offloading number); the expert "

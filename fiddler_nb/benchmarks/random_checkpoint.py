@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from ..runtime.errors import OptionError
-from ..runtime.config import ModelShape, get_shape, resolve_dtype
-from ..runtime.tiny import ROUTER_STD
+from ..runtime.model.config import resolve_dtype
+from ..measure.shapes import ModelShape, get_shape
+from ..runtime.model.tiny import ROUTER_STD
 
 TILE_ELEMENTS = 1_000_003  # a prime: tiled rows never line up with the block period
 TILE_REPEATS = 64  # copy ~128 MB per call in bf16: few Python iterations, little extra memory
@@ -105,7 +106,7 @@ def make_random_checkpoint(path: str | Path, shape: ModelShape | str = "mixtral-
                            layers: int = 2, dtype: str | torch.dtype = "bfloat16", seed: int = 0,
                            vocab_size: int = VOCAB_SIZE) -> Path:
     """Save `build_random_model(...)` with a byte tokenizer; reuses `path` if already complete."""
-    from ..runtime.tiny import build_tokenizer
+    from ..runtime.model.tiny import build_tokenizer
 
     out = Path(path)
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")):

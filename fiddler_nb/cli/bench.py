@@ -60,7 +60,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(result.summary())  # ratios last
         return 0
     from ..benchmarks.matrix import bench, records_table, save_records
-    from ..runtime.config import get_shape
+    from ..measure.shapes import get_shape
 
     model, layers = args.model, None
     if args.random_shape:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime.execution import known_executions
-from ..runtime.placement import known_placements
+from ..runtime.policies.execution import known_executions
+from ..runtime.policies.placement import known_placements
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:

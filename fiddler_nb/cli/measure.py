@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..runtime.errors import OptionError
-from ..runtime.config import SHAPE_PRESETS
+from ..measure.shapes import SHAPE_PRESETS
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"warning: {UNMEASURED_GPU}")  # first, before any projected number
     popularity = None
     if args.popularity is not None:
-        from ..runtime.popularity import Popularity
+        from ..runtime.policies.popularity import Popularity
 
         popularity = Popularity.load(args.popularity)
     budgets = [_budget(b) for b in args.budgets] if args.budgets else [None]

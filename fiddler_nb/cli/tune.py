@@ -12,7 +12,7 @@ import sys
 
 
 def cmd_autotune(args: argparse.Namespace) -> int:
-    from ..runtime.workload import Workload
+    from ..runtime.generation.workload import Workload
     from ..tune import autotune
 
     workload = Workload(args.prompt_tokens, args.new_tokens, args.batch)

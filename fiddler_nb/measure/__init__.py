@@ -1,6 +1,7 @@
 """Measurements: facts about this machine and projections for others.
 
-Machine facts and presets for GPUs we cannot measure (`hardware`), timing probes (`probes`), the
+Machine facts and presets for GPUs we cannot measure (`hardware`), model shapes for models that
+are not loaded (`shapes`: ModelShape and its presets), timing probes (`probes`), the
 measured choice of CPU kernel per expert format and of threads (`kernel_choice`),
 the profiler that turns them into a saved `HardwareProfile` (`profiler`), and the planner that
 projects tokens/s per strategy and budget from a profile (`planner`; every number labelled

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..runtime.errors import OptionError
-from ..runtime.latency import Curve
+from ..runtime.policies.latency import Curve
 
 # Batch-1 GEMV kernels stream weights at ~75-90% of peak DRAM bandwidth on recent NVIDIA parts
 # (e.g. the memory-bound decode figures in gpt-fast's README); 0.8 is the middle of that range.

@@ -1,8 +1,8 @@
 """Pick the CPU kernel per expert format and token bucket, and the thread count, by measurement.
 
 For each format (bf16 / fp16 / fp32 / int8 / int4-gG) one expert's gate_up matrix [2I, H] is
-stored as the engine stores it (runtime/storage.py), rotated over enough copies to be read from
-DRAM, and every kernel the registry offers for it (runtime/kernels.py `candidates`) is timed at
+stored as the engine stores it (runtime/formats/storage.py), rotated over enough copies to be read from
+DRAM, and every kernel the registry offers for it (runtime/kernels/registry.py `candidates`) is timed at
 each token bucket; the fastest wins. Threads: the chosen one-token kernel of the first format is
 timed at 1..nproc threads (a busy neighbour core can make fewer threads faster) and the best
 count is kept. Every figure is stored with torch's CPU capability (AVX2 / AVX512 / AMX ...).
@@ -19,9 +19,9 @@ from typing import Sequence
 
 import torch
 
-from ..runtime.kernels import TOKEN_BUCKETS, KernelChoice, Matrix, candidates, get_kernel
-from ..runtime.quant import ExpertFormat
-from ..runtime.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
+from ..runtime.kernels.registry import TOKEN_BUCKETS, KernelChoice, Matrix, candidates, get_kernel
+from ..runtime.formats.quant import ExpertFormat
+from ..runtime.formats.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
 from .probes import _median_ms
 
 QUICK_BUCKETS = (1, 8, 64)  # quick mode: decode, small batches, a short prefill

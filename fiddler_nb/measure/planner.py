@@ -34,15 +34,16 @@ from typing import Sequence
 
 import torch
 
-from ..runtime.config import EngineConfig, ModelShape, get_shape
+from ..runtime.model.config import EngineConfig
+from .shapes import ModelShape, get_shape
 from ..runtime.errors import OptionError
-from ..runtime.execution import make_execution
-from ..runtime.experts import DEFAULT_RESERVE_BYTES
-from ..runtime.latency import LatencyModel
-from ..runtime.placement import PlacementRequest, make_placement
+from ..runtime.policies.execution import make_execution
+from ..runtime.engine.experts import DEFAULT_RESERVE_BYTES
+from ..runtime.policies.latency import LatencyModel
+from ..runtime.policies.placement import PlacementRequest, make_placement
 from .profiler import HardwareProfile
-from ..runtime.popularity import Popularity
-from ..runtime.quant import resolve_format
+from ..runtime.policies.popularity import Popularity
+from ..runtime.formats.quant import resolve_format
 from ..runtime.validate import check_float, check_int, check_list, check_name
 
 MAX_PLAN_TOKENS = 1 << 20  # a million-token prompt: past every preset's context
@@ -172,7 +173,7 @@ def resolve_budget(budget: int | str | None, shape: ModelShape, gpu_memory_bytes
         if budget is None:
             memory = gpu_memory_bytes
         else:
-            from ..runtime.factory import parse_bytes  # keeps this module import-light
+            from ..runtime.engine.factory import parse_bytes  # keeps this module import-light
 
             memory = parse_bytes(budget)
         free = memory - shape.non_expert_bytes - RESERVE_BYTES - SCRATCH_SLOTS * shape.expert_bytes

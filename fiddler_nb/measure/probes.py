@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..runtime.experts import _linear
+from ..runtime.engine.experts import _linear
 
 PROBE_BYTES = 512 << 20  # bandwidth probe buffers: well past any CPU's last-level cache
 MIN_SAMPLE_S = 2e-3  # repeat a call inside one sample until it lasts this long (timer noise)

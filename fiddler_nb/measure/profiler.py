@@ -28,12 +28,13 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.config import ModelShape, get_shape, resolve_dtype
+from ..runtime.model.config import resolve_dtype
+from .shapes import ModelShape, get_shape
 from ..runtime.errors import FileFormatError, OptionError, one_line
 from ..runtime.files import read_json, write_json
-from ..runtime.kernels import KernelChoice
-from ..runtime.latency import Curve, LatencyModel, default_latency_model
-from ..runtime.quant import ExpertFormat, resolve_format
+from ..runtime.kernels.registry import KernelChoice
+from ..runtime.policies.latency import Curve, LatencyModel, default_latency_model
+from ..runtime.formats.quant import ExpertFormat, resolve_format
 from ..runtime.validate import check_int, check_list
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
 from .kernel_choice import KernelMeasurement, measure_kernels
@@ -75,7 +76,7 @@ class HardwareProfile:
 
     def kernel_choice(self) -> KernelChoice | None:
         """The measured CPU kernel per format and token bucket, and threads (None if not
-        measured: the engine keeps the documented default, runtime/kernels.py)."""
+        measured: the engine keeps the documented default, runtime/kernels/registry.py)."""
         if not self.kernels:
             return None
         return KernelMeasurement.from_dict(self.kernels).kernel_choice()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any, Callable
 
-from ..runtime.workload import Workload
+from ..runtime.generation.workload import Workload
 from ..tune import autotune as _autotune
 from . import plots
 

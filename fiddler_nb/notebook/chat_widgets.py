@@ -16,7 +16,7 @@ import threading
 from typing import Any, Callable
 
 from ..runtime.errors import InputError
-from ..runtime.stats import PATHS
+from ..runtime.generation.stats import PATHS
 from .plots import LANE_COLORS, TEMPLATE
 
 CHAT_CLASS = "fnb-chat"  # on the chat box, for styling and browser tests

@@ -78,7 +78,7 @@ class NotebookSizes:
         places the budget: a GPU never holds more than the budget, nothing falls back silently.
         """
         from ..api import load
-        from ..runtime.calibrate import calibrate as record
+        from ..runtime.engine.calibrate import calibrate as record
 
         eng = load(model or self.model_path(), expert_budget=0, placement="none", **kwargs)
         if calibrate:

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 
 from ..runtime.errors import OptionError
-from ..runtime.trace import LANES
+from ..runtime.generation.trace import LANES
 
 STRATEGY_COLORS = {  # one colour per strategy across every figure
     "fiddler": "#d62728", "cpu-experts": "#1f77b4", "on-demand": "#2ca02c",

@@ -28,11 +28,11 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.config import ModelShape, get_shape
+from ..measure.shapes import ModelShape, get_shape
 from ..runtime.errors import OptionError
-from ..runtime.execution import known_executions
-from ..runtime.experts import GIB
-from ..runtime.placement import known_placements
+from ..runtime.policies.execution import known_executions
+from ..runtime.engine.experts import GIB
+from ..runtime.policies.placement import known_placements
 from ..runtime.validate import check_int
 from .chat_widgets import chat, generate_live  # noqa: F401  (widgets.chat / generate_live)
 from .plots import MEASURED, PROJECTED
@@ -40,7 +40,7 @@ from .plots import MEASURED, PROJECTED
 WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
 SWEEP_POINTS = 5  # budgets the Sweep button runs, evenly spread over the slider's range
 MAX_PROMPT_TOKENS = 4096  # slider limit; a model's own position limit may be lower
-EXPERT_FORMATS = ("bf16", "fp16", "fp32", "int8", "int4")  # runtime/quant.py KNOWN_FORMATS
+EXPERT_FORMATS = ("bf16", "fp16", "fp32", "int8", "int4")  # runtime/formats/quant.py KNOWN_FORMATS
 CSS_CLASS = "fnb-tuner"  # on the tuner's outer box, for styling and browser tests
 
 
@@ -193,7 +193,7 @@ def with_format(plan_input: PlanInput, name: str) -> PlanInput:
     """The same projection with experts in format `name` ('bf16', 'int8', 'int4', ...)."""
     from dataclasses import replace
 
-    from ..runtime.quant import resolve_format
+    from ..runtime.formats.quant import resolve_format
 
     shape = plan_input.shape
     fmt = resolve_format(name, None, (shape.hidden_size, shape.intermediate_size))
@@ -297,8 +297,8 @@ class Tuner:
     def _format(self) -> str:
         if self.kind == MEASURED:
             return self.target.expert_dtype.partition("-g")[0]
-        from ..runtime.config import resolve_dtype
-        from ..runtime.quant import dtype_label
+        from ..runtime.model.config import resolve_dtype
+        from ..runtime.formats.quant import dtype_label
 
         shape = self.target.shape
         return (shape.expert_format or dtype_label(resolve_dtype(shape.dtype))).partition("-g")[0]

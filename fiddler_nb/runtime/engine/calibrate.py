@@ -10,9 +10,9 @@ from typing import Sequence
 import torch
 
 from .engine import Engine
-from .errors import InputError, OptionError
-from .popularity import Popularity
-from .validate import check_int
+from ..errors import InputError, OptionError
+from ..policies.popularity import Popularity
+from ..validate import check_int
 
 
 def calibrate(engine: Engine, prompts: Sequence[str] | str,

@@ -1,6 +1,6 @@
 """`write_dequantized`: a checkpoint whose routed experts are exactly dequant(quant(w)).
 
-With the same quantization math and scale rounding the engine uses (runtime/quant.py), stock
+With the same quantization math and scale rounding the engine uses (runtime/formats/quant.py), stock
 transformers on this checkpoint is the reference an int8 / int4 engine is compared with: the two
 multiply by the same weights and differ only in the kernels' accumulation order.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .adapters import find_moe_layers
-from .quant import ExpertFormat, roundtrip
-from .quantize_load import activation_dtype, check_format
+from ..model.adapters import find_moe_layers
+from ..formats.quant import ExpertFormat, roundtrip
+from ..formats.quantize_load import activation_dtype, check_format
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt")

@@ -1,6 +1,6 @@
 """The engine: a transformers MoE model whose experts run where the policies say.
 
-An `Engine` (built by `fnb.load` / `fnb.from_model`: api.py, runtime/factory.py) plugs the
+An `Engine` (built by `fnb.load` / `fnb.from_model`: api.py, runtime/engine/factory.py) plugs the
 orchestrating experts forward into transformers, so `engine.model.generate(...)` works unchanged,
 and owns the expert placement, the execution policy and the latency model. `engine.generate` adds timing and
 per-layer statistics; `engine.trace_decode_step` a per-layer timeline of one decode step.
@@ -16,23 +16,23 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from .adapters import MoELayer
-from .config import EngineConfig
-from .execution import make_execution
-from .errors import ContextLengthError, EngineClosedError, InputError
+from ..model.adapters import MoELayer
+from ..model.config import EngineConfig
+from ..policies.execution import make_execution
+from ..errors import ContextLengthError, EngineClosedError, InputError
 from .experts import ExpertStore
-from .kernels import KernelChoice
+from ..kernels.registry import KernelChoice
 from .memory import MemoryReport, memory_report
-from .latency import LatencyModel
+from ..policies.latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
-from .placement import PlacementRequest, is_dynamic, make_placement
-from .popularity import Popularity
-from .stats import GenerationStats, StatsRecorder, phase_stats
-from .timing import FirstTokenClock, sync, torch_threads, with_clock
-from .trace import StepTrace, Tracer
-from .validate import (check_attention_mask, check_int, check_prompt_text, check_threads,
+from ..policies.placement import PlacementRequest, is_dynamic, make_placement
+from ..policies.popularity import Popularity
+from ..generation.stats import GenerationStats, StatsRecorder, phase_stats
+from ..generation.timing import FirstTokenClock, sync, torch_threads, with_clock
+from ..generation.trace import StepTrace, Tracer
+from ..validate import (check_attention_mask, check_int, check_prompt_text, check_threads,
                        check_token_ids)
-from .workload import Workload, check_workload
+from ..generation.workload import Workload, check_workload
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -217,16 +217,16 @@ class Engine:
 
     def stream(self, prompt: str | torch.Tensor, max_new_tokens: int = 32,
                **generate_kwargs: Any):
-        """Text pieces as tokens are produced (a `GenerationStream`; runtime/streaming.py)."""
-        from .streaming import GenerationStream
+        """Text pieces as tokens are produced (a `GenerationStream`; runtime/generation/streaming.py)."""
+        from ..generation.streaming import GenerationStream
 
         return GenerationStream(self, prompt, max_new_tokens, generate_kwargs)
 
     def chat(self, messages, max_new_tokens: int = 128, stream: bool = False,
              chat_template: str | None = None, **generate_kwargs: Any):
-        """The next assistant turn after `messages` (runtime/chat.py): a GenerationResult, or
+        """The next assistant turn after `messages` (runtime/generation/chat.py): a GenerationResult, or
         with stream=True the same iterator as `stream`."""
-        from .chat import chat
+        from ..generation.chat import chat
 
         return chat(self, messages, max_new_tokens, stream, chat_template, **generate_kwargs)
 

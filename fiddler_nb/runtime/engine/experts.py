@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import MoELayer
-from .errors import BudgetError
-from .kernels import DEFAULT_CHOICE, KernelChoice, Matrix, linear
-from .quant import ExpertFormat, dtype_label
-from .storage import ExpertStorage, tensor_bytes
-from .workload import check_fits, experts_that_fit
+from ..model.adapters import MoELayer
+from ..errors import BudgetError
+from ..kernels.registry import DEFAULT_CHOICE, KernelChoice, Matrix, linear
+from ..formats.quant import ExpertFormat, dtype_label
+from ..formats.storage import ExpertStorage, tensor_bytes
+from ..generation.workload import check_fits, experts_that_fit
 
 GIB = 1 << 30
 DEFAULT_RESERVE_BYTES = GIB  # kept free on the GPU for activations and KV cache

@@ -13,21 +13,21 @@ from typing import Any
 
 import torch
 
-from .adapters import find_moe_layers
-from .config import EngineConfig, resolve_device, resolve_dtype
+from ..model.adapters import find_moe_layers
+from ..model.config import EngineConfig, resolve_device, resolve_dtype
 from .engine import Engine
-from .execution import make_execution
-from .errors import OptionError
+from ..policies.execution import make_execution
+from ..errors import OptionError
 from .experts import GIB, ExpertStore, check_budget_range
-from .kernels import DEFAULT_CHOICE, KernelChoice
-from .latency import LatencyModel, LatencySource, default_latency_model
+from ..kernels.registry import DEFAULT_CHOICE, KernelChoice
+from ..policies.latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
-from .quant import ExpertFormat
-from .quantize_load import check_format, quantize_experts, storage_for
-from .placement import make_placement
-from .popularity import Popularity
-from .validate import check_int, check_path, check_threads
-from .workload import Workload, check_workload
+from ..formats.quant import ExpertFormat
+from ..formats.quantize_load import check_format, quantize_experts, storage_for
+from ..policies.placement import make_placement
+from ..policies.popularity import Popularity
+from ..validate import check_int, check_path, check_threads
+from ..generation.workload import Workload, check_workload
 
 
 def load(path: str | Path, device: str | torch.device | None = None,
@@ -49,7 +49,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     (`latency.default_latency_model`), and `engine.latency.source` says which was used.
     workload: a `Workload` whose KV cache + activations are kept free on the fast device (None:
     a fixed 1 GiB). threads: torch CPU threads while generating (None: torch's setting).
-    expert_dtype / group_size: the routed experts' format (runtime/quant.py); None keeps the
+    expert_dtype / group_size: the routed experts' format (runtime/formats/quant.py); None keeps the
     checkpoint's. kernels: the CPU kernel per format and token count (None: the default).
     """
     _check_options(placement, execution, scratch_slots, seed, popularity, workload, threads)
@@ -177,7 +177,7 @@ def resolve_path(path: str | Path) -> Path:
     """'tiny' -> the embedded default checkpoint; anything else -> an expanded Path."""
     root = check_path("checkpoint path", path)
     if str(path) == "tiny":
-        from .tiny import default_tiny_path
+        from ..model.tiny import default_tiny_path
 
         return default_tiny_path()
     return root

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import MoELayer, find_moe_layers, is_experts_module
-from .errors import CheckpointError, UnsupportedModelError, one_line
-from .quant import ExpertFormat
+from ..model.adapters import MoELayer, find_moe_layers, is_experts_module
+from ..errors import CheckpointError, UnsupportedModelError, one_line
+from ..formats.quant import ExpertFormat
 
 CONFIG_FILE = "config.json"
 
@@ -95,13 +95,13 @@ def check_moe_config(root: Path) -> list[MoELayer]:
 def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
                fmt: ExpertFormat | None = None) -> nn.Module:
     """The transformers model with non-expert weights on `device`, experts on the CPU. With
-    `fmt`, experts are converted while the checkpoint is read (runtime/quantizer.py), so the
+    `fmt`, experts are converted while the checkpoint is read (runtime/formats/quantizer.py), so the
     float copy of at most one fused matrix exists at a time."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = {}
     if fmt is not None:
-        from .quantizer import quantization_config
+        from ..formats.quantizer import quantization_config
 
         act = dtype or _checkpoint_dtype(AutoConfig.from_pretrained(root))
         kwargs["quantization_config"] = quantization_config(fmt, act, device.type == "cuda")
@@ -111,7 +111,7 @@ def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
     except OSError as err:
         raise CheckpointError(f"loading {root} failed: {err}") from None
     if fmt is not None:
-        from .quantizer import detach_quantizer
+        from ..formats.quantizer import detach_quantizer
 
         detach_quantizer(model)
     model.eval()
@@ -124,7 +124,7 @@ def _checkpoint_dtype(config) -> torch.dtype:
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(value, torch.dtype):
         return value
-    from .config import resolve_dtype
+    from ..model.config import resolve_dtype
 
     return resolve_dtype(value) if value else torch.float32
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .adapters import is_experts_module
+from ..model.adapters import is_experts_module
 from .experts import ExpertStore
-from .storage import tensor_bytes
+from ..formats.storage import tensor_bytes
 
 MIB = 1 << 20
 

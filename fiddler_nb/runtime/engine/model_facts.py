@@ -1,7 +1,7 @@
 """`fnb.inspect(engine, workload)`: what a loaded checkpoint is and what fits for a workload.
 
 Architecture, MoE layers x experts, top-k, bytes per expert and of everything else, and for the
-workload the KV cache + activation reserve (runtime/workload.py) and how many experts fit next to
+workload the KV cache + activation reserve (runtime/generation/workload.py) and how many experts fit next to
 it: on this engine's fast device (measured free memory on CUDA; on a CPU-only machine the fast
 device is the CPU and every expert is "resident"), and -- arithmetic from the same numbers, not a
 measurement -- on a card with `device_memory` bytes that also holds the non-expert weights and
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .workload import GIB, Workload, experts_that_fit
+from ..generation.workload import GIB, Workload, experts_that_fit
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import MoELayer
-from .execution import ExecutionPolicy
+from ..model.adapters import MoELayer
+from ..policies.execution import ExecutionPolicy
 from .experts import ExpertStore
-from .latency import LatencyModel
-from .placement import DynamicPlacement
-from .stats import StatsRecorder
-from .trace import Tracer
+from ..policies.latency import LatencyModel
+from ..policies.placement import DynamicPlacement
+from ..generation.stats import StatsRecorder
+from ..generation.trace import Tracer
 
 IMPLEMENTATION_NAME = "fiddler"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import FormatError
+from ..errors import FormatError
 
 INT8_MAX = 127  # symmetric: q in [-127, 127], so -w and w quantize alike
 INT4_MAX = 7  # scale = amax / 7, q in [-7, 7] (the kernel's -8 is never produced)

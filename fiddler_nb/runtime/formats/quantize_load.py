@@ -2,7 +2,7 @@
 
 `check_format` validates (expert_dtype, group_size) against the model's expert shapes before any
 weight is read. `quantize_experts` converts a loaded model's experts layer by layer and matrix
-by matrix (runtime/storage.py), so besides the result only one float matrix of one layer is
+by matrix (runtime/formats/storage.py), so besides the result only one float matrix of one layer is
 alive at a time; `quantizer.py` does the same while the checkpoint is read.
 """
 
@@ -13,7 +13,7 @@ import gc
 import torch
 from torch import nn
 
-from .adapters import MoELayer, find_moe_layers
+from ..model.adapters import MoELayer, find_moe_layers
 from .quant import ExpertFormat, resolve_format
 from .storage import ExpertStorage, convert_module
 

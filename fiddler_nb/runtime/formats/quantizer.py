@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import find_moe_layers, is_experts_module, layout_of
+from ..model.adapters import find_moe_layers, is_experts_module, layout_of
 from .quant import ExpertFormat
 from .storage import ExpertStorage, convert_weight
 

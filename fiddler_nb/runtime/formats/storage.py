@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import ExpertLayout
-from .kernels import Matrix
+from ..model.adapters import ExpertLayout
+from .matrix import Matrix
 from .quant import (ExpertFormat, int4_scales_and_zeros, pack_int4_cpu, pack_nibbles,
                     quantize_int4, quantize_int8)
 

@@ -15,7 +15,7 @@ import torch
 
 from jinja2 import TemplateError
 
-from .errors import InputError, OptionError, one_line
+from ..errors import InputError, OptionError, one_line
 
 Messages = Sequence[dict[str, str]] | str
 EXAMPLE_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}"

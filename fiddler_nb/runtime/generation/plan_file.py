@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FileFormatError, OptionError, one_line
-from .execution import make_execution
-from .files import read_json, write_json
-from .placement import make_placement
-from .validate import check_int
+from ..errors import FileFormatError, OptionError, one_line
+from ..policies.execution import make_execution
+from ..files import read_json, write_json
+from ..policies.placement import make_placement
+from ..validate import check_int
 from .workload import Workload
 
 PLAN_FORMAT = "fiddler_nb.plan"
@@ -110,7 +110,7 @@ class Plan:
         current = getattr(engine, "expert_dtype", None)
         wanted = s.expert_dtype
         if wanted is not None:  # compare labels: 'int4' means the default group ('int4-g64')
-            from .quant import resolve_format
+            from ..formats.quant import resolve_format
 
             wanted = resolve_format(wanted, None).label()
         if wanted is not None and wanted != current:
@@ -193,7 +193,7 @@ class Plan:
 def use_workload(engine: Any, workload: Workload) -> None:
     """`engine.set_workload(workload)`; if the current budget leaves too little room for it,
     empty the fast device first (the caller re-places right after)."""
-    from .errors import BudgetError
+    from ..errors import BudgetError
 
     try:
         engine.set_workload(workload)

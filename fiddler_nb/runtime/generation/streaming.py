@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import InputError, OptionError
+from ..errors import InputError, OptionError
 from .stats import PATHS
 from .timing import torch_threads
 

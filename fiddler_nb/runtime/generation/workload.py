@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BudgetError, OptionError
-from .validate import check_int
+from ..errors import BudgetError, OptionError
+from ..validate import check_int
 
 GIB = 1 << 30
 ACTIVATION_HIDDEN_COPIES = 8  # residual, normed input, q/k/v/o outputs and the MoE sum, at once

@@ -18,20 +18,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .quant import unpack_nibbles
+from ..formats.matrix import Matrix
+from ..formats.quant import unpack_nibbles
 
 # Token-count buckets: a kernel is chosen per bucket; n tokens use the first bucket >= n.
 TOKEN_BUCKETS: tuple[int, ...] = (1, 8, 64, 512)
-
-
-@dataclass(frozen=True)
-class Matrix:
-    """One expert's matrix as stored."""
-
-    fmt: str  # 'float' | 'int8' | 'int4' (CPU pack) | 'int4-nibbles' (fast-device copy)
-    data: torch.Tensor  # float [N, K] | int8 [N, K] | uint8 [N, K/2]
-    scale: torch.Tensor | None = None  # int8: [N]; int4: [K/G, N, 2] (activation dtype)
-    group_size: int | None = None  # int4 only
 
 
 KernelFn = Callable[[torch.Tensor, Matrix], torch.Tensor]

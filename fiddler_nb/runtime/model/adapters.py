@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 # model_type values covered by the exactness tests (tests/test_exactness.py)
 TESTED_ARCHITECTURES: tuple[str, ...] = (

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import OptionError
+from ..errors import OptionError
 
 # Each tiny config keeps the architecture's distinctive features (shared experts, dense first
 # layers, MLA attention, biases, interleaved gates) at sizes that run in milliseconds.

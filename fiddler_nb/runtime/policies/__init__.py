@@ -1,4 +1,12 @@
-"""`fnb.policies`: the placement and execution policy registries in one place."""
+"""Decisions, as pure functions behind small registries: placement policies (`placement`:
+which experts live on the fast device), execution policies (`execution`: CPU or transfer per
+non-resident expert), the shared name -> class registry (`registry`), the latency model and the
+pure per-layer assignment (`latency`), and routing popularity (`popularity`).
+
+This module is `fnb.policies`: the placement and execution registries in one place.
+
+May import: base.
+"""
 
 from .execution import ExecutionPolicy, known_executions, make_execution
 from .execution import register as register_execution

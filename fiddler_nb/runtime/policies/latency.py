@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
-from .errors import OptionError
+from ..errors import OptionError
 
 
 @runtime_checkable

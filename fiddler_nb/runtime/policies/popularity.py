@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import FileFormatError, MissingFileError, OptionError, one_line
+from ..errors import FileFormatError, MissingFileError, OptionError, one_line
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-from .errors import OptionError
+from ..errors import OptionError
 
 T = TypeVar("T")
 
