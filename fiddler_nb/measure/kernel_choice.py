@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..runtime.kernels.native import cpu_layout
 from ..runtime.kernels.registry import TOKEN_BUCKETS, KernelChoice, Matrix, candidates, get_kernel
 from ..runtime.formats.quant import ExpertFormat
 from ..runtime.formats.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
@@ -80,7 +81,7 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
     nbytes: dict[str, int] = {}
     mats: dict[str, list[Matrix]] = {}
     with torch.inference_mode():
-        for fmt in formats:
+        for fmt in map(cpu_layout, formats):  # the layout the engine stores here
             label = fmt.label()
             first = _stored(fmt, base, act)
             nbytes[label] = tensor_bytes(first.data) + (tensor_bytes(first.scale)

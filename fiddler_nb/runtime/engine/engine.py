@@ -149,6 +149,8 @@ class Engine:
                 and self.config.expert_budget > 0:
             notes.append("no routing profile yet: experts placed 'layer-balanced' until "
                          "fnb.calibrate(engine, prompts) or popularity= records one")
+        if getattr(self, "kernel_note", ""):
+            notes.append(self.kernel_note)
         return tuple(notes)
 
     def max_resident_experts(self) -> int:

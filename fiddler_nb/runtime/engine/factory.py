@@ -19,6 +19,7 @@ from .engine import Engine
 from ..policies.execution import make_execution
 from ..errors import OptionError
 from .experts import GIB, ExpertStore, check_budget_range
+from ..kernels.native import cpu_layout, kernel_note
 from ..kernels.registry import DEFAULT_CHOICE, KernelChoice
 from ..policies.latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
@@ -65,7 +66,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     num_layers, num_experts = len(meta_layers), meta_layers[0].num_experts
     if expert_budget is not None:
         check_budget_range(expert_budget, num_layers, num_experts)
-    fmt = check_format(meta_layers, expert_dtype, group_size)
+    fmt = cpu_layout(check_format(meta_layers, expert_dtype, group_size))
     _check_slots(scratch_slots, num_experts)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
@@ -103,7 +104,7 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"from_model needs a transformers model, got {type(model).__name__}")
     layers = find_moe_layers(model)
-    fmt = check_format(layers, expert_dtype, group_size)
+    fmt = cpu_layout(check_format(layers, expert_dtype, group_size))
     if any(getattr(layer.module, n).device.type != "cpu"
            for layer in layers for n in layer.layout.param_names):
         raise OptionError("from_model needs the experts in CPU memory; load the model on the CPU")
@@ -139,6 +140,7 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
                               threads, storage.fmt.label())
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
         engine.workload = workload
+        engine.kernel_note = kernel_note()  # '' unless the native CPU kernels cannot run
         if threads is not None:
             engine.set_threads(threads)  # validates
         if popularity is not None:

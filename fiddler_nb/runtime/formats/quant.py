@@ -16,7 +16,7 @@ Shape legend: N = output channels, K = input channels, G = group size, E = exper
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +47,10 @@ class ExpertFormat:
 
     name: str
     group_size: int | None = None  # int4 (always) and group-wise int8
+    # int4 only, how the CPU copy is laid out: "torch" (torch's CPU int4 pack, for its
+    # kernels) or "nibbles" (plain nibbles [N, K/2] + scales [N, K/G], what the package's native
+    # kernels and the fast device read). Not part of the format's identity (label, equality).
+    int4_layout: str = field(default="torch", compare=False)
 
     @property
     def is_quantized(self) -> bool:
@@ -64,6 +68,8 @@ class ExpertFormat:
             return "float"
         if self.name == "int8" and self.group_size is not None:
             return "int8-group"
+        if self.name == "int4" and self.int4_layout == "nibbles":
+            return "int4-blocks"
         return self.name
 
     def bits_per_weight(self, scale_bytes: int = 2) -> float:

@@ -5,7 +5,9 @@ expert exists next to the result).
 A quantized matrix `name` becomes: `name` (int8 [E, N, K] or torch's CPU int4 pack
 [E, N, K/2]), `name_fnb_scale` (int8: [E, N]; group-wise int8: fp16 [E, N, K/G]; int4:
 [E, K/G, N, 2]) and, when the fast device is
-a GPU, `name_fnb_nibbles` (int4 [E, N, K/2], a layout the GPU can unpack). Quantized matrices
+a GPU, `name_fnb_nibbles` (int4 [E, N, K/2], a layout the GPU can unpack). int4 in the "nibbles"
+layout (ExpertFormat.int4_layout, chosen when the native kernels run) stores those nibbles as
+`name` itself with scales [E, N, K/G]: one copy serves the CPU kernels and the fast device. Quantized matrices
 are stored [N, K] even for transposed checkpoints (gpt-oss). Biases keep the model's dtype.
 
 Shape legend: E = experts, N = output channels, K = input channels, G = int4 group size.
@@ -50,9 +52,14 @@ class ExpertStorage:
         return tuple(n + s for n in self.matrix_names for s in ("", SCALE_SUFFIX)) + \
             self.bias_names
 
+    @property
+    def torch_int4_on_gpu(self) -> bool:
+        """int4 in torch's CPU pack with a GPU: a second (nibble) copy for the fast device."""
+        return self.fmt.matrix_fmt == "int4" and self.on_gpu
+
     def device_names(self) -> tuple[str, ...]:
         """What is copied to the fast device (resident rows, scratch slots)."""
-        if self.fmt.name == "int4" and self.on_gpu:
+        if self.torch_int4_on_gpu:
             return tuple(n + s for n in self.matrix_names for s in (NIBBLES_SUFFIX, SCALE_SUFFIX)) \
                 + self.bias_names
         return self.cpu_names()
@@ -60,7 +67,7 @@ class ExpertStorage:
     def host_names(self) -> tuple[str, ...]:
         """Every expert tensor in host memory."""
         extra = tuple(n + NIBBLES_SUFFIX for n in self.matrix_names) \
-            if self.fmt.name == "int4" and self.on_gpu else ()
+            if self.torch_int4_on_gpu else ()
         return self.cpu_names() + extra
 
     def matrices(self, weights: tuple[torch.Tensor, ...], on_device: bool
@@ -89,7 +96,7 @@ def convert_weight(w: torch.Tensor, fmt: ExpertFormat, transposed: bool,
         return {"": w.to(fmt.float_dtype)}
     experts = w.shape[0]
     out: dict[str, list[torch.Tensor]] = {"": [], SCALE_SUFFIX: []}
-    if fmt.name == "int4" and on_gpu:
+    if fmt.matrix_fmt == "int4" and on_gpu:
         out[NIBBLES_SUFFIX] = []
     for e in range(experts):
         we = w[e].t() if transposed else w[e]  # [N, K]
@@ -101,6 +108,10 @@ def convert_weight(w: torch.Tensor, fmt: ExpertFormat, transposed: bool,
             q, s = quantize_int8(we)
             out[""].append(q)
             out[SCALE_SUFFIX].append(s.to(act_dtype))
+        elif fmt.matrix_fmt == "int4-blocks":
+            q, s = quantize_int4(we, fmt.group_size)
+            out[""].append(pack_nibbles(q))  # [N, K/2], low nibble = even k
+            out[SCALE_SUFFIX].append(s.to(act_dtype))  # [N, K/G]
         else:
             q, s = quantize_int4(we, fmt.group_size)
             out[""].append(pack_int4_cpu(q))
