@@ -119,3 +119,39 @@ def test_no_compiler_falls_back_to_torch(monkeypatch, mixtral_path):
     engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int4")
     assert engine._state.store.storage.fmt.matrix_fmt == "int4-blocks"
     assert not any("CPU kernels" in n for n in engine.notes)
+
+
+@pytest.mark.parametrize("fmt", [None, "bf16", "int8", "int8-g32", "int4"])
+def test_layer_call_matches_the_per_expert_path(fmt, mixtral_path, monkeypatch):
+    """One native call per layer gives the per-expert path's outputs (same roundings) and runs
+    for every CPU layer of a Mixtral decode."""
+    import fiddler_nb as fnb
+    from fiddler_nb.runtime.engine import experts as experts_mod
+
+    dtype = "bfloat16" if fmt in ("bf16", "int8-g32") else None  # bf16 activations too
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype=fmt, execution="cpu",
+                      expert_budget=0, dtype=dtype)
+    calls = []
+    real = experts_mod.run_layer
+    monkeypatch.setattr(experts_mod, "run_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = engine.encode(["The quick brown fox", "Hello"])
+    with torch.inference_mode():
+        layer_logits = engine.model(**inputs).logits
+    assert len(calls) == engine.num_layers  # every layer in one call
+    store = engine._state.store
+    monkeypatch.setattr(store, "layer_call_blocker", "test: per-expert path")
+    with torch.inference_mode():
+        expert_logits = engine.model(**inputs).logits
+    assert len(calls) == engine.num_layers
+    tol = 1e-5 if layer_logits.dtype == torch.float32 else 2e-2  # bf16: order of fp32 sums
+    assert (layer_logits.float() - expert_logits.float()).abs().max().item() <= tol
+
+
+def test_architectures_the_layer_call_cannot_run_say_so_once(tiny_checkpoints):
+    import fiddler_nb as fnb
+
+    engine = fnb.load(tiny_checkpoints["gpt_oss"], device="cpu", execution="cpu")
+    notes = [n for n in engine.notes if "one call per layer" in n]
+    assert len(notes) == 1 and "gate" in notes[0] and "biases" in notes[0]
+    engine = fnb.load(tiny_checkpoints["mixtral"], device="cpu", execution="cpu")
+    assert not any("one call per layer" in n for n in engine.notes)

@@ -140,7 +140,7 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
                               threads, storage.fmt.label())
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
         engine.workload = workload
-        engine.kernel_note = kernel_note()  # '' unless the native CPU kernels cannot run
+        engine.kernel_note = kernel_note(store.layer_call_blocker)  # '' if all runs natively
         if threads is not None:
             engine.set_threads(threads)  # validates
         if popularity is not None:

@@ -109,7 +109,13 @@ def cpu_layout(fmt):
     return replace(fmt, int4_layout="nibbles" if available() else "torch")
 
 
-def kernel_note() -> str:
-    """'' when the native kernels run; else the one line an engine shows in its notes."""
+def kernel_note(layer_blocker: str = "") -> str:
+    """'' when the native kernels run (a layer's CPU experts in one call unless
+    `layer_blocker` says why not); else the one line an engine shows in its notes."""
     why = unavailable_reason()
-    return f"CPU kernels: torch's only ({why})" if why else ""
+    if why:
+        return f"CPU kernels: torch's only ({why})"
+    if layer_blocker:
+        return f"CPU experts run one by one through the native kernels, not in one call per " \
+               f"layer ({layer_blocker})"
+    return ""

@@ -3,7 +3,8 @@
 At first use the sources are compiled into the package cache folder (FIDDLER_NB_CACHE, default
 ~/.cache/fiddler_nb) under `kernels-<hash>/`, the hash covering the sources, the compiler and its
 flags, so a changed source or compiler builds again and an unchanged one loads in milliseconds.
-fnb_pool.c (entry points, dispatch, thread pool) gets baseline flags only; fnb_isa.c is compiled
+fnb_pool.c (entry points, dispatch, thread pool) and fnb_layer.c (a whole layer's CPU experts in
+one call) get baseline flags only; fnb_isa.c is compiled
 once per SIMD variant with that ISA's flags, and the pool picks one at run time from the CPU's
 features (`__builtin_cpu_supports`), never from the build machine. A variant the compiler cannot
 build is left out (its weak symbol stays NULL); no compiler at all -> `NativeLibrary.error` says
@@ -134,16 +135,16 @@ def _build(compiler: str, variants: dict, out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
     try:
-        jobs = [("pool", SOURCES / "fnb_pool.c", ())] + \
+        jobs = [("pool", SOURCES / "fnb_pool.c", ()), ("layer", SOURCES / "fnb_layer.c", ())] + \
             [("generic", SOURCES / "fnb_isa.c", ("-DFNB_VARIANT=generic",))] + \
             [(v, SOURCES / "fnb_isa.c", (f"-DFNB_VARIANT={v}",) + f) for v, f in variants.items()]
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
             results = list(pool.map(lambda job: _compile(compiler, tmp, *job), jobs))
         objects = [obj for obj in results if obj is not None]
-        if results[0] is None or results[1] is None:  # the pool and the portable path must build
+        if None in results[:3]:  # the pool, the layer call and the portable path must build
             raise RuntimeError(_last_error(tmp))
         so = tmp / "libfnb_kernels.so"
-        _run([compiler, "-shared", "-o", str(so), *map(str, objects), "-lpthread"])
+        _run([compiler, "-shared", "-o", str(so), *map(str, objects), "-lpthread", "-lm"])
         try:
             tmp.replace(out_dir)
         except OSError:
@@ -181,3 +182,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.fnb_linear.argtypes = [c_int, c_int, c_int, ptr, ptr, c_int, i64, i64, i64, ptr, c_int,
                                i64, c_int, ptr, c_int, i64]
     lib.fnb_linear.restype = c_int
+    pp = ctypes.POINTER(ctypes.c_void_p)
+    lib.fnb_moe_experts.argtypes = [c_int, c_int, c_int, c_int, i64, c_int, pp, pp, pp, pp,
+                                    ctypes.POINTER(i64), i64, i64, ptr, c_int, i64, ptr, ptr,
+                                    c_int, i64, c_int]
+    lib.fnb_moe_experts.restype = c_int

@@ -131,11 +131,17 @@ class KernelChoice:
     source: str = "default (no measured profile)"
 
     def kernel_for(self, fmt_label: str, m: Matrix, x: torch.Tensor) -> KernelSpec:
-        name = self.table.get(fmt_label, {}).get(bucket_of(x.shape[0]))
-        if name is None or name not in _KERNELS or _KERNELS[name].fmt != m.fmt \
+        return get_kernel(self.kernel_name(fmt_label, m.fmt, x.shape[0], x.dtype))
+
+    def kernel_name(self, fmt_label: str, matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
+        """The kernel that runs n tokens of a `matrix_fmt` matrix of format `fmt_label`: the
+        table's, unless it is unknown, for another layout or cannot run here (then the
+        default)."""
+        name = self.table.get(fmt_label, {}).get(bucket_of(n))
+        if name is None or name not in _KERNELS or _KERNELS[name].fmt != matrix_fmt \
                 or not _KERNELS[name].available():
-            name = default_kernel(m.fmt, x.shape[0], x.dtype)
-        return get_kernel(name)
+            name = default_kernel(matrix_fmt, n, dtype)
+        return name
 
 
 # The package's compiled kernel per Matrix.fmt (kernels/native.py registers them when it loads)

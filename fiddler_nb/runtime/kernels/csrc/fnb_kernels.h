@@ -38,6 +38,15 @@ typedef struct {
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
 
+/* fnb_pool.c, for fnb_layer.c */
+fnb_rows_fn fnb_variant(int isa);
+void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads);
+void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute, float *dst);
+int fnb_group_shift(int wkind, int64_t group, int64_t K);
+float *fnb_scratch(int slot, int64_t floats);
+void fnb_lock(void);
+void fnb_unlock(void);
+
 /* scalar helpers shared by every variant */
 static inline float fnb_bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v; v.u = (uint32_t)h << 16; return v.f;

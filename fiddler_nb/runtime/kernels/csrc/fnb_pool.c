@@ -54,7 +54,7 @@ static void fnb_rows_ref(const fnb_job *j, int64_t r0, int64_t r1) {
 }
 
 /* ---- ISA dispatch ------------------------------------------------------------------------- */
-static fnb_rows_fn variant(int isa) {
+fnb_rows_fn fnb_variant(int isa) {
     switch (isa) {
     case FNB_ISA_REF: return fnb_rows_ref;
     case FNB_ISA_GENERIC: return fnb_rows_generic;
@@ -77,12 +77,12 @@ static fnb_rows_fn variant(int isa) {
 }
 
 /* 1 if the variant exists in this build and the CPU runs it */
-int fnb_isa_supported(int isa) { return variant(isa) != NULL; }
+int fnb_isa_supported(int isa) { return fnb_variant(isa) != NULL; }
 
 /* the best variant this CPU runs */
 int fnb_best_isa(void) {
     for (int isa = FNB_ISA_COUNT - 1; isa > FNB_ISA_REF; isa--)
-        if (variant(isa)) return isa;
+        if (fnb_variant(isa)) return isa;
     return FNB_ISA_REF;
 }
 
@@ -98,19 +98,27 @@ static int started;             /* workers running */
 static int wanted;              /* workers taking part in the current job */
 static unsigned long generation;
 static int active;              /* workers still in the current job */
+#define MAX_JOBS 1024
 static struct {
     fnb_rows_fn fn;
-    const fnb_job *job;
-    int64_t chunk_rows;
-    atomic_llong next;          /* first row of the next free chunk */
+    const fnb_job *jobs;        /* njobs jobs (one per expert in a layer call) */
+    int njobs;
+    int64_t chunk_rows[MAX_JOBS];
+    int64_t first_chunk[MAX_JOBS + 1];  /* prefix sums of each job's chunk count */
+    atomic_llong next;          /* the next free chunk, over all jobs */
 } task;
 
 static void run_chunks(void) {
-    const int64_t n = task.job->N, step = task.chunk_rows;
+    const int64_t total = task.first_chunk[task.njobs];
+    int at = 0;
     for (;;) {
-        int64_t r0 = atomic_fetch_add(&task.next, step);
-        if (r0 >= n) return;
-        task.fn(task.job, r0, r0 + step < n ? r0 + step : n);
+        int64_t c = atomic_fetch_add(&task.next, 1);
+        if (c >= total) return;
+        while (c >= task.first_chunk[at + 1]) at++;  /* chunks are handed out in order */
+        const fnb_job *j = &task.jobs[at];
+        int64_t r0 = (c - task.first_chunk[at]) * task.chunk_rows[at];
+        int64_t r1 = r0 + task.chunk_rows[at] < j->N ? r0 + task.chunk_rows[at] : j->N;
+        task.fn(j, r0, r1);
     }
 }
 
@@ -143,13 +151,21 @@ static void reset_after_fork(void) {
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void register_fork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
 
-static void run_parallel(fnb_rows_fn fn, const fnb_job *j, int threads) {
-    int64_t bytes = fnb_row_bytes(j->wkind, j->K) * j->N;
+/* Run every row of `njobs` jobs, split in chunks over `threads` threads (the caller too). */
+void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads) {
+    int64_t bytes = 0;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    int64_t chunk = CHUNK_BYTES / (fnb_row_bytes(j->wkind, j->K) + 1);
-    chunk = chunk < 4 ? 4 : chunk / 4 * 4;  /* whole 4-row tiles */
-    task.fn = fn; task.job = j; task.chunk_rows = chunk;
+    task.fn = fn; task.jobs = jobs; task.njobs = njobs;
+    task.first_chunk[0] = 0;
+    for (int i = 0; i < njobs; i++) {
+        int64_t row = fnb_row_bytes(jobs[i].wkind, jobs[i].K);
+        int64_t chunk = CHUNK_BYTES / (row + 1);
+        chunk = chunk < 4 ? 4 : chunk / 4 * 4;  /* whole 4-row tiles */
+        task.chunk_rows[i] = chunk;
+        task.first_chunk[i + 1] = task.first_chunk[i] + (jobs[i].N + chunk - 1) / chunk;
+        bytes += row * jobs[i].N;
+    }
     atomic_store(&task.next, 0);
     if (threads == 1 || bytes < SERIAL_BYTES) {
         run_chunks();
@@ -178,47 +194,67 @@ static void run_parallel(fnb_rows_fn fn, const fnb_job *j, int threads) {
 }
 
 /* ---- the entry point ---------------------------------------------------------------------- */
-static __thread float *xbuf;
-static __thread int64_t xcap;
+/* x [T, ldx] (xdtype) -> dst [T, K] fp32; FNB_I4GRP order (each 32-block: even k, then odd k)
+ * when `permute` */
+void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute,
+               float *dst) {
+    for (int t = 0; t < T; t++) {
+        float *d = dst + (int64_t)t * K;
+        if (permute) {
+            for (int64_t k = 0; k < K; k++)
+                d[(k / FNB_BLOCK) * FNB_BLOCK + (k & 1) * (FNB_BLOCK / 2) + (k % FNB_BLOCK) / 2] =
+                    fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
+        } else if (xdtype == FNB_DT_F32) {
+            memcpy(d, (const float *)x + (int64_t)t * ldx, sizeof(float) * (size_t)K);
+        } else {
+            for (int64_t k = 0; k < K; k++) d[k] = fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
+        }
+    }
+}
+
+/* group = 1 for kinds without groups; else the log2(group / 32) shift, or -1 if unusable */
+int fnb_group_shift(int wkind, int64_t group, int64_t K) {
+    if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) return 0;
+    if (group <= 0 || group % FNB_BLOCK || K % group) return -1;
+    int shift = 0;
+    while ((FNB_BLOCK << shift) < group) shift++;
+    return (FNB_BLOCK << shift) == group ? shift : -1;  /* blocks per group: a power of two */
+}
+
+/* growable per-thread scratch */
+float *fnb_scratch(int slot, int64_t floats) {
+    static __thread float *buf[4];
+    static __thread int64_t cap[4];
+    if (cap[slot] < floats) {
+        free(buf[slot]);
+        buf[slot] = malloc(sizeof(float) * (size_t)floats + 64);
+        cap[slot] = buf[slot] ? floats : 0;
+    }
+    return buf[slot];
+}
 
 /* y [T, ldy] (ydtype) = x [T, ldx] (xdtype) @ W^T. Returns 0, or -1 for bad arguments / an ISA
  * this CPU or build lacks, -2 when out of memory. */
 int fnb_linear(int isa, int threads, int wkind, const void *w, const void *scale, int sdtype,
                int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
                int T, void *y, int ydtype, int64_t ldy) {
-    fnb_rows_fn fn = variant(isa);
-    if (!fn || T < 0 || N < 0 || K < 0 || wkind < FNB_F32 || wkind > FNB_I4GRP) return -1;
-    int shift = 0;
-    if (wkind == FNB_I8GRP || wkind == FNB_I4GRP) {
-        if (group <= 0 || group % FNB_BLOCK || K % group) return -1;
-        while ((FNB_BLOCK << shift) < group) shift++;
-        if ((FNB_BLOCK << shift) != group) return -1;  /* blocks per group: a power of two */
-    } else {
-        group = 1;
-    }
+    fnb_rows_fn fn = fnb_variant(isa);
+    int shift = fnb_group_shift(wkind, group, K);
+    if (!fn || T < 0 || N < 0 || K < 0 || wkind < FNB_F32 || wkind > FNB_I4GRP || shift < 0)
+        return -1;
+    if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
     if (T == 0 || N == 0) return 0;
     pthread_once(&fork_once, register_fork);
     pthread_mutex_lock(&call_mu);
-    if (xcap < (int64_t)T * K) {
-        free(xbuf);
-        xbuf = malloc(sizeof(float) * (size_t)T * (size_t)K + 64);
-        xcap = xbuf ? (int64_t)T * K : 0;
-        if (!xbuf) { pthread_mutex_unlock(&call_mu); return -2; }
-    }
-    for (int t = 0; t < T; t++) {  /* activations widened to fp32 once (int4: permuted) */
-        float *dst = xbuf + (int64_t)t * K;
-        if (wkind == FNB_I4GRP) {
-            for (int64_t k = 0; k < K; k++)
-                dst[(k / FNB_BLOCK) * FNB_BLOCK + (k & 1) * (FNB_BLOCK / 2) + (k % FNB_BLOCK) / 2] =
-                    fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
-        } else if (xdtype == FNB_DT_F32) {
-            memcpy(dst, (const float *)x + (int64_t)t * ldx, sizeof(float) * (size_t)K);
-        } else {
-            for (int64_t k = 0; k < K; k++) dst[k] = fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
-        }
-    }
+    float *xbuf = fnb_scratch(0, (int64_t)T * K);
+    if (!xbuf) { pthread_mutex_unlock(&call_mu); return -2; }
+    fnb_widen(x, xdtype, ldx, T, K, wkind == FNB_I4GRP, xbuf);  /* activations widened once */
     fnb_job j = {wkind, w, scale, sdtype, group, shift, N, K, xbuf, T, y, ydtype, ldy};
-    run_parallel(fn, &j, threads);
+    fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
     return 0;
 }
+
+/* for fnb_layer.c: one call at a time through the pool */
+void fnb_lock(void) { pthread_once(&fork_once, register_fork); pthread_mutex_lock(&call_mu); }
+void fnb_unlock(void) { pthread_mutex_unlock(&call_mu); }
