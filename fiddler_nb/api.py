@@ -19,6 +19,7 @@ from .runtime.engine import factory
 from .runtime.engine.calibrate import calibrate
 from .runtime.engine.engine import Engine
 from .runtime.errors import OptionError
+from .runtime.formats.quant import parse_label
 from .runtime.engine.factory import latency_from
 from .runtime.kernels.registry import KernelChoice
 from .runtime.policies.latency import LatencyModel
@@ -63,7 +64,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     engine = factory.load(path, device=device, dtype=dtype, popularity=popularity,
                           profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
                           seed=seed, kernels=_kernels_of(latency), **settings)
-    return _finish_quick(engine, quick)
+    return _finish_quick(_with_machine_kernels(engine, latency), quick)
 
 
 def _with_plan(given: dict, plan: Plan | str | Path | None, gpu_memory) -> dict:
@@ -96,7 +97,7 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                                 scratch_slots=scratch_slots, seed=seed, name=name,
                                 workload=workload, threads=threads, expert_dtype=expert_dtype,
                                 group_size=group_size, kernels=_kernels_of(latency))
-    return _finish_quick(engine, quick)
+    return _finish_quick(_with_machine_kernels(engine, latency), quick)
 
 
 def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
@@ -113,6 +114,25 @@ def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
     if kernels is not None:
         engine.set_kernels(kernels)
     return latency
+
+
+def _with_machine_kernels(engine: Engine, source: Any) -> Engine:
+    """Without a profile's kernel choice: this machine's, measured once and cached
+    (measure/kernel_cache.py)."""
+    if _kernels_of(source) is not None:
+        return engine
+    from .measure.kernel_cache import machine_kernel_choice
+
+    try:
+        act = getattr(torch, engine.config.dtype)
+        fmt = engine.expert_dtype
+        choice = machine_kernel_choice(fmt, parse_label(fmt).float_dtype or act)
+        if choice is not None:
+            engine.set_kernels(choice)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def _kernels_of(source: Any) -> KernelChoice | None:

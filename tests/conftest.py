@@ -18,6 +18,9 @@ def _isolated_cache(tmp_path_factory):
     """The embedded default model is written under a per-run folder, not the user's home."""
     if "FIDDLER_NB_CACHE" not in os.environ:
         os.environ["FIDDLER_NB_CACHE"] = str(tmp_path_factory.mktemp("fnb_cache"))
+    # the static default kernel choice: no test pays the once-per-machine measurement
+    # (tests/test_native_kernels.py measures it on purpose)
+    os.environ.setdefault("FIDDLER_NB_KERNEL_CHOICE", "default")
     if "FIDDLER_NB_KERNELS_CACHE" not in os.environ:  # the native kernels build once, not per run
         import tempfile
 

@@ -155,3 +155,29 @@ def test_architectures_the_layer_call_cannot_run_say_so_once(tiny_checkpoints):
     assert len(notes) == 1 and "gate" in notes[0] and "biases" in notes[0]
     engine = fnb.load(tiny_checkpoints["mixtral"], device="cpu", execution="cpu")
     assert not any("one call per layer" in n for n in engine.notes)
+
+
+def test_kernel_choice_is_measured_once_per_machine_and_cached(monkeypatch, tmp_path,
+                                                              mixtral_path):
+    import fiddler_nb as fnb
+    from fiddler_nb.measure import kernel_cache, kernel_choice
+
+    monkeypatch.setenv("FIDDLER_NB_CACHE", str(tmp_path))
+    monkeypatch.delenv("FIDDLER_NB_KERNEL_CHOICE")
+    monkeypatch.setattr(kernel_cache, "MEASURE_SHAPE", (64, 64))  # seconds -> milliseconds
+    monkeypatch.setattr(kernel_cache, "ROTATE_BYTES", 1 << 16)
+    runs = []
+    real = kernel_choice.measure_kernels
+    monkeypatch.setattr(kernel_cache, "measure_kernels",
+                        lambda *a, **k: runs.append(a) or real(*a, **k))
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int8")
+    assert len(runs) == 1 and "measured once" in engine._state.store.kernels.source
+    cached = list((tmp_path / "kernel-choice").glob("int8-*.json"))
+    assert len(cached) == 1
+    table = engine._state.store.kernels.table["int8"]
+    assert set(table) == {1, 8, 64}  # more tokens: the default rule (oneDNN for prefill)
+    fnb.load(mixtral_path, device="cpu", expert_dtype="int8")  # read back, not measured
+    assert len(runs) == 1
+    monkeypatch.setenv("FIDDLER_NB_KERNEL_CHOICE", "default")
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int8")
+    assert "default" in engine._state.store.kernels.source and len(runs) == 1

@@ -70,9 +70,13 @@ def _stored(fmt: ExpertFormat, w: torch.Tensor, act: torch.dtype) -> Matrix:
 def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
                     act: torch.dtype = torch.bfloat16, buckets: Sequence[int] = QUICK_BUCKETS,
                     threads: Sequence[int] | None = None, warmup: int = 1, repeats: int = 3,
-                    rotate_bytes: int = ROTATE_BYTES) -> KernelMeasurement:
+                    rotate_bytes: int = ROTATE_BYTES, progress: bool = False) -> KernelMeasurement:
     """Time every candidate kernel of each format at each bucket; pick the fastest; then time
-    threads 1..nproc (None: every count up to os.cpu_count()) with the first format's choice."""
+    threads 1..nproc (None: every count up to os.cpu_count()) with the first format's choice.
+    progress: a tqdm bar over (format, bucket)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(formats) * len(buckets), desc="CPU kernels", disable=not progress)
     n_out, k_in = 2 * inter, hidden  # the gate_up matrix: the larger of an expert's two
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5  # [N, K] fp32
@@ -96,6 +100,8 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
                           for name in candidates(first.fmt)}
                 ms[label][str(bucket)] = timing
                 choice[label][str(bucket)] = min(timing, key=timing.get)
+                bar.update(1)
+        bar.close()
         thread_ms, best = _measure_threads(formats, mats, choice, act, k_in, threads, warmup,
                                            repeats)
     return KernelMeasurement(torch.backends.cpu.get_cpu_capability(), (n_out, k_in), ms, nbytes,
