@@ -181,3 +181,33 @@ def test_kernel_choice_is_measured_once_per_machine_and_cached(monkeypatch, tmp_
     monkeypatch.setenv("FIDDLER_NB_KERNEL_CHOICE", "default")
     engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int8")
     assert "default" in engine._state.store.kernels.source and len(runs) == 1
+
+
+def test_dense_linears_run_through_the_kernels_and_compress(mixtral_path, stock_model):
+    """A CPU-only engine routes attention and lm_head through the same kernels (same logits as
+    stock within the exactness tolerance); dense_dtype compresses them; a GPU refuses it."""
+    import fiddler_nb as fnb
+    from fiddler_nb.runtime.errors import FormatError
+    from torch import nn
+
+    engine = fnb.load(mixtral_path, device="cpu", execution="cpu")
+    routed = [m for m in engine.model.modules() if "_fnb_dense" in m.__dict__]
+    assert routed and all(type(m) is nn.Linear for m in routed)
+    inputs = engine.encode(["The quick brown fox"])
+    with torch.inference_mode():
+        got = engine.model(**inputs).logits
+        want = stock_model(mixtral_path)(**inputs).logits
+    assert (got - want).abs().max().item() <= 1e-5
+    for dense in ("bf16", "int8", "int4"):
+        small = fnb.load(mixtral_path, device="cpu", execution="cpu", dense_dtype=dense)
+        with torch.inference_mode():
+            logits = small.model(**inputs).logits
+        assert torch.isfinite(logits).all()
+        err = (logits - want).abs().max().item()
+        assert 1e-6 < err < 0.5 * want.abs().max().item(), f"{dense}: {err}"  # changed, sane
+    with pytest.raises(FormatError, match="unknown dense_dtype"):
+        fnb.load(mixtral_path, device="cpu", dense_dtype="int3")
+    from fiddler_nb.runtime.engine.dense import check_dense_dtype
+
+    with pytest.raises(FormatError, match="live on the GPU"):
+        check_dense_dtype("int8", torch.device("cuda"))

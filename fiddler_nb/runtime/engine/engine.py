@@ -349,6 +349,9 @@ class Engine:
             layer.module.__dict__.pop("_fiddler_runtime", None)
         if self.model is not None:
             self.model.set_experts_implementation(self._previous_impl or "grouped_mm")
+            from .dense import unroute_dense_linears
+
+            unroute_dense_linears(self.model)
         self.model = None
         self.layers = []  # drop every reference to the experts' CPU weights
         self._state = None

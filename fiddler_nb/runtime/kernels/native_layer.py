@@ -79,9 +79,11 @@ def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.
     weights = route.float().contiguous()  # [P]
     y = torch.empty(x.shape, dtype=out_dtype, pin_memory=pin)  # [P, H]
     rc = lib.lib.fnb_moe_experts(
-        _isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA")), torch.get_num_threads(), kind, sdtype, group, n, *ptrs,
+        _isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA")), torch.get_num_threads(), kind,
+        sdtype, group, n, *ptrs,
         c_counts, hidden, inter, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
-        weights.data_ptr(), y.data_ptr(), DTYPE_CODES[out_dtype], y.stride(0), DTYPE_CODES[act])
+        weights.data_ptr(), y.data_ptr(), DTYPE_CODES[out_dtype], y.stride(0),
+        DTYPE_CODES[act])
     if rc != 0:
         raise NativeKernelError(f"fnb_moe_experts refused {n} {first.fmt} experts "
                                 f"({hidden}x{inter}, code {rc})")
