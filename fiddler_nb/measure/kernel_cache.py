@@ -34,11 +34,18 @@ ROTATE_BYTES = 192 << 20  # copies rotated so each call reads from DRAM (past a 
 SKIP_ENV = "FIDDLER_NB_KERNEL_CHOICE"
 
 
-def cache_key(fmt_label: str, act: torch.dtype, threads: int) -> dict:
-    from .. import __version__
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version("fiddler-nb")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cache_key(fmt_label: str, act: torch.dtype, threads: int) -> dict:
     return {"cpu_model": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_isa": library().best_isa(), "threads": threads, "version": __version__,
+            "native_isa": library().best_isa(), "threads": threads, "version": _package_version(),
             "format": fmt_label, "act_dtype": str(act).removeprefix("torch."),
             "shape": list(MEASURE_SHAPE)}
 
