@@ -42,7 +42,8 @@ static inline vf ld_f16(const uint16_t *p) {
 static inline vf ld_i8(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
-/* 32 nibbles (16 bytes) -> 2 vectors of u: [even k of the block], [odd k] */
+/* 32 nibbles (16 bytes) -> 2 vectors of u: [even k of the block], [odd k]; the activations
+ * come permuted the same way (fnb_i4_permuted) */
 static inline void ld_u4(const uint8_t *p, vf *w) {
     __m128i b = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
     w[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
@@ -72,13 +73,15 @@ static inline vf ld_f16(const uint16_t *p) {
 static inline vf ld_i8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
+/* 32 nibbles (16 bytes, low nibble = even k) -> 4 vectors in natural k order: each 32-bit
+ * word (8 nibbles) broadcast to the 8 lanes, lane i shifted right by 4 i (one variable shift) */
 static inline void ld_u4(const uint8_t *p, vf *w) {
-    __m128i b = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
-    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i m = _mm256_set1_epi32(0x0F);
+    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {  /* vbroadcastss: just a load */
+        __m256i word = _mm256_castps_si256(_mm256_broadcast_ss((const float *)(p + 4 * v)));
+        w[v] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(word, shifts), m));
+    }
 }
 #else  /* generic: GCC / clang vector extensions, 8 lanes */
 #define VL 8
@@ -104,15 +107,14 @@ static inline vf ld_i8(const int8_t *p) {
     vi v; for (int i = 0; i < VL; i++) v[i] = p[i];
     return __builtin_convertvector(v, vf);
 }
-static inline void ld_u4(const uint8_t *p, vf *w) {
-    for (int h = 0; h < 2; h++) {
-        vi a, b;
+static inline void ld_u4(const uint8_t *p, vf *w) {  /* natural k order */
+    for (int v = 0; v < 4; v++) {
+        vi a;
         for (int i = 0; i < VL; i++) {
-            a[i] = p[h * VL + i] & 0x0F;
-            b[i] = p[h * VL + i] >> 4;
+            int k = 8 * v + i;
+            a[i] = (p[k / 2] >> (4 * (k & 1))) & 0x0F;
         }
-        w[h] = __builtin_convertvector(a, vf);
-        w[2 + h] = __builtin_convertvector(b, vf);
+        w[v] = __builtin_convertvector(a, vf);
     }
 }
 #endif
@@ -126,7 +128,7 @@ static inline __attribute__((always_inline)) void load_block(const fnb_job *j, i
                                                               int64_t r, int64_t b, vf *w) {
     const int64_t K = j->K, off = r * K + b * FNB_BLOCK;
     /* scale index: blocks per group is a power of two (checked by fnb_linear) */
-    const int64_t sidx = r * (K / j->group) + (b >> j->group_shift);
+    const int64_t sidx = r * j->groups_per_row + (b >> j->group_shift);
     switch (kind) {
     case FNB_F32:
         UNROLL for (int v = 0; v < NB; v++) w[v] = VLOAD((const float *)j->w + off + v * VL);
@@ -142,7 +144,8 @@ static inline __attribute__((always_inline)) void load_block(const fnb_job *j, i
         break;
     case FNB_I8GRP: {
         vf s = VSET1(SCALE_F16(((const uint16_t *)j->scale)[sidx]));
-        UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(ld_i8((const int8_t *)j->w + off + v * VL), s);
+        UNROLL for (int v = 0; v < NB; v++)
+            w[v] = VMUL(ld_i8((const int8_t *)j->w + off + v * VL), s);
         break;
     }
     case FNB_I4GRP: {
@@ -150,7 +153,7 @@ static inline __attribute__((always_inline)) void load_block(const fnb_job *j, i
                 : j->sdtype == FNB_DT_F16 ? SCALE_F16(((const uint16_t *)j->scale)[sidx])
                 : ((const float *)j->scale)[sidx];
         vf vs = VSET1(s), vz = VSET1(-8.0f * s);  /* (u - 8) s = u s - 8 s: exact in one FMA */
-        ld_u4((const uint8_t *)j->w + off / 2, w);
+        ld_u4((const uint8_t *)j->w + (uint64_t)off / 2, w);
         UNROLL for (int v = 0; v < NB; v++) w[v] = VFMA(w[v], vs, vz);
         break;
     }

@@ -28,8 +28,9 @@ typedef struct {
     int sdtype;
     int64_t group;
     int group_shift;  /* log2(group / 32) */
+    int64_t groups_per_row;  /* K / group (no division in the inner loops) */
     int64_t N, K;
-    const float *x;   /* [T, K] fp32; FNB_I4GRP: each 32-block as [16 even k][16 odd k] */
+    const float *x;   /* [T, K] fp32 (FNB_I4GRP on AVX-512: 32-blocks as [16 even k][16 odd k]) */
     int T;
     void *y;          /* [T, ldy] in ydtype */
     int ydtype;
@@ -40,6 +41,7 @@ typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
 
 /* fnb_pool.c, for fnb_layer.c */
 fnb_rows_fn fnb_variant(int isa);
+int fnb_i4_permuted(int isa);
 void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads);
 void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute, float *dst);
 int fnb_group_shift(int wkind, int64_t group, int64_t K);

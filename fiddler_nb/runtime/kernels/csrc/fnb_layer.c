@@ -33,7 +33,7 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     int64_t P = 0;
     for (int e = 0; e < n_experts; e++) P += counts[e];
     if (P == 0) return 0;
-    const int permute = wkind == FNB_I4GRP;
+    const int permute = wkind == FNB_I4GRP && fnb_i4_permuted(isa);
     fnb_lock();
     float *xf = fnb_scratch(0, P * H), *hf = fnb_scratch(1, P * 2 * I);
     float *af = fnb_scratch(2, P * I), *yf = fnb_scratch(3, P * H);
@@ -42,8 +42,8 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     fnb_job jobs[MAX_EXPERTS];
     int64_t off = 0;
     for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
-        fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, 2 * I, H, xf + off * H,
-                     (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I};
+        fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
+                     xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I};
         jobs[e] = j;
         off += counts[e];
     }
@@ -61,8 +61,8 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     }
     off = 0;
     for (int e = 0; e < n_experts; e++) {  /* down of every expert */
-        fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, H, I, af + off * I,
-                     (int)counts[e], yf + off * H, FNB_DT_F32, H};
+        fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
+                     af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H};
         jobs[e] = j;
         off += counts[e];
     }

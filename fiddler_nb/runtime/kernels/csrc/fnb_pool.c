@@ -34,19 +34,16 @@ static float ref_weight(const fnb_job *j, int64_t r, int64_t k) {
     }
 }
 
-/* x index of input k: int4 activations are permuted within each 32-block (even k, then odd k) */
-static int64_t x_index(const fnb_job *j, int64_t k) {
-    if (j->wkind != FNB_I4GRP) return k;
-    int64_t b = k / FNB_BLOCK, i = k % FNB_BLOCK;
-    return b * FNB_BLOCK + (i & 1) * (FNB_BLOCK / 2) + i / 2;
-}
+/* Whether a variant reads int4 activations permuted within each 32-block (even k, then odd k):
+ * AVX-512 widens 16 low and 16 high nibbles at once; the others read k in order. */
+int fnb_i4_permuted(int isa) { return isa == FNB_ISA_AVX512; }
 
 static void fnb_rows_ref(const fnb_job *j, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++)
         for (int t = 0; t < j->T; t++) {
             double s = 0;  /* double: the reference is the exact sum, up to one rounding */
             for (int64_t k = 0; k < j->K; k++)
-                s += (double)ref_weight(j, r, k) * j->x[(int64_t)t * j->K + x_index(j, k)];
+                s += (double)ref_weight(j, r, k) * j->x[(int64_t)t * j->K + k];
             float v = (float)s;
             if (j->wkind == FNB_I8ROW) v = (float)(s * fnb_load_dt(j->scale, j->sdtype, r));
             fnb_store_dt(j->y, j->ydtype, (int64_t)t * j->ldy + r, v);
@@ -248,8 +245,8 @@ int fnb_linear(int isa, int threads, int wkind, const void *w, const void *scale
     pthread_mutex_lock(&call_mu);
     float *xbuf = fnb_scratch(0, (int64_t)T * K);
     if (!xbuf) { pthread_mutex_unlock(&call_mu); return -2; }
-    fnb_widen(x, xdtype, ldx, T, K, wkind == FNB_I4GRP, xbuf);  /* activations widened once */
-    fnb_job j = {wkind, w, scale, sdtype, group, shift, N, K, xbuf, T, y, ydtype, ldy};
+    fnb_widen(x, xdtype, ldx, T, K, wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
+    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy};
     fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
     return 0;
