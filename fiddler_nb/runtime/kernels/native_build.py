@@ -66,12 +66,16 @@ def cache_root() -> Path:
 
 def find_compiler() -> tuple[str | None, str]:
     """(path of the C compiler, "" ) or (None, why not)."""
-    asked = os.environ.get("FIDDLER_NB_CC")
+    return _find_compiler(os.environ.get("FIDDLER_NB_CC"), os.environ.get("PATH", ""))
+
+
+@lru_cache(maxsize=16)  # looked up on every kernel call: cache per (setting, PATH)
+def _find_compiler(asked: str | None, path: str) -> tuple[str | None, str]:
     if asked:
-        found = shutil.which(asked)
+        found = shutil.which(asked, path=path or None)
         return (found, "") if found else (None, f"FIDDLER_NB_CC={asked!r} is not an executable")
     for name in ("cc", "gcc", "clang"):
-        found = shutil.which(name)
+        found = shutil.which(name, path=path or None)
         if found:
             return found, ""
     return None, "no C compiler found (cc / gcc / clang; set FIDDLER_NB_CC)"
