@@ -35,6 +35,15 @@ FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.flo
 QUANTIZED = ("int8", "int4")
 FLOAT_FORMATS = ("bf16", "fp16", "fp32")
 KNOWN_FORMATS = FLOAT_FORMATS + QUANTIZED
+MXFP4 = "mxfp4"  # 4-bit e2m1 values, one e8m0 (power of two) scale per 32 inputs (gpt-oss)
+MXFP4_GROUP = 32
+# Checkpoint formats kept as they are (never a user's expert_dtype choice): label -> the kernel
+# family that runs them and its group. GGUF Q4_0 / Q4_K are torch's int4 pack with group-32
+# scales (Q4_K with zero points), so int4 kernels run them; MXFP4 has its own (kernels/).
+SOURCE_FORMATS: dict[str, tuple[str, int]] = {
+    "gguf-q4_0": ("int4", 32), "gguf-q4_k": ("int4", 32), "gguf-mxfp4": (MXFP4, MXFP4_GROUP),
+    MXFP4: (MXFP4, MXFP4_GROUP),
+}
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,12 @@ class ExpertFormat:
     """How routed experts are stored. name: 'bf16' | 'fp16' | 'fp32' | 'int8' | 'int4'."""
 
     name: str
-    group_size: int | None = None  # int4 only
+    group_size: int | None = None  # int4 / mxfp4 only
+    source: str | None = None  # a checkpoint's own format kept as is ('gguf-q4_0', 'mxfp4')
 
     @property
     def is_quantized(self) -> bool:
-        return self.name in QUANTIZED
+        return self.name in QUANTIZED or self.name == MXFP4
 
     @property
     def float_dtype(self) -> torch.dtype | None:
@@ -59,14 +69,26 @@ class ExpertFormat:
             return 8.0  # + one scale per row: negligible next to K weights
         if self.name == "int4":
             return 4.0 + 8.0 * scale_bytes / self.group_size
+        if self.name == MXFP4:
+            return 4.0 + 8.0 / self.group_size  # one e8m0 byte per group
         return 8.0 * FLOAT_DTYPES[self.name].itemsize
 
     def label(self) -> str:
+        """What users see (eng.expert_dtype): the checkpoint's format when kept as is."""
+        return self.source or self.kernel_label
+
+    @property
+    def kernel_label(self) -> str:
+        """The kernel family's label ('int4-g32' for GGUF Q4_0): what kernel choices key on."""
         return f"int4-g{self.group_size}" if self.name == "int4" else self.name
 
 
 def parse_label(label: str) -> ExpertFormat:
-    """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8')."""
+    """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8'); 'gguf-q4_0' ->
+    ExpertFormat('int4', 32, 'gguf-q4_0')."""
+    if label in SOURCE_FORMATS:
+        name, group = SOURCE_FORMATS[label]
+        return ExpertFormat(name, group, None if label == name else label)
     name, _, group = label.partition("-g")
     return ExpertFormat(name, int(group) if group else None)
 

@@ -130,7 +130,7 @@ def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
     int4."""
     if matrix_fmt == "float":
         return "aten" if n == 1 and dtype == torch.bfloat16 else "onednn"
-    return {"int8": "int8pack", "int4": "int4pack"}[matrix_fmt]
+    return {"int8": "int8pack", "int4": "int4pack", "mxfp4": "mxfp4-dequant"}[matrix_fmt]
 
 
 DEFAULT_CHOICE = KernelChoice()
@@ -154,7 +154,12 @@ def dequantize_matrix(m: Matrix, dtype: torch.dtype) -> torch.Tensor:
     if m.fmt == "int4-nibbles":  # the fast device's copy: [N, K/2] nibbles, scale [K/G, N, 2]
         q = unpack_nibbles(m.data)  # [N, K]
         n, k = q.shape
-        s = m.scale[..., 0].t().to(dtype)  # [N, K/G]
-        return (q.to(dtype).view(n, s.shape[1], -1) * s.unsqueeze(-1)).view(n, k)
+        s = m.scale[..., 0].t().to(dtype).unsqueeze(-1)  # [N, K/G, 1]
+        z = m.scale[..., 1].t().to(dtype).unsqueeze(-1)  # zero points (GGUF Q4_1 / Q4_K)
+        return (q.to(dtype).view(n, s.shape[1], -1) * s + z).view(n, k)
+    if m.fmt == "mxfp4":  # the same bytes on the fast device: decoded there into its dtype
+        from ..formats.mxfp4 import dequantize
+
+        return dequantize(m.data, m.scale, dtype)
     raise ValueError(f"matrix format {m.fmt!r} cannot run off the CPU; the fast device gets "
                      "the int4 nibble copy ('int4-nibbles')")
