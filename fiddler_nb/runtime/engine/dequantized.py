@@ -55,3 +55,20 @@ def write_dequantized(path: str | Path, out: str | Path, expert_dtype: str,
         if (root / name).is_file():
             shutil.copyfile(root / name, target / name)
     return target
+
+
+def write_gguf_reference(path: str | Path, out: str | Path) -> Path:
+    """A safetensors checkpoint (and tokenizer) of a GGUF model with every tensor the `gguf`
+    package's dequantization of the file, in float32: what stock transformers runs as the
+    reference for an engine on the GGUF file. Returns `out`."""
+    from .gguf_load import GGUFSource
+
+    source = GGUFSource(Path(path).expanduser(), torch.device("cpu"), torch.float32,
+                        expert_dtype="fp32")
+    model = source.load_model()
+    target = Path(out).expanduser()
+    model.save_pretrained(target)
+    tokenizer = source.tokenizer()
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
+    return target
