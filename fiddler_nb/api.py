@@ -52,7 +52,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     read before any weight is; "quick" measures once the model is loaded (seconds) and an error
     there closes the engine. expert_dtype: None keeps the checkpoint's; "bf16" / "fp16" / "fp32"
     cast the routed experts; "int8" / "int4" (with group_size 32 / 64 / 128) quantize them while
-    loading. A profile's measured kernel choice is used for the format.
+    loading (int8 without a group_size: one scale per output channel; "int8" with group_size=32,
+    label "int8-g32": GGUF Q8_0's layout). A profile's measured kernel choice is used for the format.
     """
     given = dict(expert_budget=expert_budget, placement=placement, execution=execution,
                  threads=threads, workload=workload, expert_dtype=expert_dtype,

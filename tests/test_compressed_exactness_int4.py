@@ -18,3 +18,10 @@ def test_int4_engine_matches_stock_on_dequantized(arch, tiny_checkpoints, dequan
                                                   stock_model):
     check_against_dequantized(arch, "int4", INT4_GROUP, tiny_checkpoints, dequantized,
                               stock_model)
+
+
+@pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
+def test_group_wise_int8_engine_matches_stock_on_dequantized(arch, tiny_checkpoints, dequantized,
+                                                             stock_model):
+    """int8 with one fp16 scale per 32 inputs (GGUF Q8_0's layout)."""
+    check_against_dequantized(arch, "int8", 32, tiny_checkpoints, dequantized, stock_model)

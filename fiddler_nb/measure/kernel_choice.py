@@ -63,8 +63,7 @@ class KernelMeasurement:
 def _stored(fmt: ExpertFormat, w: torch.Tensor, act: torch.dtype) -> Matrix:
     """One matrix w [N, K] as the engine stores it for the CPU kernels."""
     parts = convert_weight(w[None], fmt, False, act, on_gpu=False)
-    kind = "float" if not fmt.is_quantized else fmt.name
-    return Matrix(kind, parts[""][0], parts.get(SCALE_SUFFIX, [None])[0], fmt.group_size)
+    return Matrix(fmt.matrix_fmt, parts[""][0], parts.get(SCALE_SUFFIX, [None])[0], fmt.group_size)
 
 
 def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],

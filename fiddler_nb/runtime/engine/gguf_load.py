@@ -114,8 +114,8 @@ class GGUFSource:
         plan = gguf_blocks.plan_for(types[0]) if len(types) == 1 else None
         if plan is not None and plan.kind == "float":
             return ExpertFormat(dtype_label(self.dtype)), True, []
-        if plan is not None and plan.kind in ("int4", "mxfp4"):
-            name = "int4" if plan.kind == "int4" else MXFP4
+        if plan is not None and plan.kind in ("int4", "int8-group", "mxfp4"):
+            name = {"int4": "int4", "int8-group": "int8", "mxfp4": MXFP4}[plan.kind]
             notes = []
             exact = self.dtype == torch.float32 or (plan.gguf_type == "Q4_0"
                                                     and self.dtype == torch.float16)
@@ -166,6 +166,9 @@ class GGUFSource:
                                                                              self.dtype)))
             return {s: t[0] for s, t in convert_weight(w[None], self.fmt, False, self.dtype,
                                                        on_gpu).items()}
+        if self.fmt.matrix_fmt == "int8-group":  # GGUF Q8_0: the file's int8 and fp16 scales
+            q, scale = zip(*(gguf_blocks.decode_q8_0(r, k) for _, r in raws))
+            return {"": torch.cat(q), SCALE_SUFFIX: torch.cat(scale)}
         if kind == "mxfp4":
             blocks, scales = zip(*(mxfp4.from_gguf_blocks(r) for _, r in raws))
             return {"": torch.cat(blocks), SCALE_SUFFIX: torch.cat(scales)}

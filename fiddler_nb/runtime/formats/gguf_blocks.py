@@ -6,14 +6,17 @@ Kept as they are (the file's numbers, repacked for our kernels, no second roundi
   Q4_1  w = u * d + m                                 -> int4 group 32, scale d, zero m + 8d
   Q4_K  w = u * (d sc_j) - dmin m_j, 8 x 32 per 256  -> int4 group 32, scale d sc_j,
                                                         zero 8 d sc_j - dmin m_j
+  Q8_0  w = q * d, q int8, 32 per block, fp16 d      -> group-wise int8, group 32, fp16 d
   MXFP4 e2m1 codes and an e8m0 scale per 32           -> mxfp4 (formats/mxfp4.py)
   F32 / F16 / BF16                                    -> float (the activation dtype)
 u is the stored nibble (0..15); our int4 is torch's CPU pack of q = u - 8 with per-group
 (scale, zero) and w = q * scale + zero, which reproduces the file's w exactly for Q4_0 (fp16 d
-held in fp32 or fp16) and to one fp32 rounding of the zero point for Q4_1 / Q4_K.
+held in fp32 or fp16) and to one fp32 rounding of the zero point for Q4_1 / Q4_K. Q8_0 is
+group-wise int8 with the same fp16 scales, exact in any activation dtype up to the one rounding
+of q * d to it.
 Converted at load (dequantized by the `gguf` package, then quantized to our nearest format, with
-the error measured against the file's values and stated in eng.notes): Q8_0 (until a group-wise
-int8 format exists), Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, Q6_K -> int8 per output channel.
+the error measured against the file's values and stated in eng.notes): Q5_0, Q5_1, Q2_K, Q3_K,
+Q5_K, Q6_K -> int8 per output channel.
 Anything else (IQ*, TQ*, NVFP4, ...) is refused with the list above.
 
 Shape legend: N = rows (output channels), K = inputs, B = blocks of a row, J = sub-blocks.
@@ -29,13 +32,14 @@ GROUP = 32  # the int4 group every kept 4-bit type maps onto
 QK_K = 256  # super-block of the K-quants
 NATIVE_INT4 = ("Q4_0", "Q4_1", "Q4_K")
 FLOATS = ("F32", "F16", "BF16")
-CONVERTED = ("Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K")
-SUPPORTED = FLOATS + NATIVE_INT4 + ("MXFP4",) + CONVERTED
+CONVERTED = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K")
+SUPPORTED = FLOATS + NATIVE_INT4 + ("Q8_0", "MXFP4") + CONVERTED
 
 
 @dataclass(frozen=True)
 class TypePlan:
-    """How one GGUF tensor type is held: `kind` 'float' | 'int4' | 'mxfp4' | 'convert'."""
+    """How one GGUF tensor type is held: `kind` 'float' | 'int4' | 'int8-group' | 'mxfp4' |
+    'convert'."""
 
     gguf_type: str  # 'Q4_0', ...
     kind: str
@@ -48,6 +52,8 @@ def plan_for(gguf_type: str) -> TypePlan | None:
         return TypePlan(gguf_type, "float", None)
     if gguf_type in NATIVE_INT4:
         return TypePlan(gguf_type, "int4", f"gguf-{gguf_type.lower()}")
+    if gguf_type == "Q8_0":
+        return TypePlan(gguf_type, "int8-group", "gguf-q8_0")
     if gguf_type == "MXFP4":
         return TypePlan(gguf_type, "mxfp4", "gguf-mxfp4")
     if gguf_type in CONVERTED:
@@ -95,6 +101,16 @@ def decode_int4(gguf_type: str, raw: torch.Tensor, k: int
         raise ValueError(f"not an int4-kept GGUF type: {gguf_type}")
     q = (u.to(torch.int8) - 8).reshape(n, k)  # [N, K]
     return q, scale.reshape(n, -1), zero.reshape(n, -1)
+
+
+def decode_q8_0(raw: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """raw [N, bytes of a row] uint8 of a Q8_0 matrix -> (q [N, K] int8, scale [N, K/32] fp16):
+    w = q * scale, the group-wise int8 layout (formats/matrix.py 'int8-group')."""
+    n = raw.shape[0]
+    blk = raw.reshape(n, k // GROUP, 2 + GROUP)  # [N, B, 34]
+    scale = blk[..., :2].contiguous().view(torch.float16).squeeze(-1)  # [N, B]
+    q = blk[..., 2:].contiguous().view(torch.int8).reshape(n, k)  # [N, K]
+    return q, scale.contiguous()
 
 
 def _k_scale_min(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

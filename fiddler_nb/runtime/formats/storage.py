@@ -3,7 +3,8 @@ the conversion of float experts into the format (per expert, so the float copy o
 expert exists next to the result).
 
 A quantized matrix `name` becomes: `name` (int8 [E, N, K] or torch's CPU int4 pack
-[E, N, K/2]), `name_fnb_scale` (int8: [E, N]; int4: [E, K/G, N, 2]) and, when the fast device is
+[E, N, K/2]), `name_fnb_scale` (int8: [E, N]; group-wise int8: fp16 [E, N, K/G]; int4:
+[E, K/G, N, 2]) and, when the fast device is
 a GPU, `name_fnb_nibbles` (int4 [E, N, K/2], a layout the GPU can unpack). Quantized matrices
 are stored [N, K] even for transposed checkpoints (gpt-oss). Biases keep the model's dtype.
 
@@ -20,7 +21,7 @@ from torch import nn
 from ..model.adapters import ExpertLayout
 from .matrix import Matrix
 from .quant import (ExpertFormat, int4_scales_and_zeros, pack_int4_cpu, pack_nibbles,
-                    quantize_int4, quantize_int8)
+                    quantize_int4, quantize_int8, quantize_int8_grouped)
 
 SCALE_SUFFIX = "_fnb_scale"
 NIBBLES_SUFFIX = "_fnb_nibbles"
@@ -67,7 +68,7 @@ class ExpertStorage:
         """(first, down, biases) of one expert from tensors in cpu_names / device_names order."""
         if not self.fmt.is_quantized:
             return Matrix("float", weights[0]), Matrix("float", weights[1]), tuple(weights[2:])
-        fmt = self.fmt.name
+        fmt = self.fmt.matrix_fmt
         if fmt == "int4" and on_device and self.on_gpu:
             fmt = "int4-nibbles"
         first = Matrix(fmt, weights[0], weights[1], self.fmt.group_size)
@@ -92,7 +93,11 @@ def convert_weight(w: torch.Tensor, fmt: ExpertFormat, transposed: bool,
         out[NIBBLES_SUFFIX] = []
     for e in range(experts):
         we = w[e].t() if transposed else w[e]  # [N, K]
-        if fmt.name == "int8":
+        if fmt.matrix_fmt == "int8-group":
+            q, s = quantize_int8_grouped(we, fmt.group_size)
+            out[""].append(q)
+            out[SCALE_SUFFIX].append(s)  # fp16 whatever the activations: kept exactly
+        elif fmt.name == "int8":
             q, s = quantize_int8(we)
             out[""].append(q)
             out[SCALE_SUFFIX].append(s.to(act_dtype))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats.matrix import Matrix
-from ..formats.quant import unpack_nibbles
+from ..formats.quant import dequantize_int8_grouped, unpack_nibbles
 
 # Token-count buckets: a kernel is chosen per bucket; n tokens use the first bucket >= n.
 TOKEN_BUCKETS: tuple[int, ...] = (1, 8, 64, 512)
@@ -103,6 +103,13 @@ def _int8_dequant(x: torch.Tensor, m: Matrix) -> torch.Tensor:
     return F.linear(x, w)
 
 
+@register("int8g-dequant", "int8-group")
+def _int8g_dequant(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """Group-wise int8: dequantize (q * scale in fp32, rounded once to the activations' dtype,
+    exactly the weights `write_dequantized` stores), then F.linear."""
+    return F.linear(x, dequantize_int8_grouped(m.data, m.scale, x.dtype))  # [n, N]
+
+
 @register("int4pack", "int4")
 def _int4pack(x: torch.Tensor, m: Matrix) -> torch.Tensor:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, m.data, m.group_size, m.scale)
@@ -130,7 +137,8 @@ def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
     int4."""
     if matrix_fmt == "float":
         return "aten" if n == 1 and dtype == torch.bfloat16 else "onednn"
-    return {"int8": "int8pack", "int4": "int4pack", "mxfp4": "mxfp4-dequant"}[matrix_fmt]
+    return {"int8": "int8pack", "int8-group": "int8g-dequant", "int4": "int4pack",
+            "mxfp4": "mxfp4-dequant"}[matrix_fmt]
 
 
 DEFAULT_CHOICE = KernelChoice()
@@ -151,6 +159,8 @@ def dequantize_matrix(m: Matrix, dtype: torch.dtype) -> torch.Tensor:
         return m.data
     if m.fmt == "int8":
         return m.data.to(dtype) * m.scale.to(dtype).unsqueeze(-1)
+    if m.fmt == "int8-group":
+        return dequantize_int8_grouped(m.data, m.scale, dtype)
     if m.fmt == "int4-nibbles":  # the fast device's copy: [N, K/2] nibbles, scale [K/G, N, 2]
         q = unpack_nibbles(m.data)  # [N, K]
         n, k = q.shape
