@@ -143,6 +143,8 @@ def transformers_config(ckpt: GGUFCheckpoint) -> dict[str, Any]:
         raise CheckpointError(f"cannot read a model config from {ckpt.name}'s metadata "
                               f"({one_line(err)})") from None
     meta = ckpt.metadata
+    # transformers looks for output.weight in the first file only; a split set may hold it later
+    config["tie_word_embeddings"] = "output.weight" not in ckpt.tensors
     if arch == "llama":
         experts = meta.get("llama.expert_count", 0)
         if not experts:

@@ -28,12 +28,15 @@ K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 K_QUANT_SIZE = 256  # hidden / expert width of K-quant files: one 256-element super-block
 # byte offsets of the fp16 scale fields in one block (set to sane values in random blocks)
 _FP16_FIELDS = {"Q2_K": (-4, -2), "Q3_K": (-2,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (-2,)}
-_K_SCALE = 1e-3  # fp16 super-block scale of random K-quant blocks: weights of ~1e-2
+# fp16 super-block scale of random blocks: (scale x quant) products reach ~20 (Q2_K) to ~1000
+# (Q6_K), so weights come out near 0.02, the tiny models' init std
+_K_SCALE = {"Q2_K": 1e-3, "Q3_K": 4e-4, "Q4_K": 1e-4, "Q5_K": 4e-5, "Q6_K": 2e-5}
 
 
 def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "Q4_0",
-                   seed: int = 0, dense_type: str = "F32") -> Path:
-    """Write a seeded tiny `arch` model as one GGUF file at `path`; returns the path."""
+                   seed: int = 0, dense_type: str = "F32", split_max_tensors: int = 0) -> Path:
+    """Write a seeded tiny `arch` model as one GGUF file at `path` (split_max_tensors > 0: a
+    split set `stem-0000i-of-0000n.gguf` of that many tensors each); returns the (first) path."""
     from gguf import GGMLQuantizationType, GGUFWriter
     from transformers import AutoModelForCausalLM
 
@@ -52,7 +55,7 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
     gguf_arch = GGUF_ARCH[arch]
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = GGUFWriter(str(out), gguf_arch)
+    writer = GGUFWriter(str(out), gguf_arch, split_max_tensors=split_max_tensors)
     _write_metadata(writer, gguf_arch, config)
     _write_tokenizer(writer)
     state = model.state_dict()
@@ -80,7 +83,7 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return out
+    return writer.format_shard_names(out)[0] if split_max_tensors else out
 
 
 def _expert_modules(model) -> list[tuple[int, str]]:
@@ -157,7 +160,7 @@ def _add(writer, name: str, w: np.ndarray, type_name: str, rng=None) -> None:
         block, size = GGML_QUANT_SIZES[qtype]
         rows = w.reshape(-1, w.shape[-1])
         raw = rng.integers(0, 256, (rows.shape[0], w.shape[-1] // block, size), dtype=np.uint8)
-        scale = np.full(raw.shape[:2], _K_SCALE, dtype=np.float16).view(np.uint8) \
+        scale = np.full(raw.shape[:2], _K_SCALE[type_name], dtype=np.float16).view(np.uint8) \
             .reshape(*raw.shape[:2], 2)
         for offset in _FP16_FIELDS[type_name]:
             raw[..., offset:offset + 2 if offset + 2 else None] = scale
