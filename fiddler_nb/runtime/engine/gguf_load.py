@@ -193,8 +193,8 @@ class GGUFSource:
         file = self.ckpt.files[0]
         try:
             return AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None  # token ids still work; encode() says so if text is given
 
 
 def _check_type(entry: TensorEntry, source: str, dense: bool) -> None:

@@ -20,6 +20,7 @@ from ..model.adapters import MoELayer, find_moe_layers
 
 def build_skeleton(config_dict: dict[str, Any], source: str) -> tuple[nn.Module, list[MoELayer]]:
     """The model of `config_dict` on the meta device and its MoE layers (shapes only)."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config_dict = dict(config_dict)
@@ -28,7 +29,8 @@ def build_skeleton(config_dict: dict[str, Any], source: str) -> tuple[nn.Module,
         config = AutoConfig.for_model(model_type, **config_dict)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError,
+            ZeroDivisionError, OverflowError, AssertionError, StrictDataclassError) as err:
         raise UnsupportedModelError(f"{source} describes a {model_type!r} model transformers "
                                     f"cannot build ({one_line(err)})") from None
     model.eval()

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import CheckpointError, UnsupportedModelError, one_line
 
 SUFFIX = ".gguf"
+BLOCK = re.compile(r"^blk\.(?P<layer>\d+)\.")
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # llama.cpp architecture -> transformers model_type, for the MoE models we load. Mixtral is
 # stored as 'llama' with expert tensors; transformers' GGUF config mapping has no expert keys
@@ -164,8 +165,30 @@ def transformers_config(ckpt: GGUFCheckpoint) -> dict[str, Any]:
                       ("tokenizer.ggml.padding_token_id", "pad_token_id")):
         if key in meta:
             config.setdefault(name, int(meta[key]))
+        vocab = config.get("vocab_size")
+        if config.get(name) is not None and not (isinstance(vocab, int)
+                                                 and 0 <= config[name] < vocab):
+            raise CheckpointError(f"{ckpt.name}: {key} = {config[name]} is not a token id of a "
+                                  f"vocabulary of {vocab!r}; the metadata is corrupt")
     config.pop("_model_name_or_path", None)
+    _check_blocks(ckpt, config)
     return config
+
+
+def _check_blocks(ckpt: GGUFCheckpoint, config: dict[str, Any]) -> None:
+    """The metadata's layer count must be the tensor table's (a corrupt count would build a
+    model of millions of layers before any tensor check could refuse it)."""
+    blocks = {int(m["layer"]) for n in ckpt.tensors if (m := BLOCK.match(n))}
+    stated = config.get("num_hidden_layers")
+    if not isinstance(stated, int) or stated != len(blocks) or blocks != set(range(len(blocks))):
+        raise CheckpointError(f"{ckpt.name} states {stated!r} layers but its tensors are for "
+                              f"{len(blocks)} (blk.0 .. blk.{max(blocks, default=-1)}); the file "
+                              "is corrupt")
+    experts = config.get("num_local_experts") or config.get("num_experts")
+    top_k = config.get("num_experts_per_tok")
+    if not (isinstance(experts, int) and isinstance(top_k, int) and 1 <= top_k <= experts):
+        raise CheckpointError(f"{ckpt.name} routes each token to {top_k!r} of {experts!r} "
+                              "experts; the expert counts in its metadata are corrupt")
 
 
 EXPERT_TENSOR = re.compile(r"^blk\.(?P<layer>\d+)\.ffn_(?P<w>gate|up|down)_exps\.(?P<kind>weight|bias)$")
