@@ -147,10 +147,11 @@ class GGUFSource:
         for layer, entries in zip(self.layers, self.experts):
             tensors = {}
             for matrix, parts in (("gate_up_proj", ("gate", "up")), ("down_proj", ("down",))):
-                per_expert = [self._expert(entries, parts, e, on_gpu)
-                              for e in range(layer.num_experts)]
-                for suffix in per_expert[0]:
-                    tensors[matrix + suffix] = torch.stack([p[suffix] for p in per_expert])
+                for e in range(layer.num_experts):  # into [E, ...] tensors: no per-layer copy
+                    for suffix, t in self._expert(entries, parts, e, on_gpu).items():
+                        if e == 0:
+                            tensors[matrix + suffix] = t.new_empty((layer.num_experts, *t.shape))
+                        tensors[matrix + suffix][e] = t
             set_expert_tensors(layer.module, tensors)
         finish(model, self.device, self.ckpt.name)
         if self.errors:

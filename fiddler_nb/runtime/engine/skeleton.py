@@ -73,3 +73,24 @@ def finish(model: nn.Module, device: torch.device, source: str) -> None:
     if left:
         raise CheckpointError(f"{source} has no tensor for {', '.join(left[:4])}"
                               f"{' ...' if len(left) > 4 else ''}; is the file complete?")
+    release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand the per-expert conversion buffers back to the OS. glibc keeps freed blocks of a few
+    MB in its heap once a freed mapping raised its mmap threshold; measured on a 135 MB Q4_0
+    file, that kept anonymous memory 1.9x the model's tensors after loading, 1.09x after
+    malloc_trim. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
