@@ -239,3 +239,26 @@ def test_folder_with_two_models_is_refused(tmp_path):
         fnb.make_tiny_gguf(tmp_path / name, "mixtral", "Q4_0")
     with pytest.raises(fnb.CheckpointError, match="holds 2 GGUF models"):
         fnb.load(tmp_path, device="cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("gguf_type", ["Q4_K", "Q8_0", "MXFP4"])
+def test_cuda_gguf_experts_decoded_on_the_gpu_match(gguf_type, gguf_files, stock_model):
+    """On a GPU: resident rows and scratch slots hold the file's blocks (int4: the nibble copy
+    with scale and zero), decoded on the GPU before its GEMM; the CPU runs the packed kernels.
+    GPU GEMMs differ from oneDNN's order, hence 1e-4 (as for int8 / int4)."""
+    path, ref_path = gguf_files("mixtral", gguf_type)
+    ref = stock_model(ref_path).to("cuda")
+    engine = fnb.load(path, device="cuda", dtype="float32", expert_budget=0, placement="none",
+                      execution="cpu")
+    engine.set_latency_model(split_latency(engine.expert_bytes))
+    inputs = engine.encode(PROMPTS)
+    want_tokens, want_logits = _tokens_and_logits(ref, inputs)
+    for budget in _budgets(engine):
+        engine.set_expert_budget(budget)
+        for execution in EXECUTIONS:
+            engine.set_execution(execution)
+            tokens, logits = _tokens_and_logits(engine.model, inputs)
+            assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
+            assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"

@@ -122,3 +122,20 @@ def test_missing_scales_is_one_line(mxfp4_path, tmp_path):
         fnb.load(bad, device="cpu")
     assert "\n" not in str(info.value)
     assert json.loads((bad / "config.json").read_text())["quantization_config"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_mxfp4_decoded_in_the_scratch_slot_matches(mxfp4_path, mxfp4_reference):
+    engine = fnb.load(mxfp4_path, device="cuda", dtype="float32", expert_budget=0,
+                      placement="none", execution="cpu")
+    engine.set_latency_model(split_latency(engine.expert_bytes))
+    inputs = engine.encode(PROMPTS)
+    want_tokens, want_logits = _tokens_and_logits(mxfp4_reference.to("cuda"), inputs)
+    for budget in _budgets(engine):
+        engine.set_expert_budget(budget)
+        for execution in EXECUTIONS:
+            engine.set_execution(execution)
+            tokens, logits = _tokens_and_logits(engine.model, inputs)
+            assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
+            assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"
