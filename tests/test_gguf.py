@@ -262,3 +262,20 @@ def test_cuda_gguf_experts_decoded_on_the_gpu_match(gguf_type, gguf_files, stock
             tokens, logits = _tokens_and_logits(engine.model, inputs)
             assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
             assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"
+
+
+def test_loading_holds_the_model_once(tmp_path):
+    """Experts are read from the memory-mapped file one expert at a time: the anonymous memory
+    loading adds (peak, sampled every millisecond in a fresh process) is the model's own tensors
+    plus one expert's conversion buffers, never a float copy of the experts (which would be
+    100 MB here: 25M expert weights in fp32; the Q4_0 file holds 14 MB of them)."""
+    from test_streaming_load import _load_peak
+
+    path = fnb.make_tiny_gguf(tmp_path / "m.gguf", "mixtral", "Q4_0", hidden_size=256,
+                              intermediate_size=1024)
+    engine = fnb.load(path, device="cpu")
+    tensors = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    engine.close()
+    added = _load_peak(path, None)["added_kib"] * 1024
+    one_expert = 3 * 256 * 1024 * 4  # int32 scratch of torch's int4 pack, the largest buffer
+    assert added <= 1.1 * tensors + 2 * one_expert, (added, tensors)

@@ -34,9 +34,11 @@ _K_SCALE = {"Q2_K": 1e-3, "Q3_K": 4e-4, "Q4_K": 1e-4, "Q5_K": 4e-5, "Q6_K": 2e-5
 
 
 def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "Q4_0",
-                   seed: int = 0, dense_type: str = "F32", split_max_tensors: int = 0) -> Path:
+                   seed: int = 0, dense_type: str = "F32", split_max_tensors: int = 0,
+                   **config_overrides) -> Path:
     """Write a seeded tiny `arch` model as one GGUF file at `path` (split_max_tensors > 0: a
-    split set `stem-0000i-of-0000n.gguf` of that many tensors each); returns the (first) path."""
+    split set `stem-0000i-of-0000n.gguf` of that many tensors each; config_overrides: sizes of
+    the tiny config); returns the (first) path."""
     from gguf import GGMLQuantizationType, GGUFWriter
     from transformers import AutoModelForCausalLM
 
@@ -48,7 +50,7 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
     if expert_type in K_QUANTS:
         wide = "intermediate_size" if arch == "mixtral" else "moe_intermediate_size"
         sizes = {"hidden_size": K_QUANT_SIZE, wide: K_QUANT_SIZE}
-    config = tiny_config(arch, **sizes)
+    config = tiny_config(arch, **{**sizes, **config_overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _scale_routers(model, seed)
