@@ -53,7 +53,8 @@ class GGUFSource:
         self.skeleton, self.layers = build_skeleton(self.config, self.ckpt.name)
         self.dense = self._check_dense()
         self.experts = self._check_experts()
-        types = sorted({e.gguf_type for layer in self.experts for e in layer.values()})
+        types = sorted({e.gguf_type for layer in self.experts for w, e in layer.items()
+                        if not w.endswith(".bias")})
         self.fmt, self.convert, self.notes = self._choose_format(types, expert_dtype, group_size)
         self.errors: list[float] = []
 
@@ -87,17 +88,20 @@ class GGUFSource:
         """Per MoE layer, its 'gate' / 'up' / 'down' entries, checked against the model."""
         out = []
         for layer in self.layers:
-            module = layer.module
-            first = module.gate_up_proj.shape  # [E, 2I, H]
-            shapes = {"gate": (first[0], first[1] // 2, first[2]),
-                      "up": (first[0], first[1] // 2, first[2]),
-                      "down": tuple(module.down_proj.shape)}  # [E, H, I]
-            if layer.layout.is_transposed or layer.layout.has_bias or not layer.layout.has_gate:
+            if not layer.layout.has_gate:
                 raise CheckpointError(f"{self.ckpt.name}: experts of {layer.name} are not "
-                                      "gated [E, N, K] matrices; not supported from GGUF")
+                                      "gated; not supported from GGUF")
+            e, (n, k), (n_down, k_down) = layer.num_experts, *(
+                _n_k(layer, m) for m in ("gate_up_proj", "down_proj"))
+            shapes = {"gate": (e, n // 2, k), "up": (e, n // 2, k), "down": (e, n_down, k_down)}
+            if layer.layout.has_bias:
+                shapes.update({"gate.bias": (e, n // 2), "up.bias": (e, n // 2),
+                               "down.bias": (e, n_down)})
             entries = {}
             for which, shape in shapes.items():
-                name = expert_tensor_name(layer.decoder_index, which)
+                which, _, kind = which.partition(".")
+                name = expert_tensor_name(layer.decoder_index, which, kind or "weight")
+                which = f"{which}.{kind}" if kind else which
                 entry = self.ckpt.tensors.get(name)
                 if entry is None:
                     raise CheckpointError(f"{self.ckpt.name} has no tensor {name!r}; is the file "
@@ -148,10 +152,14 @@ class GGUFSource:
             tensors = {}
             for matrix, parts in (("gate_up_proj", ("gate", "up")), ("down_proj", ("down",))):
                 for e in range(layer.num_experts):  # into [E, ...] tensors: no per-layer copy
-                    for suffix, t in self._expert(entries, parts, e, on_gpu).items():
+                    for suffix, t in self._expert(entries, parts, e, on_gpu, layer).items():
                         if e == 0:
                             tensors[matrix + suffix] = t.new_empty((layer.num_experts, *t.shape))
                         tensors[matrix + suffix][e] = t
+                if layer.layout.has_bias:  # [E, N] (gate and up interleaved like the rows)
+                    biases = [torch.from_numpy(_dequantize(entries[f"{p}.bias"]).copy())
+                              for p in parts]
+                    tensors[matrix + "_bias"] = self._join(biases, dim=1).to(self.dtype)
             set_expert_tensors(layer.module, tensors)
         finish(model, self.device, self.ckpt.name)
         if self.errors:
@@ -160,27 +168,36 @@ class GGUFSource:
                               f"{max(self.errors):.2e} worst matrix")
         return model
 
+    def _join(self, parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        """Gate and up rows as the model fuses them: stacked (Mixtral, Qwen) or interleaved
+        (gpt-oss: gate row i at 2i, up row i at 2i + 1)."""
+        if len(parts) == 1 or self.ckpt.architecture != "gpt-oss":
+            return torch.cat(parts, dim=dim)
+        return torch.stack(parts, dim=dim + 1).flatten(dim, dim + 1)
+
     def _expert(self, entries: dict[str, TensorEntry], parts: tuple[str, ...], e: int,
-                on_gpu: bool) -> dict[str, torch.Tensor]:
-        """One expert's matrix (gate and up rows stacked) as the format's tensors."""
+                on_gpu: bool, layer: MoELayer) -> dict[str, torch.Tensor]:
+        """One expert's matrix (gate and up rows joined) as the format's tensors."""
         raws = [(entries[p], torch.from_numpy(entries[p].data[e].copy())) for p in parts]
         k = raws[0][0].shape[-1]
-        kind = self.fmt.name
+        kind, join = self.fmt.name, self._join
         if self.convert:
-            w = torch.cat([gguf_blocks.dequantize_raw(t.gguf_type, r, k) for t, r in raws])  # [N, K]
+            w = join([gguf_blocks.dequantize_raw(t.gguf_type, r, k) for t, r in raws])  # [N, K]
             if self.fmt.is_quantized:
                 self.errors.append(gguf_blocks.conversion_error(w, roundtrip(w, self.fmt,
                                                                              self.dtype)))
+            elif layer.layout.is_transposed:  # float experts keep the model's [K, N] layout
+                w = w.t()
             return {s: t[0] for s, t in convert_weight(w[None], self.fmt, False, self.dtype,
                                                        on_gpu).items()}
         if self.fmt.matrix_fmt == "int8-group":  # GGUF Q8_0: the file's int8 and fp16 scales
             q, scale = zip(*(gguf_blocks.decode_q8_0(r, k) for _, r in raws))
-            return {"": torch.cat(q), SCALE_SUFFIX: torch.cat(scale)}
+            return {"": join(list(q)), SCALE_SUFFIX: join(list(scale))}
         if kind == "mxfp4":
             blocks, scales = zip(*(mxfp4.from_gguf_blocks(r) for _, r in raws))
-            return {"": torch.cat(blocks), SCALE_SUFFIX: torch.cat(scales)}
+            return {"": join(list(blocks)), SCALE_SUFFIX: join(list(scales))}
         decoded = [gguf_blocks.decode_int4(t.gguf_type, r, k) for t, r in raws]
-        q, scale, zero = (torch.cat(x) for x in zip(*decoded))  # [N, K], [N, K/32] x 2
+        q, scale, zero = (join(list(x)) for x in zip(*decoded))  # [N, K], [N, K/32] x 2
         out = {"": pack_int4_cpu(q),
                SCALE_SUFFIX: torch.stack([scale.t(), zero.t()], -1).to(self.dtype).contiguous()}
         if on_gpu:
@@ -218,6 +235,13 @@ def _dequantize(entry: TensorEntry):
 
     values = dequantize(np.asarray(entry.data), GGMLQuantizationType[entry.gguf_type])
     return np.asarray(values, dtype=np.float32).reshape(entry.shape)
+
+
+def _n_k(layer: MoELayer, matrix: str) -> tuple[int, int]:
+    """(N, K) of one expert's `matrix` (gpt-oss stores experts transposed, [E, K, N])."""
+    shape = getattr(layer.module, matrix).shape
+    return (int(shape[2]), int(shape[1])) if layer.layout.is_transposed else (int(shape[1]),
+                                                                             int(shape[2]))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -24,7 +24,8 @@ SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # llama.cpp architecture -> transformers model_type, for the MoE models we load. Mixtral is
 # stored as 'llama' with expert tensors; transformers' GGUF config mapping has no expert keys
 # for 'llama', so `transformers_config` adds them.
-ARCHITECTURES = {"llama": "mixtral", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+ARCHITECTURES = {"llama": "mixtral", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",
+                 "gpt-oss": "gpt_oss"}
 # Errors the `gguf` reader raises on a corrupt or truncated file (it parses with numpy views)
 READ_ERRORS = (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, OSError,
                TypeError, AssertionError, MemoryError)
@@ -131,18 +132,26 @@ def _field_value(f) -> Any:
 def transformers_config(ckpt: GGUFCheckpoint) -> dict[str, Any]:
     """The config dict transformers' GGUF integration reads from the metadata, plus the MoE
     keys it lacks for llama-stored Mixtral. UnsupportedModelError for other architectures."""
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
 
     arch = ckpt.architecture
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(
             f"GGUF architecture {arch!r} ({ckpt.name}) is not supported; fiddler_nb loads GGUF "
             f"MoE models of architecture {', '.join(ARCHITECTURES)}")
-    try:
-        config = dict(load_gguf_checkpoint(str(ckpt.files[0]), return_tensors=False)["config"])
-    except (*READ_ERRORS, RuntimeError) as err:
-        raise CheckpointError(f"cannot read a model config from {ckpt.name}'s metadata "
-                              f"({one_line(err)})") from None
+    # transformers' own metadata -> config table, applied to the metadata read once above
+    # (its loader re-parses the file and misreads gpt-oss's rope keys)
+    table = "llama" if arch == "llama" else ARCHITECTURES[arch]
+    config: dict[str, Any] = {"model_type": ARCHITECTURES[arch]}
+    for key, name in GGUF_CONFIG_MAPPING[table].items():
+        value = ckpt.metadata.get(f"{arch}.{key}")
+        if name and value is not None:
+            config[name] = value
+    for key, value in GGUF_CONFIG_DEFAULTS_MAPPING.get(ARCHITECTURES[arch], {}).items():
+        config.setdefault(key, value)
+    tokens = ckpt.metadata.get("tokenizer.ggml.tokens")
+    if "vocab_size" not in config and isinstance(tokens, list):
+        config["vocab_size"] = len(tokens)
     meta = ckpt.metadata
     # transformers looks for output.weight in the first file only; a split set may hold it later
     config["tie_word_embeddings"] = "output.weight" not in ckpt.tensors
@@ -158,6 +167,8 @@ def transformers_config(ckpt: GGUFCheckpoint) -> dict[str, Any]:
                           ("expert_shared_feed_forward_length", "shared_expert_intermediate_size")):
             if f"qwen2moe.{key}" in meta:
                 config[name] = int(meta[f"qwen2moe.{key}"])
+    if arch == "gpt-oss":
+        _gpt_oss_config(meta, config)
     if arch == "qwen3moe" and "qwen3moe.expert_feed_forward_length" in meta:
         config["moe_intermediate_size"] = int(meta["qwen3moe.expert_feed_forward_length"])
     for key, name in (("tokenizer.ggml.bos_token_id", "bos_token_id"),
@@ -173,6 +184,25 @@ def transformers_config(ckpt: GGUFCheckpoint) -> dict[str, Any]:
     config.pop("_model_name_or_path", None)
     _check_blocks(ckpt, config)
     return config
+
+
+def _gpt_oss_config(meta: dict[str, Any], config: dict[str, Any]) -> None:
+    """What transformers' GGUF mapping leaves out for gpt-oss: the head width, the experts'
+    width, and YaRN as gpt-oss's config states it (rope_parameters, truncate off)."""
+    key = lambda name: meta.get(f"gpt-oss.{name}")  # noqa: E731
+    if key("attention.key_length"):
+        config["head_dim"] = int(key("attention.key_length"))
+    if key("expert_feed_forward_length"):
+        config["intermediate_size"] = int(key("expert_feed_forward_length"))
+    config.pop("rope_scaling", None)
+    rope = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+            "truncate": False, "original_max_position_embeddings": 4096,
+            "rope_theta": float(config.pop("rope_theta", 150000.0))}  # gpt-oss's own defaults
+    if key("rope.scaling.factor"):
+        rope["factor"] = float(key("rope.scaling.factor"))
+    if key("rope.scaling.original_context_length"):
+        rope["original_max_position_embeddings"] = int(key("rope.scaling.original_context_length"))
+    config["rope_parameters"] = rope
 
 
 def _check_blocks(ckpt: GGUFCheckpoint, config: dict[str, Any]) -> None:

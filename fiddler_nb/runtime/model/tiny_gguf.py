@@ -75,17 +75,31 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
     rng = np.random.default_rng(seed)
     for layer, name in _expert_modules(model):
         module = model.get_submodule(name)
-        gate_up = module.gate_up_proj.detach().float().numpy()  # [E, 2I, H]
-        inter = gate_up.shape[1] // 2
-        for which, w in (("gate", gate_up[:, :inter]), ("up", gate_up[:, inter:]),
-                         ("down", module.down_proj.detach().float().numpy())):
+        for which, w in _expert_matrices(module).items():
             _add(writer, expert_tensor_name(layer, which), np.ascontiguousarray(w), expert_type,
                  rng)
+        if module.has_bias:  # gpt-oss: gate / up biases de-interleaved as llama.cpp writes them
+            bias = module.gate_up_proj_bias.detach().float().numpy()  # [E, 2I]
+            for which, b in (("gate", bias[:, 0::2]), ("up", bias[:, 1::2]),
+                             ("down", module.down_proj_bias.detach().float().numpy())):
+                _add(writer, expert_tensor_name(layer, which, "bias"), np.ascontiguousarray(b),
+                     "F32")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return writer.format_shard_names(out)[0] if split_max_tensors else out
+
+
+def _expert_matrices(module) -> dict[str, np.ndarray]:
+    """gate / up / down of every expert, [E, N, K] (llama.cpp's order)."""
+    gate_up = module.gate_up_proj.detach().float().numpy()
+    down = module.down_proj.detach().float().numpy()
+    if module.is_transposed:  # gpt-oss: [E, H, 2I] with gate / up interleaved, down [E, I, H]
+        gate_up = gate_up.transpose(0, 2, 1)  # [E, 2I, H]
+        return {"gate": gate_up[:, 0::2], "up": gate_up[:, 1::2], "down": down.transpose(0, 2, 1)}
+    inter = gate_up.shape[1] // 2
+    return {"gate": gate_up[:, :inter], "up": gate_up[:, inter:], "down": down}
 
 
 def _expert_modules(model) -> list[tuple[int, str]]:
@@ -117,6 +131,13 @@ def _write_metadata(writer, arch: str, config) -> None:
     writer.add_uint32(key("vocab_size"), config.vocab_size)
     if arch != "llama":
         writer.add_uint32(key("expert_feed_forward_length"), moe_width)
+    if arch == "gpt-oss":
+        rope = config.rope_parameters
+        writer.add_uint32(key("sliding_window"), config.sliding_window)
+        writer.add_string(key("rope.scaling.type"), rope["rope_type"])
+        writer.add_float32(key("rope.scaling.factor"), rope["factor"])
+        writer.add_uint32(key("rope.scaling.original_context_length"),
+                          rope["original_max_position_embeddings"])
     shared = getattr(config, "shared_expert_intermediate_size", None)
     if shared:
         writer.add_uint32(key("expert_shared_feed_forward_length"), shared)
