@@ -208,12 +208,14 @@ class GGUFSource:
         return ExpertStorage(layer.layout, self.fmt, on_gpu=self.device.type == "cuda")
 
     def tokenizer(self):
-        """The tokenizer the metadata describes (transformers' GGUF tokenizer converter)."""
-        from transformers import AutoTokenizer
+        """The tokenizer the metadata describes (transformers' GGUF tokenizer converter; the
+        fast class directly: AutoTokenizer would first parse the config with transformers'
+        GGUF loader, which misreads gpt-oss's rope keys)."""
+        from transformers import PreTrainedTokenizerFast
 
         file = self.ckpt.files[0]
         try:
-            return AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+            return PreTrainedTokenizerFast.from_pretrained(file.parent, gguf_file=file.name)
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None  # token ids still work; encode() says so if text is given
 
