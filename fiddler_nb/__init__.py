@@ -27,7 +27,7 @@ from .runtime import policies
 from .runtime.model.config import EngineConfig
 from .measure.shapes import SHAPE_PRESETS, ModelShape, get_shape
 from .runtime.engine.engine import Engine, GenerationResult
-from .runtime.engine.dequantized import write_dequantized
+from .runtime.engine.dequantized import write_dequantized, write_gguf_reference
 from .runtime.errors import (BudgetError, CheckpointError, ContextLengthError, DeviceError,
                              EngineClosedError, FiddlerError, FileFormatError, FormatError,
                              InputError, MissingFileError, OptionError, UnsupportedModelError)
@@ -37,6 +37,7 @@ from .runtime.policies.popularity import Popularity
 from .runtime.generation.stats import GenerationStats, PhaseStats
 from .runtime.generation.streaming import GenerationStream, TokenEvent
 from .runtime.model.tiny import make_tiny_checkpoint
+from .runtime.model.tiny_gguf import make_tiny_gguf
 from .runtime.engine.model_facts import ModelFacts, inspect
 from .runtime.generation.workload import Workload, kv_cache_bytes
 
@@ -50,9 +51,9 @@ __all__ = [
     "OptionError", "PhaseStats", "Plan", "PlanRecord", "PlanRow", "PlanSettings", "Popularity",
     "SHAPE_PRESETS", "TokenEvent", "UnsupportedModelError", "Workload", "assign_layer",
     "autotune", "bench", "calibrate", "from_model", "get_shape", "inspect", "kv_cache_bytes",
-    "load", "make_random_checkpoint", "make_tiny_checkpoint", "plan", "plan_table", "policies",
+    "load", "make_random_checkpoint", "make_tiny_checkpoint", "make_tiny_gguf", "plan", "plan_table", "policies",
     "profile_hardware", "run_cpu_suite", "run_demo", "scaled_expert_budget", "use_profile",
-    "write_dequantized",
+    "write_dequantized", "write_gguf_reference",
 ]
 
 # UI modules, imported on first use (the report pulls in plotly's HTML machinery)

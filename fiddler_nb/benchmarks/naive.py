@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from ..runtime.model.adapters import find_moe_layers, is_experts_module
+from ..runtime.engine.dequantized import dequantized_gguf_model
+from ..runtime.model.gguf_file import is_gguf_path
 from ..runtime.generation.timing import FirstTokenClock, sync, with_clock
 
 CPU_NOTE = ("no CUDA: accelerate cpu_offload hooks with execution device cpu; no weights cross a "
@@ -82,7 +84,10 @@ def load_naive(path: str | Path, dtype: torch.dtype | None, expert_budget: int,
     from accelerate import cpu_offload, dispatch_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", device_map=None)
+    if is_gguf_path(Path(path)):  # the naive way to run a GGUF file: dequantize it all
+        model = dequantized_gguf_model(path, dtype)[0]
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", device_map=None)
     model.eval()
     layers = find_moe_layers(model)
     per_layer_bytes = layers[0].num_experts * layers[0].expert_bytes

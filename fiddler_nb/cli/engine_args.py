@@ -10,7 +10,8 @@ from ..runtime.policies.placement import known_placements
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="checkpoint directory, or 'tiny' (embedded)")
+    p.add_argument("--model", default="tiny",
+                   help="checkpoint directory, a .gguf file (or folder holding one), or 'tiny'")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: checkpoint's)")
     p.add_argument("--expert-budget", type=int, default=None,

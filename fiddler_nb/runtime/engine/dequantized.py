@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..model.adapters import find_moe_layers
-from ..formats.quant import ExpertFormat, roundtrip
+from ..formats.quant import ExpertFormat, dtype_label, roundtrip
 from ..formats.quantize_load import activation_dtype, check_format
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -54,4 +54,28 @@ def write_dequantized(path: str | Path, out: str | Path, expert_dtype: str,
     for name in TOKENIZER_FILES:
         if (root / name).is_file():
             shutil.copyfile(root / name, target / name)
+    return target
+
+
+def dequantized_gguf_model(path: str | Path, dtype: torch.dtype | None = None):
+    """A plain transformers model (on the CPU) of a GGUF file with every tensor the `gguf`
+    package's dequantization of the file, cast to `dtype` (default float32); and its source."""
+    from .gguf_load import GGUFSource
+
+    dtype = dtype or torch.float32
+    source = GGUFSource(Path(path).expanduser(), torch.device("cpu"), dtype,
+                        expert_dtype=dtype_label(dtype))
+    return source.load_model(), source
+
+
+def write_gguf_reference(path: str | Path, out: str | Path) -> Path:
+    """A safetensors checkpoint (and tokenizer) of a GGUF model with every tensor the `gguf`
+    package's dequantization of the file, in float32: what stock transformers runs as the
+    reference for an engine on the GGUF file. Returns `out`."""
+    model, source = dequantized_gguf_model(path)
+    target = Path(out).expanduser()
+    model.save_pretrained(target)
+    tokenizer = source.tokenizer()
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
     return target

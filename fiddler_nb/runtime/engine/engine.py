@@ -55,6 +55,7 @@ class Engine:
         self.popularity = popularity
         self.device = store.device
         self.workload: Workload | None = None  # set_workload: the reserve kept for KV + activations
+        self.load_notes: tuple[str, ...] = ()  # what loading kept, rounded or converted (GGUF, MXFP4)
         self._state = EngineState(store, make_execution(config.execution), latency,
                                   StatsRecorder(len(layers)),
                                   [[0] * layers[0].num_experts for _ in layers])
@@ -144,7 +145,7 @@ class Engine:
     @property
     def notes(self) -> tuple[str, ...]:
         """What a user should know about how this engine decides (shown in its repr)."""
-        notes = []
+        notes = list(self.load_notes)
         if self.config.placement == "popularity" and self.popularity is None \
                 and self.config.expert_budget > 0:
             notes.append("no routing profile yet: experts placed 'layer-balanced' until "

@@ -52,7 +52,7 @@ def run_expert(layer: MoELayer, x: torch.Tensor, weights: tuple[torch.Tensor, ..
     module, layout = layer.module, layer.layout
     storage = storage or ExpertStorage(layout, ExpertFormat(dtype_label(weights[0].dtype)))
     first, down, biases = storage.matrices(weights, on_device)
-    label = storage.fmt.label()
+    label = storage.fmt.kernel_label  # measured kernel choices key on the kernel family
     if not storage.fmt.is_quantized:
         x = x.to(first.data.dtype)
     if storage.is_transposed:

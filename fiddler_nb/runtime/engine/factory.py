@@ -24,6 +24,7 @@ from .dense import check_dense_dtype, route_dense_linears
 from ..kernels.registry import DEFAULT_CHOICE, KernelChoice
 from ..policies.latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
+from .sources import open_source
 from ..formats.quant import ExpertFormat
 from ..formats.quantize_load import check_format, quantize_experts, storage_for
 from ..policies.placement import make_placement
@@ -66,12 +67,16 @@ def load(path: str | Path, device: str | torch.device | None = None,
     check_dense_dtype(dense_dtype, dev)
     torch_dtype = resolve_dtype(dtype)
     root = resolve_path(path)
-    check_checkpoint(root)
-    meta_layers = check_moe_config(root)
+    source = open_source(root, dev, torch_dtype, expert_dtype, group_size)  # GGUF, MXFP4
+    if source is None:
+        check_checkpoint(root)
+        meta_layers = check_moe_config(root)
+        fmt = cpu_layout(check_format(meta_layers, expert_dtype, group_size))
+    else:  # a file's own blocks stay in torch's layout (GGUF Q4_1 / Q4_K carry zero points)
+        meta_layers, fmt = source.layers, source.fmt
     num_layers, num_experts = len(meta_layers), meta_layers[0].num_experts
     if expert_budget is not None:
         check_budget_range(expert_budget, num_layers, num_experts)
-    fmt = cpu_layout(check_format(meta_layers, expert_dtype, group_size))
     _check_slots(scratch_slots, num_experts)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
@@ -79,10 +84,16 @@ def load(path: str | Path, device: str | torch.device | None = None,
         popularity.check_shape(num_layers, num_experts)
     model = None
     try:
-        model = load_model(root, dev, torch_dtype, fmt)
-        return _build(model, _load_tokenizer(root), dev, expert_budget, gpu_memory, placement,
-                      execution, popularity, profile, scratch_slots, seed, str(root),
-                      workload, threads, fmt, kernels, dense_dtype)
+        if source is None:
+            model, tokenizer = load_model(root, dev, torch_dtype, fmt), _load_tokenizer(root)
+        else:
+            model, tokenizer = source.load_model(), _for_batches(source.tokenizer())
+        engine = _build(model, tokenizer, dev, expert_budget, gpu_memory, placement,
+                        execution, popularity, profile, scratch_slots, seed, str(root),
+                        workload, threads, fmt, kernels, dense_dtype)
+        if source is not None:
+            engine.load_notes = tuple(source.notes)
+        return engine
     except BaseException:
         del model
         gc.collect()
@@ -205,6 +216,12 @@ def _load_tokenizer(root: Path):
         tokenizer = AutoTokenizer.from_pretrained(root)
     except (OSError, ValueError, TypeError):
         return None  # token ids still work; encode() says so if text is given
+    return _for_batches(tokenizer)
+
+
+def _for_batches(tokenizer):
+    if tokenizer is None:
+        return None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -24,7 +24,7 @@ class ModelFacts:
     experts_per_layer: int
     top_k: int
     expert_bytes: int
-    expert_dtype: str
+    expert_dtype: str  # the stored format's label: 'bf16', 'int4-g64', 'gguf-q4_k', 'mxfp4', ...
     non_expert_bytes: int  # attention, embeddings, norms, routers, shared experts, lm_head
     workload: Workload
     kv_bytes: int
@@ -91,12 +91,11 @@ def inspect(engine: Any, workload: Workload | None = None,
         card = parse_bytes(device_memory)
         room = card - non_expert - store.scratch_slots * engine.expert_bytes
         fit_card = experts_that_fit(room, kv.bytes + act, engine.expert_bytes, total)
-    first = getattr(engine.layers[0].module, engine.layers[0].layout.first_name)
     return ModelFacts(
         architecture=str(getattr(cfg, "model_type", type(model).__name__)), path=str(engine.path),
         moe_layers=engine.num_layers, experts_per_layer=engine.num_experts,
         top_k=int(getattr(cfg, "num_experts_per_tok", 0) or 0), expert_bytes=engine.expert_bytes,
-        expert_dtype=str(first.dtype).removeprefix("torch."), non_expert_bytes=non_expert,
+        expert_dtype=engine.expert_dtype, non_expert_bytes=non_expert,
         workload=workload, kv_bytes=kv.bytes, activation_bytes=act, kv_notes=kv.notes,
         device=str(engine.device), experts_fit_here=here, card_bytes=card,
         experts_fit_card=fit_card)

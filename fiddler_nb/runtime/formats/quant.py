@@ -38,6 +38,17 @@ FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.flo
 QUANTIZED = ("int8", "int4")
 FLOAT_FORMATS = ("bf16", "fp16", "fp32")
 KNOWN_FORMATS = FLOAT_FORMATS + QUANTIZED
+MXFP4 = "mxfp4"  # 4-bit e2m1 values, one e8m0 (power of two) scale per 32 inputs (gpt-oss)
+MXFP4_GROUP = 32
+# Checkpoint formats kept as they are (never a user's expert_dtype choice): label -> the kernel
+# family that runs them and its group. GGUF Q4_0 / Q4_K are torch's int4 pack with group-32
+# scales (Q4_1 / Q4_K with zero points), so int4 kernels run them; Q8_0 is group-wise int8 with
+# fp16 scales; MXFP4 has its own kernel (kernels/torch_mxfp4.py).
+SOURCE_FORMATS: dict[str, tuple[str, int]] = {
+    "gguf-q4_0": ("int4", 32), "gguf-q4_1": ("int4", 32), "gguf-q4_k": ("int4", 32),
+    "gguf-q8_0": ("int8", 32), "gguf-mxfp4": (MXFP4, MXFP4_GROUP),
+    MXFP4: (MXFP4, MXFP4_GROUP),
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,8 @@ class ExpertFormat:
     group_size: int4's group; for int8, None = one scale per output channel, G = group-wise."""
 
     name: str
-    group_size: int | None = None  # int4 (always) and group-wise int8
+    group_size: int | None = None  # int4 and mxfp4 (always) and group-wise int8
+    source: str | None = None  # a checkpoint's own format kept as is ('gguf-q4_0', 'mxfp4')
     # int4 only, how the CPU copy is laid out: "torch" (torch's CPU int4 pack, for its
     # kernels) or "nibbles" (plain nibbles [N, K/2] + scales [N, K/G], what the package's native
     # kernels and the fast device read). Not part of the format's identity (label, equality).
@@ -54,7 +66,7 @@ class ExpertFormat:
 
     @property
     def is_quantized(self) -> bool:
-        return self.name in QUANTIZED
+        return self.name in QUANTIZED or self.name == MXFP4
 
     @property
     def float_dtype(self) -> torch.dtype | None:
@@ -80,15 +92,28 @@ class ExpertFormat:
             return 8.0  # + one scale per row: negligible next to K weights
         if self.name == "int4":
             return 4.0 + 8.0 * scale_bytes / self.group_size
+        if self.name == MXFP4:
+            return 4.0 + 8.0 / self.group_size  # one e8m0 byte per group
         return 8.0 * FLOAT_DTYPES[self.name].itemsize
 
     def label(self) -> str:
-        return f"{self.name}-g{self.group_size}" if self.group_size is not None else self.name
+        """What users see (eng.expert_dtype): the checkpoint's format when kept as is."""
+        return self.source or self.kernel_label
+
+    @property
+    def kernel_label(self) -> str:
+        """The kernel family's label ('int4-g32' for GGUF Q4_0): what kernel choices key on."""
+        if self.name == MXFP4 or self.group_size is None:
+            return self.name
+        return f"{self.name}-g{self.group_size}"
 
 
 def parse_label(label: str) -> ExpertFormat:
     """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8'); 'int8-g32' ->
-    ExpertFormat('int8', 32)."""
+    ExpertFormat('int8', 32); 'gguf-q4_0' -> ExpertFormat('int4', 32, 'gguf-q4_0')."""
+    if label in SOURCE_FORMATS:
+        name, group = SOURCE_FORMATS[label]
+        return ExpertFormat(name, group, None if label == name else label)
     name, _, group = label.partition("-g")
     return ExpertFormat(name, int(group) if group else None)
 

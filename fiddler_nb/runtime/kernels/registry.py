@@ -149,7 +149,8 @@ NATIVE_KERNELS = {"float": "native-float", "int8": "native-int8", "int8-group": 
                   "int4-blocks": "native-int4"}
 NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
 TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
-                 "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2}
+                 "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2,
+                 "mxfp4": ("mxfp4-dequant",) * 2}
 
 
 def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
@@ -195,7 +196,12 @@ def dequantize_matrix(m: Matrix, dtype: torch.dtype) -> torch.Tensor:
     if m.fmt == "int4-nibbles":  # the fast device's copy: [N, K/2] nibbles, scale [K/G, N, 2]
         q = unpack_nibbles(m.data)  # [N, K]
         n, k = q.shape
-        s = m.scale[..., 0].t().to(dtype)  # [N, K/G]
-        return (q.to(dtype).view(n, s.shape[1], -1) * s.unsqueeze(-1)).view(n, k)
+        s = m.scale[..., 0].t().to(dtype).unsqueeze(-1)  # [N, K/G, 1]
+        z = m.scale[..., 1].t().to(dtype).unsqueeze(-1)  # zero points (GGUF Q4_1 / Q4_K)
+        return (q.to(dtype).view(n, s.shape[1], -1) * s + z).view(n, k)
+    if m.fmt == "mxfp4":  # the same bytes on the fast device: decoded there into its dtype
+        from ..formats.mxfp4 import dequantize
+
+        return dequantize(m.data, m.scale, dtype)
     raise ValueError(f"matrix format {m.fmt!r} cannot run off the CPU; the fast device gets "
                      "the int4 nibble copy ('int4-nibbles')")
