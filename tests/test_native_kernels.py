@@ -28,8 +28,8 @@ REL = 1e-5
 OUT_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 FORMATS = [quant.ExpertFormat("fp32"), quant.ExpertFormat("bf16"), quant.ExpertFormat("fp16"),
            quant.ExpertFormat("int8"), quant.ExpertFormat("int8", 32),
-           quant.ExpertFormat("int8", 64), quant.ExpertFormat("int4", 32, "nibbles"),
-           quant.ExpertFormat("int4", 128, "nibbles")]
+           quant.ExpertFormat("int8", 64), quant.ExpertFormat("int4", 32, int4_layout="nibbles"),
+           quant.ExpertFormat("int4", 128, int4_layout="nibbles")]
 TOKENS = (1, 2, 3, 7, 8, 9, 17)  # both tiles (4 rows x 1-2 tokens, 1 row x 8/4/2/1 tokens)
 
 

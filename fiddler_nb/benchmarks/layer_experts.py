@@ -74,7 +74,7 @@ def measure_layer_experts(label: str, hidden: int = 4096, inter: int = 14336, ex
                           ) -> LayerExpertsResult:
     """Interleaved rounds of probe / native layer call / torch per-expert path (module doc)."""
     fmt = resolve_format(label, None, (hidden, inter), (2 * inter, hidden))
-    native_fmt = ExpertFormat(fmt.name, fmt.group_size, "nibbles") if fmt.name == "int4" else fmt
+    native_fmt = ExpertFormat(fmt.name, fmt.group_size, int4_layout="nibbles") if fmt.name == "int4" else fmt
     gen = torch.Generator().manual_seed(0)
     native, torch_side = [], []
     for _ in tqdm(range(experts), desc=f"{label}: quantizing experts", disable=not progress):

@@ -132,7 +132,7 @@ class GGUFSource:
             if plan.kind == "int4" and not exact:
                 notes.append(f"{plan.gguf_type} block scales rounded to {dtype_label(self.dtype)} "
                              "for torch's int4 kernel; dtype='float32' keeps them exactly")
-            return ExpertFormat(name, gguf_blocks.GROUP, plan.label), False, notes
+            return ExpertFormat(name, gguf_blocks.GROUP, source=plan.label), False, notes
         why = "mixed types" if len(types) > 1 else "no kernel of ours runs it as is"
         return CONVERT_TO, True, [f"experts {'/'.join(types)} ({why}) converted to "
                                   f"{CONVERT_TO.label()} at load"]

@@ -16,7 +16,7 @@ Shape legend: N = output channels, K = input channels, G = group size, E = exper
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import torch
 
@@ -58,6 +58,7 @@ class ExpertFormat:
 
     name: str
     group_size: int | None = None  # int4 and mxfp4 (always) and group-wise int8
+    _: KW_ONLY  # the rest by keyword only: two merged features once swapped them positionally
     source: str | None = None  # a checkpoint's own format kept as is ('gguf-q4_0', 'mxfp4')
     # int4 only, how the CPU copy is laid out: "torch" (torch's CPU int4 pack, for its
     # kernels) or "nibbles" (plain nibbles [N, K/2] + scales [N, K/G], what the package's native
@@ -110,10 +111,10 @@ class ExpertFormat:
 
 def parse_label(label: str) -> ExpertFormat:
     """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8'); 'int8-g32' ->
-    ExpertFormat('int8', 32); 'gguf-q4_0' -> ExpertFormat('int4', 32, 'gguf-q4_0')."""
+    ExpertFormat('int8', 32); 'gguf-q4_0' -> ExpertFormat('int4', 32, source='gguf-q4_0')."""
     if label in SOURCE_FORMATS:
         name, group = SOURCE_FORMATS[label]
-        return ExpertFormat(name, group, None if label == name else label)
+        return ExpertFormat(name, group, source=None if label == name else label)
     name, _, group = label.partition("-g")
     return ExpertFormat(name, int(group) if group else None)
 

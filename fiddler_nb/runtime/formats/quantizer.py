@@ -54,7 +54,7 @@ def _register():
 
         @property
         def fmt(self) -> ExpertFormat:
-            return ExpertFormat(self.expert_format, self.group_size, self.int4_layout)
+            return ExpertFormat(self.expert_format, self.group_size, int4_layout=self.int4_layout)
 
     class QuantizeExperts(ConversionOps):
         """Fused float matrix of one layer -> the format's tensors (storage.convert_weight)."""
