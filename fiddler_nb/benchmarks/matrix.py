@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..measure.shapes import get_shape
 from ..runtime.errors import BudgetError, FiddlerError
+from ..runtime.files import write_json
 from ..runtime.validate import check_int, check_list, check_name
 
 STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (placement, execution) in the engine
@@ -93,11 +94,8 @@ class BenchRecord:
 
 def save_records(records: Sequence[BenchRecord], path: str | Path,
                  extra: dict[str, Any] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"kind": "measured", **(extra or {}), "records": [asdict(r) for r in records]}
-    path.write_text(json.dumps(payload, indent=1))
-    return path
+    return write_json(path, payload, "bench results")
 
 
 def load_records(path: str | Path) -> list[BenchRecord]:

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
+from ..runtime.files import write_atomic
+
 MEASURED_COLUMNS = ("strategy", "budget_experts", "prompt_tokens", "new_tokens", "batch",
                     "prefill_tps", "decode_tps", "time_to_first_token_s", "decode_hit_rate",
                     "bytes_moved", "tokens_match")
@@ -64,13 +66,10 @@ class Report:
         self.parts.append(table)
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         body = "\n".join(self.parts)
-        path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
+        return write_atomic(path, f"<!doctype html><html><head><meta charset='utf-8'><title>"
                         f"{html.escape(self.title)}</title><style>{_STYLE}</style></head><body>"
-                        f"<h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>")
-        return path
+                        f"<h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>", "report")
 
 
 def _cell(value: Any) -> str:

@@ -7,11 +7,10 @@ functions (`profiler.profile_hardware`, `planner.plan`) receive plain values.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
-from pathlib import Path
 
 from ..runtime.errors import OptionError
+from ..runtime.files import write_json
 from ..measure.shapes import SHAPE_PRESETS
 
 
@@ -55,10 +54,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                    prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, skew=args.skew)
     print(plan_table(records))
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"kind": "projected", "profile": profile.to_dict(),
-                                    "records": [asdict(r) for r in records]}, indent=1))
+        path = write_json(args.out, {"kind": "projected", "profile": profile.to_dict(),
+                                     "records": [asdict(r) for r in records]}, "plan records")
         print(f"saved {path}")
     return 0
 

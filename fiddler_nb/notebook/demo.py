@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from .plots import latency_curves, tokens_per_s_vs_budget
 from ..measure.profiler import profile_hardware
 from ..benchmarks.random_checkpoint import scaled_expert_budget
 from ..benchmarks.report import MEASURED_COLUMNS, PROJECTED_COLUMNS, Report
+from ..runtime.files import write_json
 
 PROJECTED_SHAPE = "mixtral-8x7b"
 PRESET_GPU = "rtx-4090"  # a 24 GB consumer card, the paper's target class
@@ -42,8 +42,8 @@ def run_demo(out_dir: str | Path = "reports", quick: bool = True, model: str = "
     save_records(records, out / "demo_bench.json")
     print(records_table(records))
     plan_records = _plan(profile)
-    (out / "demo_plan.json").write_text(json.dumps(
-        {"kind": "projected", "records": [asdict(r) for r in plan_records]}, indent=1))
+    write_json(out / "demo_plan.json", {"kind": "projected",
+                                        "records": [asdict(r) for r in plan_records]})
     report = Report("fiddler_nb demo: measured here, projected elsewhere")
     _measured_section(report, records, profile, command)
     _memory_section(report, model)

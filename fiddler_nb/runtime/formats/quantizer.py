@@ -21,6 +21,7 @@ from torch import nn
 
 from ..model.adapters import find_moe_layers, is_experts_module, layout_of
 from .quant import ExpertFormat
+from .quantize_load import check_finite, layer_of
 from .storage import ExpertStorage, convert_weight
 
 METHOD = "fiddler_nb_experts"
@@ -65,6 +66,7 @@ def _register():
             cfg = self.quantizer.quantization_config
             for key, value in input_dict.items():
                 w = value[0] if isinstance(value, list) else value
+                check_finite(w, layer_of(key), key.rsplit(".", 1)[-1])
                 parts = convert_weight(w, cfg.fmt, self.quantizer.transposed[key],
                                        getattr(torch, cfg.act_dtype), cfg.on_gpu)
                 del w
