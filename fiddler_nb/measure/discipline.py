@@ -265,12 +265,13 @@ class Conditions:
         """One line when the machine was busy ('this machine was busy: ...'), else None."""
         if not self.busy:
             return None
-        worst = max((s.rel_spread / 2 for s in spreads if math.isfinite(s.rel_spread)),
-                    default=None)
+        halves = sorted(s.rel_spread / 2 for s in spreads if math.isfinite(s.rel_spread))
         shares = [m.others_share for m in (self.before, self.after)
                   if m is not None and m.others_share is not None]
-        if worst is not None and worst > 0:
-            off = f"about +-{100 * worst:.0f}% (the spread of the repeats) or more"
+        if halves and halves[-1] > 0:
+            typical, worst = statistics.median(halves), halves[-1]
+            off = f"about +-{100 * typical:.0f}% (half the interquartile range of the repeats"
+            off += f"; up to +-{100 * worst:.0f}%)" if worst > 1.5 * typical else ")"
         elif shares:
             off = f"up to {100 * max(shares):.0f}% (the CPU time others took)"
         else:
