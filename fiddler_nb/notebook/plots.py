@@ -337,10 +337,11 @@ def autotune(plan: Any) -> go.Figure:
                 legendgroup=kind), row=1, col=col)
     w = plan.workload
     fig.update_layout(
-        title=f"Autotune: tokens/s per candidate -- measured (solid), projected (hatched) -- "
-              f"prompt {w.prompt_tokens} + {w.new_tokens} new, batch {w.batch}, {plan.dtype} "
-              f"on {plan.device} ({plan.machine}); * = chosen",
-        barmode="group", template=TEMPLATE, height=max(300, 60 + 28 * len(rows)),
+        title=f"Autotune: tokens/s per candidate -- measured (solid), projected (hatched); "
+              f"* = chosen<br><sup>prompt {w.prompt_tokens} + {w.new_tokens} new, batch "
+              f"{w.batch}, {plan.dtype} on {plan.device} ({plan.machine})</sup>",
+        barmode="group", template=TEMPLATE, height=max(340, 110 + 28 * len(rows)),
+        margin=dict(t=110),  # two title lines above the subplot titles
         yaxis=dict(autorange="reversed", title="candidate"), legend_title="phase (kind)")
     fig.update_xaxes(title_text="tokens/s")
     return fig
