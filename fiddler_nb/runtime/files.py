@@ -29,7 +29,8 @@ def atomic_target(path: str | Path, what: str = "file") -> Iterator[Path]:
     replace the device.
     """
     path = Path(path).expanduser()
-    special = path.exists() and not stat.S_ISREG(path.stat().st_mode)
+    mode = path.stat().st_mode if path.exists() else 0
+    special = stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
     tmp = path if special else path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if not special:
@@ -54,9 +55,15 @@ def write_atomic(path: str | Path, data: str | bytes, what: str = "file") -> Pat
 
 
 def write_with(path: str | Path, writer: Callable[[str], Any], what: str = "file") -> Path:
-    """Let a library's `writer(path)` (e.g. safetensors' save_file) write atomically."""
+    """Let a library's `writer(path)` (e.g. safetensors' save_file) write atomically; its own
+    I/O error types (safetensors raises SafetensorError) count as OSErrors."""
     with atomic_target(path, what) as tmp:
-        writer(str(tmp))
+        try:
+            writer(str(tmp))
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- a library's I/O error, re-raised as one line
+            raise OSError(one_line(err)) from None
     return Path(path).expanduser()
 
 
