@@ -126,3 +126,22 @@ def test_demo_writes_a_report(tmp_path, monkeypatch):
     plan = json.loads((tmp_path / "demo_plan.json").read_text())
     assert plan["kind"] == "projected" and plan["records"]
     assert load_records(tmp_path / "demo_bench.json")
+
+
+def test_demo_report_leads_with_its_conclusion(tmp_path, monkeypatch):
+    import re
+
+    from fiddler_nb.notebook import demo
+
+    monkeypatch.setattr(demo, "QUICK", dict(prompt_lengths=(8, 16), repeats=1, new_tokens=3))
+    monkeypatch.setattr(demo, "PROJECTED_SHAPE", "tiny")
+    text = demo.run_demo(tmp_path, quick=True, progress=False).read_text()
+    body = text.split("<body>", 1)[1]
+    first = re.sub(r"<[^>]+>", " ", body.split("<h2>", 1)[0])  # before the first section
+    assert "takes" in first and "ms at 1 token" in first, "the CPU expert finding comes first"
+    assert "projected" in first and "naive offloading" in first
+    assert "no gpu here" in first.lower() or "GPU (" in first
+    if "no gpu here" in first.lower():
+        assert "No GPU: every budget runs on the CPU" in text
+    assert "decode tok/s" in text and "decode_tps" not in text.split("<table", 1)[1].split(
+        "</table>", 1)[0], "tables use readable headers"
