@@ -128,7 +128,10 @@ class Tuner:
         self.note = cpu_only_note(self.target) if self.kind == MEASURED else None
         self.status = w.HTML(value=f"<i>{self.kind}; press {verb}</i>")
         self.info = w.HTML(value=f"<b>{html.escape(self.note)}</b>" if self.note else "")
+        for widget, name in ((self.status, "status"), (self.info, "note")):
+            widget.add_class(f"{CSS_CLASS}-{name}")  # browser tests find them by class
         self.error = w.HTML(value="")
+        self.error.add_class(f"{CSS_CLASS}-error")
         self.figure = budget_figure(self.kind, self._where(), cpu_only=self.note is not None)
         self.budget.observe(lambda _: self._show_gib(), names="value")
         self.run_button.on_click(lambda _: self.run())
