@@ -26,6 +26,7 @@ CLI_HINTS: tuple[tuple[str, str], ...] = (
      "pass --expert-dtype int4 with the --group-size you want"),
     (r"pass 'cpu', 'cuda', 'cuda:N' or None", "pass --device cpu, cuda or cuda:N, or leave it out"),
     (r"pass device=None or device='cpu'", "leave --device out or pass --device cpu"),
+    (r"or None \(what fits\)", "or 'fit' (what fits)"),
     # then option names: snake_case ones anywhere, plain words only where a message starts
     (r"\b(expert_dtype|group_size|expert_budget|gpu_memory|scratch_slots)\b=?",
      lambda m: "--" + m.group(1).replace("_", "-") + (" " if m.group(0).endswith("=") else "")),
