@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .measure.compare import Decision, decide, refine_targets
 from .measure.discipline import conditions, machine_load, spread
+from .measure.shapes import engine_shape
 from .runtime.errors import FiddlerError
 from .runtime.validate import check_float
 from .runtime.generation.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
@@ -320,25 +321,6 @@ def _default_projection(profile: Any) -> Callable:
                 f"planner (projected, {records[0].latency_source})" if records else "none")
 
     return project
-
-
-def engine_shape(engine: Any):
-    """The planner's ModelShape of a loaded engine."""
-    from .measure.shapes import ModelShape
-
-    layer = engine.layers[0]
-    first = getattr(layer.module, layer.layout.first_name)  # [E, 2I, H] (or transposed)
-    cfg = engine.model.config.get_text_config()
-    hidden = int(cfg.hidden_size)
-    dtype = str(first.dtype).removeprefix("torch.")
-    expert_params = engine.expert_bytes // first.element_size()
-    matrices = 3 if layer.layout.has_gate else 2
-    non_expert = sum(p.numel() * p.element_size() for p in engine.model.parameters()) - \
-        engine.num_layers * engine.num_experts * engine.expert_bytes
-    return ModelShape(Path(str(engine.path)).name, engine.num_layers, engine.num_experts,
-                      int(getattr(cfg, "num_experts_per_tok", 2)), hidden,
-                      max(1, expert_params // (matrices * hidden)), dtype, max(0, non_expert),
-                      gated=layer.layout.has_gate)
 
 
 def _default_loader(path: Any, workload: Workload, fmt: str | None):

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..measure.discipline import RepeatPolicy, conditions, machine_load
 from ..measure.shapes import get_shape
 from ..runtime.errors import BudgetError, FiddlerError
-from ..runtime.validate import check_int, check_list, check_name
+from ..runtime.validate import check_float, check_int, check_list, check_name
 from .cells import check_tokens as _check_tokens  # noqa: F401  (tests call it)
 from .cells import run_engine_cell, run_naive, skipped_cell
 from .records import (STRATEGIES, BenchRecord, TokenMismatchError, load_records,  # noqa: F401
@@ -108,6 +108,7 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     validate_bench_args(strategies, budgets, prompt_lengths, new_tokens, batches, repeats, warmup,
                         on_mismatch, full_shape, seed)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    check_float("cell_budget_s", cell_budget_s, minimum=0.0)
     policy = RepeatPolicy(warmup, repeats, MAX_REPEATS_FACTOR * repeats, budget_s=cell_budget_s)
     before = conditions()
     eng = load(model, device=device, dtype=dtype, expert_budget=0, placement="none",
