@@ -83,9 +83,9 @@ class Report:
 
     def lead(self, sentences: Sequence[str], warning: str | None = None) -> None:
         """The conclusion, first in the file: one paragraph, and a busy-machine line if any."""
-        body = " ".join(html.escape(s) for s in sentences)
+        body = "".join(f"<p>{html.escape(s)}</p>" for s in sentences)
         busy = f'<p class="busy">{html.escape(warning)}</p>' if warning else ""
-        self.parts.append(f'<div class="lead"><p>{body}</p>{busy}</div>')
+        self.parts.append(f'<div class="lead">{body}{busy}</div>')
 
     def heading(self, text: str, kind: str | None = None) -> None:
         tag = f' <span class="{kind}">[{kind}]</span>' if kind else ""

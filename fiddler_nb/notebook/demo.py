@@ -100,8 +100,10 @@ def _conclusion(report: Report, records, profile, plan_records) -> None:
 def _projected_section(report: Report, profile, plan_records) -> None:
     gpu = _gpu(profile)
     report.heading(f"Projected: {PROJECTED_SHAPE} on {gpu} with this machine's CPU", "projected")
+    sources = "; ".join(f"{part.replace('_', ' ')}: {how.replace(':', ' ')}"
+                        for part, how in profile.sources.items())
     report.note("Nothing here ran on a GPU: the planner combines the CPU curve measured here with "
-                f"the GPU/link figures ({profile.sources}). Lines are dashed.")
+                f"the GPU and link figures ({sources}). Lines are dashed.")
     report.figure(tokens_per_s_vs_budget(projected=plan_records, phase="decode", batch=None,
                                          title_suffix=f" ({PROJECTED_SHAPE}, {gpu})"))
     lat = profile.latency_model()

@@ -77,11 +77,11 @@ def tokens_per_s_vs_budget(measured: Sequence[Any] = (), projected: Sequence[Any
     label = " (solid) and ".join(kinds) + (" (dashed)" if len(kinds) == 2 else "")
     where = f", prompt {prompt_tokens} tokens" if prompt_tokens else ""
     where += f", batch {batch}" if batch else ""
+    bars = "<br><sup>error bars: interquartile range of the repeats</sup>" if measured else ""
     fig.update_layout(title=f"{phase.capitalize()} tokens/s vs GPU expert budget -- "
-                            f"{label or 'no data'}{where}{title_suffix}",
+                            f"{label or 'no data'}{where}{title_suffix}{bars}",
                       xaxis_title="GPU expert budget (experts resident, all layers)",
-                      yaxis=dict(title=f"{phase} throughput (tokens/s); bars: interquartile "
-                                       "range of the repeats", rangemode="tozero"),
+                      yaxis=dict(title=f"{phase} throughput (tokens/s)", rangemode="tozero"),
                       legend_title="strategy")
     return fig
 
