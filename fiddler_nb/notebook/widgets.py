@@ -57,9 +57,10 @@ def budget_figure(kind: str, where: str, widget: bool = True, cpu_only: bool = F
     return fig
 
 
-def add_point(fig, pt: TunerPoint) -> None:
+def add_point(fig, pt: TunerPoint, lines: bool = True) -> None:
     """Put `pt` into its series (replacing an earlier point at the same budget), sorted by
-    budget; measured points carry their interquartile range as error bars."""
+    budget; measured points carry their interquartile range as error bars. lines=False: markers
+    only (on a CPU-only machine a line between budgets would suggest a trend that is noise)."""
     trace = next((t for t in fig.data if t.name == pt.series), None)
     merged = {} if trace is None else dict(zip(trace.x, zip(
         trace.y, trace.error_y.array or [0] * len(trace.x),
@@ -72,7 +73,8 @@ def add_point(fig, pt: TunerPoint) -> None:
     bars = dict(type="data", symmetric=False, array=ups, arrayminus=downs,
                 visible=pt.kind == MEASURED)
     if trace is None:
-        fig.add_scatter(x=xs, y=ys, name=pt.series, mode="lines+markers", error_y=bars,
+        fig.add_scatter(x=xs, y=ys, name=pt.series, error_y=bars,
+                        mode="lines+markers" if lines else "markers",
                         line=dict(dash="dash" if pt.kind == PROJECTED else "solid"))
         return
     with fig.batch_update():
@@ -86,7 +88,8 @@ def describe(pt: TunerPoint) -> str:
             f"{pt.label}, prompt {pt.prompt_tokens} + {pt.new_tokens} new: prefill "
             f"{pt.prefill_tps:.1f} tok/s, decode {pt.decode_tps:.2f} tok/s{spread}, decode GPU "
             f"hit rate {100 * pt.hit_rate:.0f}% on {pt.device}")
-    return text + (f". {pt.busy_note}" if pt.busy_note else "")
+    note = pt.busy_note
+    return text + (f". {note[0].upper()}{note[1:]}" if note else "")
 
 
 # ---- the widget tree ---------------------------------------------------------------------
@@ -237,7 +240,7 @@ class Tuner:
 
     def _record(self, pt: TunerPoint) -> None:
         self.points.append(pt)
-        add_point(self.figure, pt)
+        add_point(self.figure, pt, lines=self.note is None)
         self.status.value = html.escape(describe(pt))
         self.progress.value += 1
 
