@@ -28,7 +28,7 @@ class StrategySummary:
     """One strategy's measured tokens/s, pooled over the budgets it ran at."""
 
     strategy: str
-    decode: Spread | None  # median of the cells' medians; interval: lowest to highest IQR bound
+    decode: Spread | None  # median of the cells' medians and of their IQR bounds (typical)
     prefill: Spread | None
     cells: int
 
