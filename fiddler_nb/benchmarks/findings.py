@@ -36,7 +36,11 @@ class StrategySummary:
 def _pool(spreads: Sequence[Spread], unit: str) -> Spread | None:
     if not spreads:
         return None
-    return Spread(statistics.median(s.median for s in spreads), min(s.low for s in spreads), max(s.high for s in spreads),
+    # the typical cell: median of the medians and of the IQR bounds (one outlier cell among the
+    # budgets would otherwise stretch the interval over everything)
+    return Spread(statistics.median(s.median for s in spreads),
+                  statistics.median(s.low for s in spreads),
+                  statistics.median(s.high for s in spreads),
                   sum(s.repeats for s in spreads), unit)
 
 

@@ -21,17 +21,16 @@ def strategies_without_gpu(summaries: Sequence[Any], phase: str = "decode",
     """Bars of `phase` tokens/s per strategy from `findings.StrategySummary`s (measured)."""
     rows = [(s.strategy, getattr(s, phase)) for s in summaries if getattr(s, phase) is not None]
     fig = go.Figure(go.Bar(
-        y=[name for name, _ in rows], x=[sp.median for _, sp in rows], orientation="h",
+        y=[f"{name} ({sp.repeats} runs)" for name, sp in rows], x=[sp.median for _, sp in rows],
+        orientation="h",
         marker=dict(color=[STRATEGY_COLORS.get(name, "#888") for name, _ in rows]),
         error_x=dict(type="data", symmetric=False, array=[sp.high - sp.median for _, sp in rows],
                      arrayminus=[sp.median - sp.low for _, sp in rows]),
-        text=[f"{sp.median:.0f} tok/s ({sp.repeats} runs)" for _, sp in rows],
-        textposition="inside", name=phase,
-        hovertemplate="%{y}: %{x:.1f} tok/s<extra>" + phase + "</extra>"))
+        name=phase, hovertemplate="%{y}: %{x:.1f} tok/s<extra>" + phase + "</extra>"))
     fig.update_layout(
         title=f"No GPU: every budget runs on the CPU -- {phase} tokens/s per strategy "
-              f"(measured{where})<br><sup>median over budgets and repeats; error bars: "
-              "interquartile range</sup>",
+              f"(measured{where})<br><sup>median over budgets; error bars: the typical "
+              "interquartile range of a cell's repeats</sup>",
         template=TEMPLATE, height=120 + 45 * len(rows), margin=dict(t=90),
         xaxis=dict(title=f"{phase} throughput (tokens/s)", rangemode="tozero"),
         yaxis=dict(title="strategy", autorange="reversed"), showlegend=False)
