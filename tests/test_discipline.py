@@ -102,6 +102,9 @@ def test_busy_note_appears_with_the_spread():
     note = busy.note([d.Spread(100.0, 80.0, 120.0, 9)])
     assert note.startswith("this machine was busy")
     assert "+-20%" in note and "2.52" in note and "70%" in note
+    assert "read slow" not in note, "1.3 runnable threads per CPU: the spread says enough"
+    loaded = d.Conditions(_load(1.0, load_1m=9.5)).note([d.Spread(100.0, 90.0, 110.0, 9)])
+    assert "+-10%" in loaded and "perhaps by 5x" in loaded
 
 
 def test_quiet_machine_has_no_note():

@@ -36,6 +36,7 @@ IDLE_PROBE_S = 0.2  # long enough for /proc/stat's 10 ms ticks to count ~40 per 
 # as much; below that, the repeats' spread already says what the noise is.
 BUSY_SHARE = 0.25
 BUSY_LOAD_PER_CPU = 1.0  # without /proc/stat: more runnable threads than CPUs (ours included)
+SLOW_FACTOR_SHOWN = 2.0  # a load of 2+ runnable threads per CPU: say the numbers read slow
 
 
 @dataclass(frozen=True)
@@ -270,12 +271,18 @@ class Conditions:
                   if m is not None and m.others_share is not None]
         if halves and halves[-1] > 0:
             typical, worst = statistics.median(halves), halves[-1]
-            off = f"about +-{100 * typical:.0f}% (half the interquartile range of the repeats"
+            off = (f"about +-{100 * typical:.0f}% run to run (half the interquartile range of "
+                   "the repeats")
             off += f"; up to +-{100 * worst:.0f}%)" if worst > 1.5 * typical else ")"
         elif shares:
             off = f"up to {100 * max(shares):.0f}% (the CPU time others took)"
         else:
             off = "more than their spread shows"
+        loads = [m for m in (self.before, self.after) if m is not None]
+        factor = max(m.load_1m / max(m.cpus, 1) for m in loads)
+        if factor >= SLOW_FACTOR_SHOWN:  # our share of the CPUs: roughly cpus / load
+            off += (f", and read slow against a quiet machine, perhaps by {factor:.0f}x or more "
+                    "(the load average per CPU)")
         after = f"; after: {self.after.text()}" if self.after is not None else ""
         return (f"this machine was busy (before: {self.before.text()}{after}): numbers may be "
                 f"off by {off}")

@@ -93,7 +93,8 @@ def _conclusion(report: Report, records, profile, plan_records) -> None:
     sentences = [cpu_expert_finding(profile),
                  projection_finding(plan_records, _gpu(profile), PROJECTED_SHAPE),
                  measured_finding(records, summaries)]
-    busy = next((r.busy_note for r in records if r.busy_note), None) or profile.busy_note()
+    # the profile's note first: the first two sentences rest on its CPU curve
+    busy = profile.busy_note() or next((r.busy_note for r in records if r.busy_note), None)
     report.lead(sentences, busy)
 
 
