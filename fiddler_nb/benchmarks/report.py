@@ -84,7 +84,8 @@ class Report:
     def lead(self, sentences: Sequence[str], warning: str | None = None) -> None:
         """The conclusion, first in the file: one paragraph, and a busy-machine line if any."""
         body = "".join(f"<p>{html.escape(s)}</p>" for s in sentences)
-        busy = f'<p class="busy">{html.escape(warning)}</p>' if warning else ""
+        busy = f'<p class="busy">{html.escape(warning[:1].upper() + warning[1:])}</p>' \
+            if warning else ""
         self.parts.append(f'<div class="lead">{body}{busy}</div>')
 
     def heading(self, text: str, kind: str | None = None) -> None:
