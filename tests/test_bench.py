@@ -145,3 +145,19 @@ def test_demo_report_leads_with_its_conclusion(tmp_path, monkeypatch):
         assert "No GPU: every budget runs on the CPU" in text
     assert "decode tok/s" in text and "decode_tps" not in text.split("<table", 1)[1].split(
         "</table>", 1)[0], "tables use readable headers"
+
+
+def test_findings_say_when_the_link_not_the_cpu_bounds_the_projection():
+    from types import SimpleNamespace as NS
+
+    from fiddler_nb.benchmarks.findings import projection_finding
+
+    recs = [NS(strategy="fiddler", budget_experts=53, decode_tps=1.5),
+            NS(strategy="naive-offload", budget_experts=53, decode_tps=0.3)]
+    lat = NS(cpu_path_ms=lambda n: 190.0, transfer_path_ms=lambda n, b: 15.0)
+    slow = NS(latency_model=lambda: lat, expert_bytes=1)
+    text = projection_finding(recs, "rtx-4090", "mixtral-8x7b", slow)
+    assert "1.50 tok/s" in text and "0.30 tok/s" in text and "(5.0x)" in text
+    assert "bound by the link" in text
+    lat.cpu_path_ms = lambda n: 5.0
+    assert "bound by the link" not in projection_finding(recs, "rtx-4090", "m", slow)

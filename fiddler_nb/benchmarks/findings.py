@@ -79,7 +79,8 @@ def _at_fit(plan_records: Sequence[Any], strategy: str) -> Any | None:
     return max(mine, key=lambda r: r.budget_experts) if mine else None
 
 
-def projection_finding(plan_records: Sequence[Any], gpu: str, shape: str) -> str:
+def projection_finding(plan_records: Sequence[Any], gpu: str, shape: str,
+                       profile: Any = None) -> str:
     """'With an rtx-4090 next to this CPU, fiddler would decode mixtral-8x7b at 3.1 tok/s
     against 0.4 tok/s for naive offloading (7.8x), holding 53 experts on the GPU (projected).'"""
     ours, naive = _at_fit(plan_records, OURS), _at_fit(plan_records, NAIVE)
@@ -90,7 +91,14 @@ def projection_finding(plan_records: Sequence[Any], gpu: str, shape: str) -> str
     if naive is not None and naive.decode_tps > 0:
         text += (f", against {naive.decode_tps:.2f} tok/s for naive offloading "
                  f"({ours.decode_tps / naive.decode_tps:.1f}x)")
-    return text + " -- projected from the CPU curve measured here and the GPU's preset figures."
+    text += " -- projected from the CPU curve measured here and the GPU's preset figures"
+    if profile is not None:
+        lat = profile.latency_model()
+        cpu, copy = lat.cpu_path_ms(1), lat.transfer_path_ms(1, profile.expert_bytes)
+        if copy < cpu:  # auto copies every non-resident expert: the link, not this CPU, decides
+            text += (f"; at {cpu:.0f} ms per expert this CPU is slower than copying one to the "
+                     f"GPU ({copy:.0f} ms), so the projection is bound by the link, not by it")
+    return text + "."
 
 
 def _overlap(summaries: Sequence[StrategySummary]) -> bool:

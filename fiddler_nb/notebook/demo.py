@@ -91,7 +91,7 @@ def _conclusion(report: Report, records, profile, plan_records) -> None:
     small, big = _cases(records)
     summaries = strategy_summary(records, small, big)
     sentences = [cpu_expert_finding(profile),
-                 projection_finding(plan_records, _gpu(profile), PROJECTED_SHAPE),
+                 projection_finding(plan_records, _gpu(profile), PROJECTED_SHAPE, profile),
                  measured_finding(records, summaries)]
     # the profile's note first: the first two sentences rest on its CPU curve
     busy = profile.busy_note() or next((r.busy_note for r in records if r.busy_note), None)
