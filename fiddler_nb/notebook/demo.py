@@ -111,7 +111,7 @@ def _projected_section(report: Report, profile, plan_records) -> None:
     report.figure(latency_with_spread(
         profile, lat, profile.expert_bytes,
         title=f"One {PROJECTED_SHAPE} expert: run on the CPU (measured here) vs copy to the GPU "
-              f"and run there (projected, {lat.source})"))
+              f"and run there<br><sup>projected: {lat.source}</sup>"))
 
 
 def _measured_section(report: Report, records, profile, command: str) -> None:
