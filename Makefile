@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2 --dist loadfile
 NBMAKE_ARGS ?= --nbmake --nbmake-timeout=300
 # one OpenMP thread per test worker: two workers on two cores without oversubscription
-TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+# tests and notebooks: the static kernel choice (no once-per-machine measurement) and one shared
+# build of the native kernels (tests/conftest.py uses the same folder)
+TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	FIDDLER_NB_KERNEL_CHOICE=$${FIDDLER_NB_KERNEL_CHOICE:-default} \
+	FIDDLER_NB_KERNELS_CACHE=$${FIDDLER_NB_KERNELS_CACHE:-/tmp/fiddler_nb-kernels-$$(id -u)}
 
 .PHONY: setup demo test test-unit clean
 

@@ -19,6 +19,7 @@ from .runtime.engine import factory
 from .runtime.engine.calibrate import calibrate
 from .runtime.engine.engine import Engine
 from .runtime.errors import OptionError
+from .runtime.formats.quant import parse_label
 from .runtime.engine.factory import latency_from
 from .runtime.kernels.registry import KernelChoice
 from .runtime.policies.latency import LatencyModel
@@ -43,7 +44,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
          gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0,
          workload: Workload | None = None, threads: int | None = None,
          plan: Plan | str | Path | None = None, expert_dtype: str | torch.dtype | None = None,
-         group_size: int | None = None) -> Engine:
+         group_size: int | None = None, dense_dtype: str | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine; see README for every argument.
 
     placement / execution default to "popularity" / "auto". plan: a `Plan` from `fnb.autotune`
@@ -52,7 +53,10 @@ def load(path: str | Path, device: str | torch.device | None = None,
     read before any weight is; "quick" measures once the model is loaded (seconds) and an error
     there closes the engine. expert_dtype: None keeps the checkpoint's; "bf16" / "fp16" / "fp32"
     cast the routed experts; "int8" / "int4" (with group_size 32 / 64 / 128) quantize them while
-    loading. A profile's measured kernel choice is used for the format.
+    loading (int8 without a group_size: one scale per output channel; "int8" with group_size=32,
+    label "int8-g32": GGUF Q8_0's layout). A profile's measured kernel choice is used for the
+    format; without one, this machine's (measured once, cached). dense_dtype: None / "bf16" /
+    "int8" / "int4" compresses attention, shared experts and lm_head on a CPU-only engine.
     """
     given = dict(expert_budget=expert_budget, placement=placement, execution=execution,
                  threads=threads, workload=workload, expert_dtype=expert_dtype,
@@ -61,8 +65,9 @@ def load(path: str | Path, device: str | torch.device | None = None,
     latency, quick = _resolve_profile(profile)
     engine = factory.load(path, device=device, dtype=dtype, popularity=popularity,
                           profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
-                          seed=seed, kernels=_kernels_of(latency), **settings)
-    return _finish_quick(engine, quick)
+                          seed=seed, kernels=_kernels_of(latency), dense_dtype=dense_dtype,
+                          **settings)
+    return _finish_quick(_with_machine_kernels(engine, latency), quick)
 
 
 def _with_plan(given: dict, plan: Plan | str | Path | None, gpu_memory) -> dict:
@@ -85,7 +90,7 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                profile: ProfileArg = None, scratch_slots: int = 2, seed: int = 0,
                name: str = "in-memory", workload: Workload | None = None,
                threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
-               group_size: int | None = None) -> Engine:
+               group_size: int | None = None, dense_dtype: str | None = None) -> Engine:
     """An Engine around a transformers MoE model already in memory (experts on the CPU;
     converted in place to `expert_dtype` when given)."""
     latency, quick = _resolve_profile(profile)
@@ -94,8 +99,9 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                                 popularity=popularity, profile=latency,
                                 scratch_slots=scratch_slots, seed=seed, name=name,
                                 workload=workload, threads=threads, expert_dtype=expert_dtype,
-                                group_size=group_size, kernels=_kernels_of(latency))
-    return _finish_quick(engine, quick)
+                                group_size=group_size, kernels=_kernels_of(latency),
+                                dense_dtype=dense_dtype)
+    return _finish_quick(_with_machine_kernels(engine, latency), quick)
 
 
 def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
@@ -112,6 +118,25 @@ def use_profile(engine: Engine, profile: ProfileArg) -> LatencyModel:
     if kernels is not None:
         engine.set_kernels(kernels)
     return latency
+
+
+def _with_machine_kernels(engine: Engine, source: Any) -> Engine:
+    """Without a profile's kernel choice: this machine's, measured once and cached
+    (measure/kernel_cache.py)."""
+    if _kernels_of(source) is not None:
+        return engine
+    from .measure.kernel_cache import machine_kernel_choice
+
+    try:
+        act = getattr(torch, engine.config.dtype)
+        fmt = engine.expert_dtype
+        choice = machine_kernel_choice(fmt, parse_label(fmt).float_dtype or act)
+        if choice is not None:
+            engine.set_kernels(choice)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def _kernels_of(source: Any) -> KernelChoice | None:

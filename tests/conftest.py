@@ -18,6 +18,27 @@ def _isolated_cache(tmp_path_factory):
     """The embedded default model is written under a per-run folder, not the user's home."""
     if "FIDDLER_NB_CACHE" not in os.environ:
         os.environ["FIDDLER_NB_CACHE"] = str(tmp_path_factory.mktemp("fnb_cache"))
+    # the static default kernel choice: no test pays the once-per-machine measurement
+    # (tests/test_native_kernels.py measures it on purpose)
+    os.environ.setdefault("FIDDLER_NB_KERNEL_CHOICE", "default")
+    if "FIDDLER_NB_KERNELS_CACHE" not in os.environ:  # the native kernels build once, not per run
+        import tempfile
+
+        os.environ["FIDDLER_NB_KERNELS_CACHE"] = os.path.join(
+            tempfile.gettempdir(), f"fiddler_nb-kernels-{getattr(os, 'getuid', lambda: 0)()}")
+
+
+@pytest.fixture(params=["native", "torch"])
+def cpu_kernels(request, monkeypatch) -> str:
+    """Run a test with the package's native CPU kernels (where a compiler builds them) and with
+    torch's kernels only (FIDDLER_NB_NATIVE=0)."""
+    from fiddler_nb.runtime.kernels import native
+
+    if request.param == "native" and not native.available():
+        pytest.skip(f"native CPU kernels unavailable: {native.unavailable_reason()}")
+    if request.param == "torch":
+        monkeypatch.setenv("FIDDLER_NB_NATIVE", "0")
+    return request.param
 
 
 @pytest.fixture(scope="session")

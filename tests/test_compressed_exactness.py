@@ -30,7 +30,7 @@ EXECUTIONS = ("cpu", "transfer", "auto")
 
 
 @pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
-def test_int8_engine_matches_stock_on_dequantized(arch, tiny_checkpoints, dequantized,
+def test_int8_engine_matches_stock_on_dequantized(arch, cpu_kernels, tiny_checkpoints, dequantized,
                                                   stock_model):
     check_against_dequantized(arch, "int8", None, tiny_checkpoints, dequantized, stock_model)
 

@@ -14,7 +14,14 @@ INT4_GROUP = 32  # the smallest group: the most scales, so a misplaced one is mo
 
 
 @pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
-def test_int4_engine_matches_stock_on_dequantized(arch, tiny_checkpoints, dequantized,
+def test_int4_engine_matches_stock_on_dequantized(arch, cpu_kernels, tiny_checkpoints, dequantized,
                                                   stock_model):
     check_against_dequantized(arch, "int4", INT4_GROUP, tiny_checkpoints, dequantized,
                               stock_model)
+
+
+@pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
+def test_group_wise_int8_engine_matches_stock_on_dequantized(arch, cpu_kernels, tiny_checkpoints, dequantized,
+                                                             stock_model):
+    """int8 with one fp16 scale per 32 inputs (GGUF Q8_0's layout)."""
+    check_against_dequantized(arch, "int8", 32, tiny_checkpoints, dequantized, stock_model)

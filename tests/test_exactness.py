@@ -45,7 +45,7 @@ def _tokens_and_logits(model, inputs):
 
 
 @pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
-def test_every_policy_matches_stock(arch, tiny_checkpoints, stock_model):
+def test_every_policy_matches_stock(arch, cpu_kernels, tiny_checkpoints, stock_model):
     path = tiny_checkpoints[arch]
     engine = fnb.load(path, device="cpu", expert_budget=0, placement="none", execution="cpu")
     engine.set_latency_model(split_latency(engine.expert_bytes))

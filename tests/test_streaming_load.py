@@ -22,6 +22,10 @@ import pytest
 import fiddler_nb as fnb
 
 MMAP_THRESHOLD_BYTES = 1 << 20
+# the bf16 load must show (nearly) all its experts as added memory; memory the warm-up engine
+# frees while the second load runs (garbage collected then) is subtracted from the figure, so
+# allow a few percent (a 2-core CI box under load once measured 99.8% of the experts' bytes)
+HELD_FRACTION = 0.95
 SCRIPT = r"""
 import json, sys, threading, time
 import fiddler_nb as fnb
@@ -67,6 +71,8 @@ def test_int8_load_peaks_well_below_bf16_load(tmp_path):
     bf16 = _load_peak(path, None)
     int8 = _load_peak(path, "int8")
     assert int8["expert_bytes"] < 0.55 * bf16["expert_bytes"]
-    assert bf16["added_kib"] * 1024 >= bf16["expert_bytes"], "the bf16 load holds its experts"
+    assert bf16["added_kib"] * 1024 >= HELD_FRACTION * bf16["expert_bytes"], \
+        f"the bf16 load should hold its experts: added {bf16['added_kib']} KiB for " \
+        f"{bf16['expert_bytes'] // 1024} KiB of experts"
     assert int8["added_kib"] < 0.75 * bf16["added_kib"], \
         f"int8 load added {int8['added_kib']} KiB, bf16 load {bf16['added_kib']} KiB"

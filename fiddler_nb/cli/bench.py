@@ -41,6 +41,16 @@ def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
 
 def cmd_bench(args: argparse.Namespace) -> int:
     command = "fiddler-nb " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.cpu_suite and args.expert_dtype and args.layer_experts:
+        import torch
+
+        from ..benchmarks.layer_experts import measure_layer_experts, table
+
+        torch.set_num_threads(args.threads or SUITE_THREADS)
+        rows = [measure_layer_experts(f, rounds=args.suite_repeats or 5)
+                for f in args.expert_dtype]
+        print(table(rows))  # one layer's CPU experts at 1 token vs the read probe
+        return 0
     if args.cpu_suite and args.expert_dtype:
         from ..benchmarks.format_suite import run_format_suite
 
@@ -143,6 +153,9 @@ def add_subcommands(sub) -> None:
     b.add_argument("--plan", default=None,
                    help="a plan from `fiddler-nb autotune --out`: its expert format and threads "
                         "(bench sweeps budgets and strategies itself; explicit options win)")
+    b.add_argument("--layer-experts", action="store_true",
+                   help="--cpu-suite --expert-dtype: one Mixtral-shaped layer's CPU experts at 1 "
+                        "token, native kernels vs torch's, as fractions of the read probe")
     b.add_argument("--out", default=None, help="write the JSON here")
     b.set_defaults(func=cmd_bench)
 

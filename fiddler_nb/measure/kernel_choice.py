@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..runtime.kernels.native import cpu_layout
 from ..runtime.kernels.registry import TOKEN_BUCKETS, KernelChoice, Matrix, candidates, get_kernel
 from ..runtime.formats.quant import ExpertFormat
 from ..runtime.formats.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
@@ -63,16 +64,19 @@ class KernelMeasurement:
 def _stored(fmt: ExpertFormat, w: torch.Tensor, act: torch.dtype) -> Matrix:
     """One matrix w [N, K] as the engine stores it for the CPU kernels."""
     parts = convert_weight(w[None], fmt, False, act, on_gpu=False)
-    kind = "float" if not fmt.is_quantized else fmt.name
-    return Matrix(kind, parts[""][0], parts.get(SCALE_SUFFIX, [None])[0], fmt.group_size)
+    return Matrix(fmt.matrix_fmt, parts[""][0], parts.get(SCALE_SUFFIX, [None])[0], fmt.group_size)
 
 
 def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
                     act: torch.dtype = torch.bfloat16, buckets: Sequence[int] = QUICK_BUCKETS,
                     threads: Sequence[int] | None = None, warmup: int = 1, repeats: int = 3,
-                    rotate_bytes: int = ROTATE_BYTES) -> KernelMeasurement:
+                    rotate_bytes: int = ROTATE_BYTES, progress: bool = False) -> KernelMeasurement:
     """Time every candidate kernel of each format at each bucket; pick the fastest; then time
-    threads 1..nproc (None: every count up to os.cpu_count()) with the first format's choice."""
+    threads 1..nproc (None: every count up to os.cpu_count()) with the first format's choice.
+    progress: a tqdm bar over (format, bucket)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(formats) * len(buckets), desc="CPU kernels", disable=not progress)
     n_out, k_in = 2 * inter, hidden  # the gate_up matrix: the larger of an expert's two
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5  # [N, K] fp32
@@ -81,7 +85,7 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
     nbytes: dict[str, int] = {}
     mats: dict[str, list[Matrix]] = {}
     with torch.inference_mode():
-        for fmt in formats:
+        for fmt in map(cpu_layout, formats):  # the layout the engine stores here
             label = fmt.label()
             first = _stored(fmt, base, act)
             nbytes[label] = tensor_bytes(first.data) + (tensor_bytes(first.scale)
@@ -96,6 +100,8 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
                           for name in candidates(first.fmt)}
                 ms[label][str(bucket)] = timing
                 choice[label][str(bucket)] = min(timing, key=timing.get)
+                bar.update(1)
+        bar.close()
         thread_ms, best = _measure_threads(formats, mats, choice, act, k_in, threads, warmup,
                                            repeats)
     return KernelMeasurement(torch.backends.cpu.get_cpu_capability(), (n_out, k_in), ms, nbytes,

@@ -149,6 +149,8 @@ class Engine:
                 and self.config.expert_budget > 0:
             notes.append("no routing profile yet: experts placed 'layer-balanced' until "
                          "fnb.calibrate(engine, prompts) or popularity= records one")
+        if getattr(self, "kernel_note", ""):
+            notes.append(self.kernel_note)
         return tuple(notes)
 
     def max_resident_experts(self) -> int:
@@ -347,6 +349,9 @@ class Engine:
             layer.module.__dict__.pop("_fiddler_runtime", None)
         if self.model is not None:
             self.model.set_experts_implementation(self._previous_impl or "grouped_mm")
+            from .dense import unroute_dense_linears
+
+            unroute_dense_linears(self.model)
         self.model = None
         self.layers = []  # drop every reference to the experts' CPU weights
         self._state = None

@@ -20,6 +20,7 @@ import torch
 
 from ..model.adapters import MoELayer
 from ..errors import BudgetError
+from ..kernels.native_layer import layer_runs, layer_support, run_layer
 from ..kernels.registry import DEFAULT_CHOICE, KernelChoice, Matrix, linear
 from ..formats.quant import ExpertFormat, dtype_label
 from ..formats.storage import ExpertStorage, tensor_bytes
@@ -106,6 +107,9 @@ class ExpertStore:
         self.storage = storage or ExpertStorage(layers[0].layout,
                                                 ExpertFormat(dtype_label(first.dtype)))
         self.kernels = kernels  # which CPU kernel runs each format and token count
+        # '' when a layer's CPU experts can run in one native call; else why not
+        self.layer_call_blocker = layer_support(layers[0].module, layers[0].layout,
+                                                self.storage.fmt.is_quantized)
         # bytes of one expert on the fast device (what a transfer moves; compressed if quantized)
         self.expert_bytes = self._bytes_per_expert(self.storage.device_names())
         self.num_experts = layers[0].num_experts
@@ -217,6 +221,18 @@ class ExpertStore:
         scratch slot or cache fill (on_device=True). x: [n, H] -> [n, H]."""
         return run_expert(self.layers[layer], x, weights, self.storage,
                           on_device and self.is_cuda, self.kernels)
+
+    def runs_layer_natively(self, counts: list[int], dtype: torch.dtype) -> bool:
+        """Whether experts with these token counts run in one native call (run_cpu_layer)."""
+        return not self.layer_call_blocker and layer_runs(
+            self.kernels, self.storage.fmt.label(), self.storage.fmt.matrix_fmt, counts, dtype)
+
+    def run_cpu_layer(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor,
+                      route: torch.Tensor, out_dtype: torch.dtype, pin: bool) -> torch.Tensor:
+        """One layer's CPU experts in one native call: x [P, H] grouped by expert (counts),
+        route [P] -> the weighted outputs [P, H] in out_dtype."""
+        mats = [self.storage.matrices(self.cpu_weights(layer, e), False)[:2] for e in experts]
+        return run_layer(mats, counts, x, route, out_dtype, pin)
 
     def resident_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
         slots = self._slots[layer]

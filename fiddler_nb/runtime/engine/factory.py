@@ -19,6 +19,8 @@ from .engine import Engine
 from ..policies.execution import make_execution
 from ..errors import OptionError
 from .experts import GIB, ExpertStore, check_budget_range
+from ..kernels.native import cpu_layout, kernel_note
+from .dense import check_dense_dtype, route_dense_linears
 from ..kernels.registry import DEFAULT_CHOICE, KernelChoice
 from ..policies.latency import LatencyModel, LatencySource, default_latency_model
 from .loading import check_checkpoint, check_moe_config, load_model, move_non_experts
@@ -37,7 +39,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
          profile: Any = None, gpu_memory: str | int | None = None,
          scratch_slots: int = 2, seed: int = 0, workload: Workload | None = None,
          threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
-         group_size: int | None = None, kernels: KernelChoice | None = None) -> Engine:
+         group_size: int | None = None, kernels: KernelChoice | None = None,
+         dense_dtype: str | None = None) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine. See the README for each argument.
 
     expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
@@ -51,6 +54,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     a fixed 1 GiB). threads: torch CPU threads while generating (None: torch's setting).
     expert_dtype / group_size: the routed experts' format (runtime/formats/quant.py); None keeps the
     checkpoint's. kernels: the CPU kernel per format and token count (None: the default).
+    dense_dtype: None / "bf16" / "int8" / "int4": the dense linears' weights on a CPU-only
+    engine (engine/dense.py); None keeps the checkpoint's.
     """
     _check_options(placement, execution, scratch_slots, seed, popularity, workload, threads)
     if expert_budget is not None and gpu_memory is not None:
@@ -58,6 +63,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     if gpu_memory is not None:
         parse_bytes(gpu_memory)
     dev = resolve_device(device)
+    check_dense_dtype(dense_dtype, dev)
     torch_dtype = resolve_dtype(dtype)
     root = resolve_path(path)
     check_checkpoint(root)
@@ -65,7 +71,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     num_layers, num_experts = len(meta_layers), meta_layers[0].num_experts
     if expert_budget is not None:
         check_budget_range(expert_budget, num_layers, num_experts)
-    fmt = check_format(meta_layers, expert_dtype, group_size)
+    fmt = cpu_layout(check_format(meta_layers, expert_dtype, group_size))
     _check_slots(scratch_slots, num_experts)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
@@ -76,7 +82,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
         model = load_model(root, dev, torch_dtype, fmt)
         return _build(model, _load_tokenizer(root), dev, expert_budget, gpu_memory, placement,
                       execution, popularity, profile, scratch_slots, seed, str(root),
-                      workload, threads, fmt, kernels)
+                      workload, threads, fmt, kernels, dense_dtype)
     except BaseException:
         del model
         gc.collect()
@@ -91,7 +97,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                profile: Any = None, scratch_slots: int = 2, seed: int = 0,
                name: str = "in-memory", workload: Workload | None = None,
                threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
-               group_size: int | None = None, kernels: KernelChoice | None = None) -> Engine:
+               group_size: int | None = None, kernels: KernelChoice | None = None,
+               dense_dtype: str | None = None) -> Engine:
     """An Engine around a transformers MoE model already in memory (e.g. random weights of a
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
     With `expert_dtype` the model's experts are converted in place (layer by layer).
@@ -100,10 +107,11 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
     dev = resolve_device(device)
+    check_dense_dtype(dense_dtype, dev)
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"from_model needs a transformers model, got {type(model).__name__}")
     layers = find_moe_layers(model)
-    fmt = check_format(layers, expert_dtype, group_size)
+    fmt = cpu_layout(check_format(layers, expert_dtype, group_size))
     if any(getattr(layer.module, n).device.type != "cpu"
            for layer in layers for n in layer.layout.param_names):
         raise OptionError("from_model needs the experts in CPU memory; load the model on the CPU")
@@ -112,13 +120,15 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
     if fmt is not None:
         quantize_experts(model, fmt, dev)
     return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
-                  profile, scratch_slots, seed, name, workload, threads, fmt, kernels)
+                  profile, scratch_slots, seed, name, workload, threads, fmt, kernels,
+                  dense_dtype)
 
 
 def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, placement: str,
            execution: str, popularity, profile, scratch_slots: int, seed: int,
            name: str, workload: Workload | None = None, threads: int | None = None,
-           fmt: ExpertFormat | None = None, kernels: KernelChoice | None = None) -> Engine:
+           fmt: ExpertFormat | None = None, kernels: KernelChoice | None = None,
+           dense_dtype: str | None = None) -> Engine:
     """Attach an Engine to a model whose non-experts are on `dev` and whose experts are in
     `fmt` (None: the float dtype they have); undo everything on error."""
     layers = find_moe_layers(model)
@@ -139,6 +149,9 @@ def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, place
                               threads, storage.fmt.label())
         engine = Engine(model, tokenizer, layers, store, config, latency, None, name)
         engine.workload = workload
+        engine.kernel_note = kernel_note(store.layer_call_blocker)  # '' if all runs natively
+        if dev.type == "cpu":  # a CPU-only engine: every weight the CPU reads, same kernels
+            route_dense_linears(model, store, dense_dtype)
         if threads is not None:
             engine.set_threads(threads)  # validates
         if popularity is not None:

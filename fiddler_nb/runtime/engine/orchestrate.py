@@ -148,8 +148,27 @@ class LayerRuntime:
         if ready is not None:
             ready.synchronize()
         mark = st.tracer.start("cpu") if st.tracer else None
-        y_host = torch.empty((x_host.shape[0], x_host.shape[1]), dtype=out.dtype,
-                             pin_memory=ready is not None)  # [P, H]
+        cpu_counts = [counts[e] for e in on_cpu]
+        if st.store.runs_layer_natively(cpu_counts, x_host.dtype):  # one call, GIL released
+            y_host = st.store.run_cpu_layer(idx, on_cpu, cpu_counts, x_host, w_host, out.dtype,
+                                            pin=ready is not None)  # [P, H]
+            for n in cpu_counts:
+                st.stats.add(idx, "cpu", n)
+        else:
+            y_host = self._cpu_experts_one_by_one(x_host, w_host, on_cpu, counts, out.dtype,
+                                                  ready is not None)
+        if mark is not None:
+            st.tracer.stop(idx, "cpu", mark, len(on_cpu))
+        if ready is not None:
+            st.stats.add_activations(x_host.numel() * x_host.element_size()
+                                     + y_host.numel() * y_host.element_size())
+        out.index_copy_(0, rows, y_host.to(out.device, non_blocking=True))
+
+    def _cpu_experts_one_by_one(self, x_host, w_host, on_cpu, counts, out_dtype, pin):
+        """The per-expert path: one kernel call per matrix, weighted rows written in order."""
+        st, idx = self.state, self.layer.index
+        y_host = torch.empty((x_host.shape[0], x_host.shape[1]), dtype=out_dtype,
+                             pin_memory=pin)  # [P, H]
         start = 0
         for e in on_cpu:
             n = counts[e]
@@ -157,12 +176,7 @@ class LayerRuntime:
             y_host[start:start + n] = y * w_host[start:start + n, None]
             start += n
             st.stats.add(idx, "cpu", n)
-        if mark is not None:
-            st.tracer.stop(idx, "cpu", mark, len(on_cpu))
-        if ready is not None:
-            st.stats.add_activations(x_host.numel() * x_host.element_size()
-                                     + y_host.numel() * y_host.element_size())
-        out.index_copy_(0, rows, y_host.to(out.device, non_blocking=True))
+        return y_host
 
 
 def fiddler_experts_forward(module, hidden_states, top_k_index, top_k_weights):

@@ -1,8 +1,9 @@
 """Expert weight formats and their quantization math (pure functions, no model code).
 
 Formats: a float dtype ("bf16", "fp16", "fp32": a cast), "int8" (weight-only, symmetric, one
-scale per output channel) and "int4" (weight-only, symmetric, one scale per `group_size` inputs
-of an output channel). Quantized matrices are always stored `[N, K]` (out, in), whatever the
+scale per output channel), "int8" with a `group_size` (label "int8-g32": one fp16 scale per G
+inputs of an output channel; G = 32 is GGUF Q8_0's block) and "int4" (weight-only, symmetric,
+one scale per `group_size` inputs of an output channel). Quantized matrices are always stored `[N, K]` (out, in), whatever the
 checkpoint's layout, so one kernel family serves every architecture.
 
 int4 is stored in torch's CPU pack (`aten._convert_weight_to_int4pack_for_cpu`: two 4-bit values
@@ -15,7 +16,7 @@ Shape legend: N = output channels, K = input channels, G = group size, E = exper
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,8 @@ INT4_MAX = 7  # scale = amax / 7, q in [-7, 7] (the kernel's -8 is never produce
 INT4_OFFSET = 8  # torch's int4 kernels read an unsigned nibble u and use (u - 8)
 INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: output channels in blocks of 16
 INT4_GROUP_SIZES = (32, 64, 128)  # what torch's int4 kernels accept
+INT8_GROUP_SIZES = (32, 64, 128)  # group-wise int8: 32 is GGUF Q8_0; the kernels step by 32
+GROUP_SCALE_DTYPE = torch.float16  # group-wise int8 scales: fp16, as GGUF Q8_0 stores them
 # Default group when none is given (if it divides every input dim; else the largest that does).
 # Measured (docs/benchmarks.md, Zen 3 AVX2, 2 threads, busy machine, 28672 x 4096 at 1 token,
 # torch int4pack): g32 36.0 ms, g64 35.7 ms, g128 40.8 ms -- equal within noise for 32 / 64;
@@ -39,10 +42,15 @@ KNOWN_FORMATS = FLOAT_FORMATS + QUANTIZED
 
 @dataclass(frozen=True)
 class ExpertFormat:
-    """How routed experts are stored. name: 'bf16' | 'fp16' | 'fp32' | 'int8' | 'int4'."""
+    """How routed experts are stored. name: 'bf16' | 'fp16' | 'fp32' | 'int8' | 'int4'.
+    group_size: int4's group; for int8, None = one scale per output channel, G = group-wise."""
 
     name: str
-    group_size: int | None = None  # int4 only
+    group_size: int | None = None  # int4 (always) and group-wise int8
+    # int4 only, how the CPU copy is laid out: "torch" (torch's CPU int4 pack, for its
+    # kernels) or "nibbles" (plain nibbles [N, K/2] + scales [N, K/G], what the package's native
+    # kernels and the fast device read). Not part of the format's identity (label, equality).
+    int4_layout: str = field(default="torch", compare=False)
 
     @property
     def is_quantized(self) -> bool:
@@ -53,8 +61,21 @@ class ExpertFormat:
         """The storage dtype of a float format (None for int8 / int4)."""
         return None if self.is_quantized else FLOAT_DTYPES[self.name]
 
+    @property
+    def matrix_fmt(self) -> str:
+        """The `Matrix.fmt` its matrices are stored in (what the CPU kernels are keyed by)."""
+        if not self.is_quantized:
+            return "float"
+        if self.name == "int8" and self.group_size is not None:
+            return "int8-group"
+        if self.name == "int4" and self.int4_layout == "nibbles":
+            return "int4-blocks"
+        return self.name
+
     def bits_per_weight(self, scale_bytes: int = 2) -> float:
         """Bytes read per weight x 8, scales included (scale_bytes: the activations' dtype)."""
+        if self.name == "int8" and self.group_size is not None:
+            return 8.0 + 8.0 * GROUP_SCALE_DTYPE.itemsize / self.group_size
         if self.name == "int8":
             return 8.0  # + one scale per row: negligible next to K weights
         if self.name == "int4":
@@ -62,11 +83,12 @@ class ExpertFormat:
         return 8.0 * FLOAT_DTYPES[self.name].itemsize
 
     def label(self) -> str:
-        return f"int4-g{self.group_size}" if self.name == "int4" else self.name
+        return f"{self.name}-g{self.group_size}" if self.group_size is not None else self.name
 
 
 def parse_label(label: str) -> ExpertFormat:
-    """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8')."""
+    """'int4-g64' -> ExpertFormat('int4', 64); 'int8' -> ExpertFormat('int8'); 'int8-g32' ->
+    ExpertFormat('int8', 32)."""
     name, _, group = label.partition("-g")
     return ExpertFormat(name, int(group) if group else None)
 
@@ -87,24 +109,26 @@ def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | Non
     groups split K; torch's int4 CPU pack needs N divisible by INT4_N_MULTIPLE)."""
     if expert_dtype is None:
         if group_size is not None:
-            raise FormatError(f"group_size={group_size!r} needs expert_dtype='int4'")
+            raise FormatError(f"group_size={group_size!r} needs expert_dtype='int4' or 'int8'")
         return None
     name = dtype_label(expert_dtype) if isinstance(expert_dtype, torch.dtype) else \
         {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(str(expert_dtype).lower(),
                                                                       str(expert_dtype).lower())
-    if name.startswith("int4-g"):  # a label such as eng.expert_dtype or a plan writes
-        label_group = name.removeprefix("int4-g")
+    base, sep, label_group = name.partition("-g")
+    if sep and base in QUANTIZED:  # a label such as eng.expert_dtype or a plan writes
         if not label_group.isdigit() or (group_size is not None and group_size != int(label_group)):
             raise FormatError(f"expert_dtype {expert_dtype!r} and group_size={group_size!r} "
-                              "disagree; pass expert_dtype='int4' with the group_size you want")
-        name, group_size = "int4", int(label_group)
+                              f"disagree; pass expert_dtype='{base}' with the group_size you want")
+        name, group_size = base, int(label_group)
     if name not in KNOWN_FORMATS:
         raise FormatError(f"unknown expert_dtype {expert_dtype!r}; use one of "
                           f"{', '.join(KNOWN_FORMATS)} (or None to keep the checkpoint's)")
+    if name == "int8":
+        return _resolve_int8(group_size, input_dims, model)
     if name != "int4":
         if group_size is not None:
-            raise FormatError(f"group_size={group_size!r} applies to expert_dtype='int4' only, "
-                              f"not {name!r}; drop it")
+            raise FormatError(f"group_size={group_size!r} applies to expert_dtype='int4' or "
+                              f"'int8' only, not {name!r}; drop it")
         return ExpertFormat(name)
     bad_n = sorted({n for n in output_dims if n % INT4_N_MULTIPLE})
     if bad_n:
@@ -126,6 +150,20 @@ def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | Non
     return ExpertFormat("int4", group_size)
 
 
+def _resolve_int8(group_size: int | None, input_dims: tuple[int, ...], model: str) -> ExpertFormat:
+    """int8 per output channel (group_size None) or group-wise (one of INT8_GROUP_SIZES)."""
+    if group_size is None:
+        return ExpertFormat("int8")
+    if group_size not in INT8_GROUP_SIZES:
+        raise FormatError(f"int8 group_size {group_size!r} is not supported by the kernels; use "
+                          f"one of {INT8_GROUP_SIZES} (or None for one scale per output channel)")
+    bad = [k for k in input_dims if k % group_size]
+    if bad:
+        raise FormatError(f"int8 group_size {group_size} does not divide the expert input dim(s) "
+                          f"{sorted(set(bad))} of {model}; pass a group_size that does, or None")
+    return ExpertFormat("int8", group_size)
+
+
 # ---- int8: one scale per output channel -------------------------------------------------
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [..., N, K] float -> (q [..., N, K] int8, scale [..., N] fp32). All-zero rows get
@@ -141,6 +179,45 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     """(q [..., N, K], scale [..., N]) -> w [..., N, K] in `dtype` (scale rounded to `dtype`
     first, as the kernels see it)."""
     return (q.float() * scale.to(dtype).float().unsqueeze(-1)).to(dtype)
+
+
+# ---- group-wise int8: one fp16 scale per G inputs of an output channel (GGUF Q8_0) -------
+# Stored Matrix (what GGUF Q8_0 maps onto without loss): fmt "int8-group", data int8 [N, K]
+# contiguous (row n, inputs k), scale float16 [N, K/G] contiguous, group_size G. A Q8_0 block b
+# of row n (fp16 d, int8 qs[32]) is data[n, 32b:32b+32] = qs and scale[n, b] = d; the weight is
+# w[n, k] = data[n, k] * scale[n, k // G], computed in fp32 (exact: 8-bit q x 11-bit scale).
+def _fp16_scale_at_least(scale: torch.Tensor) -> torch.Tensor:
+    """fp32 scales -> fp16, rounded up where rounding went below (so |w| / s <= 127 still)."""
+    s16 = scale.to(GROUP_SCALE_DTYPE)
+    up = torch.nextafter(s16, torch.full_like(s16, float("inf")))
+    s16 = torch.where(s16.float() < scale, up, s16)  # branch-free: also runs on meta tensors
+    if s16.device.type != "meta" and not bool(torch.isfinite(s16).all()):
+        raise FormatError("a weight group's max exceeds what an fp16 scale holds (|w| > "
+                          f"{127 * torch.finfo(GROUP_SCALE_DTYPE).max:.3g}); use per-channel int8")
+    return s16
+
+
+def quantize_int8_grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., N, K] float -> (q [..., N, K] int8 in [-127, 127], scale [..., N, K/G] fp16).
+    q is rounded against the stored (fp16) scale; all-zero groups get scale 1."""
+    *lead, n, k = w.shape
+    if k % group_size:
+        raise FormatError(f"int8 group_size {group_size} does not divide K={k}")
+    wg = w.float().reshape(*lead, n, k // group_size, group_size)  # [..., N, K/G, G]
+    amax = wg.abs().amax(dim=-1)  # [..., N, K/G]
+    scale = _fp16_scale_at_least(torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax)))
+    q = torch.round(wg / scale.float().unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q.reshape(*lead, n, k), scale
+
+
+def dequantize_int8_grouped(q: torch.Tensor, scale: torch.Tensor,
+                            dtype: torch.dtype) -> torch.Tensor:
+    """(q [..., N, K] int8, scale [..., N, K/G]) -> w [..., N, K] in `dtype` (q * scale in
+    fp32, exact, then one rounding to `dtype`)."""
+    *lead, n, k = q.shape
+    groups = scale.shape[-1]
+    w = q.float().reshape(*lead, n, groups, k // groups) * scale.float().unsqueeze(-1)
+    return w.reshape(*lead, n, k).to(dtype)
 
 
 # ---- int4: one scale per G inputs of an output channel ----------------------------------
@@ -195,6 +272,8 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 def roundtrip(w: torch.Tensor, fmt: ExpertFormat, dtype: torch.dtype) -> torch.Tensor:
     """dequant(quant(w)) in `dtype`: exactly the weights the engine's kernels multiply by
     (what `write_dequantized` stores). w [..., N, K]."""
+    if fmt.matrix_fmt == "int8-group":
+        return dequantize_int8_grouped(*quantize_int8_grouped(w, fmt.group_size), dtype)
     if fmt.name == "int8":
         return dequantize_int8(*quantize_int8(w), dtype)
     if fmt.name == "int4":
@@ -204,6 +283,9 @@ def roundtrip(w: torch.Tensor, fmt: ExpertFormat, dtype: torch.dtype) -> torch.T
 
 def half_step(w: torch.Tensor, fmt: ExpertFormat) -> torch.Tensor:
     """Half the quantization step each weight of w [..., N, K] sees (the error bound)."""
+    if fmt.matrix_fmt == "int8-group":
+        scale = quantize_int8_grouped(w, fmt.group_size)[1].float()  # [..., N, K/G]
+        return scale.repeat_interleave(fmt.group_size, dim=-1) / 2
     if fmt.name == "int8":
         return quantize_int8(w)[1].unsqueeze(-1).expand_as(w) / 2
     scale = quantize_int4(w, fmt.group_size)[1]  # [..., N, K/G]

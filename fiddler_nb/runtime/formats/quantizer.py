@@ -45,7 +45,8 @@ def quantization_config(fmt: ExpertFormat, act_dtype: torch.dtype, on_gpu: bool)
     config_cls, _ = _register()
     _FAILED.clear()
     return config_cls(expert_format=fmt.name, group_size=fmt.group_size,
-                      act_dtype=str(act_dtype).removeprefix("torch."), on_gpu=on_gpu)
+                      act_dtype=str(act_dtype).removeprefix("torch."), on_gpu=on_gpu,
+                      int4_layout=fmt.int4_layout)
 
 
 def _register():
@@ -59,14 +60,15 @@ def _register():
 
     class ExpertQuantConfig(QuantizationConfigMixin):
         def __init__(self, expert_format: str = "int8", group_size: int | None = None,
-                     act_dtype: str = "float32", on_gpu: bool = False, **kwargs):
+                     act_dtype: str = "float32", on_gpu: bool = False,
+                     int4_layout: str = "torch", **kwargs):
             self.quant_method = METHOD
             self.expert_format, self.group_size = expert_format, group_size
-            self.act_dtype, self.on_gpu = act_dtype, on_gpu
+            self.act_dtype, self.on_gpu, self.int4_layout = act_dtype, on_gpu, int4_layout
 
         @property
         def fmt(self) -> ExpertFormat:
-            return ExpertFormat(self.expert_format, self.group_size)
+            return ExpertFormat(self.expert_format, self.group_size, self.int4_layout)
 
     class QuantizeExperts(ConversionOps):
         """Fused float matrix of one layer -> the format's tensors (storage.convert_weight)."""

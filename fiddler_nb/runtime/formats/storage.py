@@ -3,8 +3,11 @@ the conversion of float experts into the format (per expert, so the float copy o
 expert exists next to the result).
 
 A quantized matrix `name` becomes: `name` (int8 [E, N, K] or torch's CPU int4 pack
-[E, N, K/2]), `name_fnb_scale` (int8: [E, N]; int4: [E, K/G, N, 2]) and, when the fast device is
-a GPU, `name_fnb_nibbles` (int4 [E, N, K/2], a layout the GPU can unpack). Quantized matrices
+[E, N, K/2]), `name_fnb_scale` (int8: [E, N]; group-wise int8: fp16 [E, N, K/G]; int4:
+[E, K/G, N, 2]) and, when the fast device is
+a GPU, `name_fnb_nibbles` (int4 [E, N, K/2], a layout the GPU can unpack). int4 in the "nibbles"
+layout (ExpertFormat.int4_layout, chosen when the native kernels run) stores those nibbles as
+`name` itself with scales [E, N, K/G]: one copy serves the CPU kernels and the fast device. Quantized matrices
 are stored [N, K] even for transposed checkpoints (gpt-oss). Biases keep the model's dtype.
 
 Shape legend: E = experts, N = output channels, K = input channels, G = int4 group size.
@@ -20,7 +23,7 @@ from torch import nn
 from ..model.adapters import ExpertLayout
 from .matrix import Matrix
 from .quant import (ExpertFormat, int4_scales_and_zeros, pack_int4_cpu, pack_nibbles,
-                    quantize_int4, quantize_int8)
+                    quantize_int4, quantize_int8, quantize_int8_grouped)
 
 SCALE_SUFFIX = "_fnb_scale"
 NIBBLES_SUFFIX = "_fnb_nibbles"
@@ -49,9 +52,14 @@ class ExpertStorage:
         return tuple(n + s for n in self.matrix_names for s in ("", SCALE_SUFFIX)) + \
             self.bias_names
 
+    @property
+    def torch_int4_on_gpu(self) -> bool:
+        """int4 in torch's CPU pack with a GPU: a second (nibble) copy for the fast device."""
+        return self.fmt.matrix_fmt == "int4" and self.on_gpu
+
     def device_names(self) -> tuple[str, ...]:
         """What is copied to the fast device (resident rows, scratch slots)."""
-        if self.fmt.name == "int4" and self.on_gpu:
+        if self.torch_int4_on_gpu:
             return tuple(n + s for n in self.matrix_names for s in (NIBBLES_SUFFIX, SCALE_SUFFIX)) \
                 + self.bias_names
         return self.cpu_names()
@@ -59,7 +67,7 @@ class ExpertStorage:
     def host_names(self) -> tuple[str, ...]:
         """Every expert tensor in host memory."""
         extra = tuple(n + NIBBLES_SUFFIX for n in self.matrix_names) \
-            if self.fmt.name == "int4" and self.on_gpu else ()
+            if self.torch_int4_on_gpu else ()
         return self.cpu_names() + extra
 
     def matrices(self, weights: tuple[torch.Tensor, ...], on_device: bool
@@ -67,7 +75,7 @@ class ExpertStorage:
         """(first, down, biases) of one expert from tensors in cpu_names / device_names order."""
         if not self.fmt.is_quantized:
             return Matrix("float", weights[0]), Matrix("float", weights[1]), tuple(weights[2:])
-        fmt = self.fmt.name
+        fmt = self.fmt.matrix_fmt
         if fmt == "int4" and on_device and self.on_gpu:
             fmt = "int4-nibbles"
         first = Matrix(fmt, weights[0], weights[1], self.fmt.group_size)
@@ -88,14 +96,22 @@ def convert_weight(w: torch.Tensor, fmt: ExpertFormat, transposed: bool,
         return {"": w.to(fmt.float_dtype)}
     experts = w.shape[0]
     out: dict[str, list[torch.Tensor]] = {"": [], SCALE_SUFFIX: []}
-    if fmt.name == "int4" and on_gpu:
+    if fmt.matrix_fmt == "int4" and on_gpu:
         out[NIBBLES_SUFFIX] = []
     for e in range(experts):
         we = w[e].t() if transposed else w[e]  # [N, K]
-        if fmt.name == "int8":
+        if fmt.matrix_fmt == "int8-group":
+            q, s = quantize_int8_grouped(we, fmt.group_size)
+            out[""].append(q)
+            out[SCALE_SUFFIX].append(s)  # fp16 whatever the activations: kept exactly
+        elif fmt.name == "int8":
             q, s = quantize_int8(we)
             out[""].append(q)
             out[SCALE_SUFFIX].append(s.to(act_dtype))
+        elif fmt.matrix_fmt == "int4-blocks":
+            q, s = quantize_int4(we, fmt.group_size)
+            out[""].append(pack_nibbles(q))  # [N, K/2], low nibble = even k
+            out[SCALE_SUFFIX].append(s.to(act_dtype))  # [N, K/G]
         else:
             q, s = quantize_int4(we, fmt.group_size)
             out[""].append(pack_int4_cpu(q))

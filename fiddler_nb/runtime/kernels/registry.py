@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats.matrix import Matrix
-from ..formats.quant import unpack_nibbles
+from ..formats.quant import dequantize_int8_grouped, unpack_nibbles
 
 # Token-count buckets: a kernel is chosen per bucket; n tokens use the first bucket >= n.
 TOKEN_BUCKETS: tuple[int, ...] = (1, 8, 64, 512)
@@ -103,6 +103,19 @@ def _int8_dequant(x: torch.Tensor, m: Matrix) -> torch.Tensor:
     return F.linear(x, w)
 
 
+@register("int8g-dequant", "int8-group")
+def _int8g_dequant(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """Group-wise int8: dequantize (q * scale in fp32, rounded once to the activations' dtype,
+    exactly the weights `write_dequantized` stores), then F.linear."""
+    return F.linear(x, dequantize_int8_grouped(m.data, m.scale, x.dtype))  # [n, N]
+
+
+@register("int4b-dequant", "int4-blocks")
+def _int4b_dequant(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """int4 in the plain nibble layout: dequantize, then F.linear (oneDNN for many tokens)."""
+    return F.linear(x, dequantize_matrix(m, x.dtype))  # [n, N]
+
+
 @register("int4pack", "int4")
 def _int4pack(x: torch.Tensor, m: Matrix) -> torch.Tensor:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, m.data, m.group_size, m.scale)
@@ -118,19 +131,40 @@ class KernelChoice:
     source: str = "default (no measured profile)"
 
     def kernel_for(self, fmt_label: str, m: Matrix, x: torch.Tensor) -> KernelSpec:
-        name = self.table.get(fmt_label, {}).get(bucket_of(x.shape[0]))
-        if name is None or not get_kernel(name).available():
-            name = default_kernel(m.fmt, x.shape[0], x.dtype)
-        return get_kernel(name)
+        return get_kernel(self.kernel_name(fmt_label, m.fmt, x.shape[0], x.dtype))
+
+    def kernel_name(self, fmt_label: str, matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
+        """The kernel that runs n tokens of a `matrix_fmt` matrix of format `fmt_label`: the
+        table's, unless it is unknown, for another layout or cannot run here (then the
+        default)."""
+        name = self.table.get(fmt_label, {}).get(bucket_of(n))
+        if name is None or name not in _KERNELS or _KERNELS[name].fmt != matrix_fmt \
+                or not _KERNELS[name].available():
+            name = default_kernel(matrix_fmt, n, dtype)
+        return name
+
+
+# The package's compiled kernel per Matrix.fmt (kernels/native.py registers them when it loads)
+NATIVE_KERNELS = {"float": "native-float", "int8": "native-int8", "int8-group": "native-int8g",
+                  "int4-blocks": "native-int4"}
+NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
+TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
+                 "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2}
 
 
 def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
-    """Without a measurement: ATen for one bf16 token (oneDNN's bf16 GEMV was slower on every
-    machine we measured; DESIGN.md §6), oneDNN otherwise; torch's packed kernels for int8 /
-    int4."""
+    """Without a measurement: the native kernel up to NATIVE_MAX_TOKENS tokens where it runs
+    (weight-only, reads at bandwidth); else ATen for one bf16 token (oneDNN's bf16 GEMV was
+    slower on every machine we measured; DESIGN.md §6) and oneDNN for more; torch's packed
+    kernels for few int8 / int4 tokens, dequantize + oneDNN for many (prefill: what stock
+    transformers' speed comes from)."""
+    native = NATIVE_KERNELS.get(matrix_fmt)
+    if n <= NATIVE_MAX_TOKENS and native in _KERNELS and _KERNELS[native].available():
+        return native
     if matrix_fmt == "float":
         return "aten" if n == 1 and dtype == torch.bfloat16 else "onednn"
-    return {"int8": "int8pack", "int4": "int4pack"}[matrix_fmt]
+    few, many = TORCH_DEFAULT[matrix_fmt]
+    return few if n <= NATIVE_MAX_TOKENS else many
 
 
 DEFAULT_CHOICE = KernelChoice()
@@ -151,6 +185,13 @@ def dequantize_matrix(m: Matrix, dtype: torch.dtype) -> torch.Tensor:
         return m.data
     if m.fmt == "int8":
         return m.data.to(dtype) * m.scale.to(dtype).unsqueeze(-1)
+    if m.fmt == "int8-group":
+        return dequantize_int8_grouped(m.data, m.scale, dtype)
+    if m.fmt == "int4-blocks":  # [N, K/2] nibbles, scale [N, K/G]
+        q = unpack_nibbles(m.data)  # [N, K]
+        n, k = q.shape
+        w = q.float().view(n, m.scale.shape[1], -1) * m.scale.to(dtype).float().unsqueeze(-1)
+        return w.view(n, k).to(dtype)
     if m.fmt == "int4-nibbles":  # the fast device's copy: [N, K/2] nibbles, scale [K/G, N, 2]
         q = unpack_nibbles(m.data)  # [N, K]
         n, k = q.shape

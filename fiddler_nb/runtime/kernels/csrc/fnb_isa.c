@@ -1,0 +1,241 @@
+/* One SIMD variant of the row kernels, compiled once per ISA with its own flags and name:
+ *   -DFNB_VARIANT=avx2   -mavx2 -mfma -mf16c         (8 fp32 lanes)
+ *   -DFNB_VARIANT=avx512 -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma -mf16c  (16 lanes)
+ *   -DFNB_VARIANT=generic (no flags: GCC vector extensions, auto-vectorised for the target)
+ * The pool (fnb_pool.c) picks a variant at run time from the CPU's features.
+ *
+ * Tiles: T <= 2 tokens run 4 rows at a time (4 x T accumulators, the weights read once for all
+ * rows' FMA chains); more tokens run one row against up to 8 tokens (each weight vector widened
+ * once, used 8 times; then tiles of 4, 2, 1). Weights are widened per 32-input block; group
+ * kinds multiply the block by its scale before the FMAs (constant within a block: G % 32 == 0).
+ */
+#include <string.h>
+#include "fnb_kernels.h"
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define NAME(x) CAT(x, CAT(_, FNB_VARIANT))
+
+#if defined(FNB_USE_AVX512) || defined(FNB_USE_AVX2)
+#include <immintrin.h>
+#define SCALE_F16(h) _cvtsh_ss(h)  /* F16C */
+#else
+#define SCALE_F16(h) fnb_f16_to_f32(h)
+#endif
+
+#if defined(FNB_USE_AVX512)
+#define VL 16
+typedef __m512 vf;
+#define VZERO() _mm512_setzero_ps()
+#define VSET1(a) _mm512_set1_ps(a)
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VHSUM(a) _mm512_reduce_add_ps(a)
+static inline vf ld_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline vf ld_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline vf ld_i8(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+/* 32 nibbles (16 bytes) -> 2 vectors of u: [even k of the block], [odd k]; the activations
+ * come permuted the same way (fnb_i4_permuted) */
+static inline void ld_u4(const uint8_t *p, vf *w) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
+    w[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
+    w[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
+}
+#elif defined(FNB_USE_AVX2)
+#define VL 8
+typedef __m256 vf;
+#define VZERO() _mm256_setzero_ps()
+#define VSET1(a) _mm256_set1_ps(a)
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+static inline float VHSUM(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline vf ld_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline vf ld_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline vf ld_i8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+/* 32 nibbles (16 bytes, low nibble = even k) -> 4 vectors in natural k order: each 32-bit
+ * word (8 nibbles) broadcast to the 8 lanes, lane i shifted right by 4 i (one variable shift) */
+static inline void ld_u4(const uint8_t *p, vf *w) {
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i m = _mm256_set1_epi32(0x0F);
+    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {  /* vbroadcastss: just a load */
+        __m256i word = _mm256_castps_si256(_mm256_broadcast_ss((const float *)(p + 4 * v)));
+        w[v] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(word, shifts), m));
+    }
+}
+#else  /* generic: GCC / clang vector extensions, 8 lanes */
+#define VL 8
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+static inline vf VZERO(void) { vf z = {0}; return z; }
+static inline vf VSET1(float a) { vf v = {a, a, a, a, a, a, a, a}; return v; }
+static inline vf VLOAD(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VMUL(a, b) ((a) * (b))
+static inline float VHSUM(vf a) {
+    float s = 0; for (int i = 0; i < VL; i++) s += a[i]; return s;
+}
+static inline vf ld_bf16(const uint16_t *p) {
+    vu u; for (int i = 0; i < VL; i++) u[i] = (uint32_t)p[i] << 16;
+    return (vf)u;
+}
+static inline vf ld_f16(const uint16_t *p) {
+    vf v; for (int i = 0; i < VL; i++) v[i] = fnb_f16_to_f32(p[i]); return v;
+}
+static inline vf ld_i8(const int8_t *p) {
+    vi v; for (int i = 0; i < VL; i++) v[i] = p[i];
+    return __builtin_convertvector(v, vf);
+}
+static inline void ld_u4(const uint8_t *p, vf *w) {  /* natural k order */
+    for (int v = 0; v < 4; v++) {
+        vi a;
+        for (int i = 0; i < VL; i++) {
+            int k = 8 * v + i;
+            a[i] = (p[k / 2] >> (4 * (k & 1))) & 0x0F;
+        }
+        w[v] = __builtin_convertvector(a, vf);
+    }
+}
+#endif
+
+#define NB (FNB_BLOCK / VL)  /* vectors per 32-input block */
+/* fully unrolled small loops, so the accumulator arrays live in registers */
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* One block's NB weight vectors (scaled for group kinds) of row `r`, block `b`. */
+static inline __attribute__((always_inline)) void load_block(const fnb_job *j, int kind,
+                                                              int64_t r, int64_t b, vf *w) {
+    const int64_t K = j->K, off = r * K + b * FNB_BLOCK;
+    /* scale index: blocks per group is a power of two (checked by fnb_linear) */
+    const int64_t sidx = r * j->groups_per_row + (b >> j->group_shift);
+    switch (kind) {
+    case FNB_F32:
+        UNROLL for (int v = 0; v < NB; v++) w[v] = VLOAD((const float *)j->w + off + v * VL);
+        break;
+    case FNB_BF16:
+        UNROLL for (int v = 0; v < NB; v++) w[v] = ld_bf16((const uint16_t *)j->w + off + v * VL);
+        break;
+    case FNB_F16:
+        UNROLL for (int v = 0; v < NB; v++) w[v] = ld_f16((const uint16_t *)j->w + off + v * VL);
+        break;
+    case FNB_I8ROW:
+        UNROLL for (int v = 0; v < NB; v++) w[v] = ld_i8((const int8_t *)j->w + off + v * VL);
+        break;
+    case FNB_I8GRP: {
+        vf s = VSET1(SCALE_F16(((const uint16_t *)j->scale)[sidx]));
+        UNROLL for (int v = 0; v < NB; v++)
+            w[v] = VMUL(ld_i8((const int8_t *)j->w + off + v * VL), s);
+        break;
+    }
+    case FNB_I4GRP: {
+        float s = j->sdtype == FNB_DT_BF16 ? fnb_bf16_to_f32(((const uint16_t *)j->scale)[sidx])
+                : j->sdtype == FNB_DT_F16 ? SCALE_F16(((const uint16_t *)j->scale)[sidx])
+                : ((const float *)j->scale)[sidx];
+        vf vs = VSET1(s), vz = VSET1(-8.0f * s);  /* (u - 8) s = u s - 8 s: exact in one FMA */
+        ld_u4((const uint8_t *)j->w + (uint64_t)off / 2, w);
+        UNROLL for (int v = 0; v < NB; v++) w[v] = VFMA(w[v], vs, vz);
+        break;
+    }
+    }
+}
+
+/* The inputs past the last full block (float and per-row int8 kinds only). */
+static inline float tail_dot(const fnb_job *j, int kind, int64_t r, const float *x) {
+    const int64_t K = j->K, k0 = K / FNB_BLOCK * FNB_BLOCK;
+    float s = 0;
+    for (int64_t k = k0; k < K; k++) {
+        float w;
+        switch (kind) {
+        case FNB_F32: w = ((const float *)j->w)[r * K + k]; break;
+        case FNB_BF16: w = fnb_bf16_to_f32(((const uint16_t *)j->w)[r * K + k]); break;
+        case FNB_F16: w = fnb_f16_to_f32(((const uint16_t *)j->w)[r * K + k]); break;
+        default: w = (float)((const int8_t *)j->w)[r * K + k]; break;
+        }
+        s += w * x[k];
+    }
+    return s;
+}
+
+static inline void put(const fnb_job *j, int kind, int t, int64_t r, float v) {
+    if (kind == FNB_I8ROW) v *= fnb_load_dt(j->scale, j->sdtype, r);
+    fnb_store_dt(j->y, j->ydtype, (int64_t)t * j->ldy + r, v);
+}
+
+/* R rows x TT tokens from token t0. */
+#define DEFINE_TILE(R, TT)                                                                    \
+static inline __attribute__((always_inline)) void tile_##R##x##TT(                           \
+        const fnb_job *j, int kind, int64_t r, int t0) {                                     \
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
+    const float *x = j->x + (int64_t)t0 * K;                                                  \
+    vf acc[R][TT];                                                                            \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) acc[i][t] = VZERO(); \
+    for (int64_t b = 0; b < nblk; b++) {                                                      \
+        UNROLL for (int i = 0; i < R; i++) {                                                  \
+            vf w[NB];                                                                         \
+            load_block(j, kind, r + i, b, w);                                                 \
+            UNROLL for (int t = 0; t < TT; t++)                                               \
+                UNROLL for (int v = 0; v < NB; v++)                                           \
+                    acc[i][t] = VFMA(w[v], VLOAD(x + t * K + b * FNB_BLOCK + v * VL),         \
+                                     acc[i][t]);                                              \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int i = 0; i < R; i++)                                                        \
+        UNROLL for (int t = 0; t < TT; t++)                                                   \
+            put(j, kind, t0 + t, r + i, VHSUM(acc[i][t]) + tail_dot(j, kind, r + i, x + t * K)); \
+}
+DEFINE_TILE(4, 1)
+DEFINE_TILE(4, 2)
+DEFINE_TILE(1, 1)
+DEFINE_TILE(1, 2)
+DEFINE_TILE(1, 4)
+DEFINE_TILE(1, 8)
+
+static inline __attribute__((always_inline)) void rows_kind(const fnb_job *j, int kind,
+                                                             int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    if (j->T <= 2) {
+        for (; r + 4 <= r1; r += 4) {
+            if (j->T == 1) tile_4x1(j, kind, r, 0); else tile_4x2(j, kind, r, 0);
+        }
+    }
+    for (; r < r1; r++) {
+        int t0 = 0;  /* 8 tokens at a time, then 4, 2, 1 for the rest */
+        for (; t0 + 8 <= j->T; t0 += 8) tile_1x8(j, kind, r, t0);
+        if (t0 + 4 <= j->T) { tile_1x4(j, kind, r, t0); t0 += 4; }
+        if (t0 + 2 <= j->T) { tile_1x2(j, kind, r, t0); t0 += 2; }
+        if (t0 < j->T) tile_1x1(j, kind, r, t0);
+    }
+}
+
+/* One specialised copy per weight kind (the switch in load_block folds away). */
+void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
+    switch (j->wkind) {
+    case FNB_F32: rows_kind(j, FNB_F32, r0, r1); break;
+    case FNB_BF16: rows_kind(j, FNB_BF16, r0, r1); break;
+    case FNB_F16: rows_kind(j, FNB_F16, r0, r1); break;
+    case FNB_I8ROW: rows_kind(j, FNB_I8ROW, r0, r1); break;
+    case FNB_I8GRP: rows_kind(j, FNB_I8GRP, r0, r1); break;
+    case FNB_I4GRP: rows_kind(j, FNB_I4GRP, r0, r1); break;
+    }
+}

@@ -1,0 +1,75 @@
+/* All CPU experts of one MoE layer in one call (gated SiLU experts without biases, weights
+ * [N, K], the layout Mixtral / Qwen / OLMoE / DeepSeek use).
+ *
+ * For the P routed (token, expert) pairs, rows grouped by expert (counts[e] rows for the e-th
+ * expert run here): h = gate_up_e(x) [2I], a = silu(h[:I]) * h[I:], y = route * down_e(a) [H].
+ * Every matrix of every expert is split in row chunks that the pool's threads take from one
+ * list, so two experts of 1 token keep all threads busy; no Python between the matrices.
+ * Intermediates are rounded to the activation dtype where stock transformers rounds them (the
+ * outputs of each linear, silu, the product, the weighted output), so a bf16 model sees the
+ * same roundings as the per-expert path.
+ */
+#include <math.h>
+#include "fnb_kernels.h"
+
+#define MAX_EXPERTS 512  /* experts of one layer in one call (jobs live on the stack) */
+
+static inline float rd(float v, int dt) {  /* round to the activation dtype and back */
+    if (dt == FNB_DT_BF16) return fnb_bf16_to_f32(fnb_f32_to_bf16(v));
+    if (dt == FNB_DT_F16) return fnb_f16_to_f32(fnb_f32_to_f16(v));
+    return v;
+}
+
+/* Returns 0, -1 for bad arguments, -2 when out of memory. y [P, ldy] in ydtype. */
+int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, int n_experts,
+                    const void *const *w1, const void *const *s1, const void *const *w2,
+                    const void *const *s2, const int64_t *counts, int64_t H, int64_t I,
+                    const void *x, int xdtype, int64_t ldx, const float *route, void *y,
+                    int ydtype, int64_t ldy, int act_dtype) {
+    fnb_rows_fn fn = fnb_variant(isa);
+    int shift1 = fnb_group_shift(wkind, group, H), shift2 = fnb_group_shift(wkind, group, I);
+    if (!fn || shift1 < 0 || shift2 < 0 || n_experts < 0 || n_experts > MAX_EXPERTS) return -1;
+    if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
+    int64_t P = 0;
+    for (int e = 0; e < n_experts; e++) P += counts[e];
+    if (P == 0) return 0;
+    const int permute = wkind == FNB_I4GRP && fnb_i4_permuted(isa);
+    fnb_lock();
+    float *xf = fnb_scratch(0, P * H), *hf = fnb_scratch(1, P * 2 * I);
+    float *af = fnb_scratch(2, P * I), *yf = fnb_scratch(3, P * H);
+    if (!xf || !hf || !af || !yf) { fnb_unlock(); return -2; }
+    fnb_widen(x, xdtype, ldx, (int)P, H, permute, xf);
+    fnb_job jobs[MAX_EXPERTS];
+    int64_t off = 0;
+    for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
+        fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
+                     xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I};
+        jobs[e] = j;
+        off += counts[e];
+    }
+    fnb_run_parallel(fn, jobs, n_experts, threads);
+    for (int64_t p = 0; p < P; p++) {  /* silu(gate) * up, in the activation dtype's steps */
+        const float *g = hf + p * 2 * I, *u = g + I;
+        float *a = af + p * I;
+        for (int64_t i = 0; i < I; i++) {
+            float gi = rd(g[i], act_dtype), ui = rd(u[i], act_dtype);
+            float v = rd(rd(gi / (1.0f + expf(-gi)), act_dtype) * ui, act_dtype);
+            int64_t at = permute ? (i / FNB_BLOCK) * FNB_BLOCK + (i & 1) * (FNB_BLOCK / 2) +
+                                   (i % FNB_BLOCK) / 2 : i;
+            a[at] = v;
+        }
+    }
+    off = 0;
+    for (int e = 0; e < n_experts; e++) {  /* down of every expert */
+        fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
+                     af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H};
+        jobs[e] = j;
+        off += counts[e];
+    }
+    fnb_run_parallel(fn, jobs, n_experts, threads);
+    for (int64_t p = 0; p < P; p++)  /* weighted by the routing weight */
+        for (int64_t c = 0; c < H; c++)
+            fnb_store_dt(y, ydtype, p * ldy + c, rd(yf[p * H + c], act_dtype) * route[p]);
+    fnb_unlock();
+    return 0;
+}

@@ -1,0 +1,257 @@
+/* fiddler_nb CPU kernels: entry points, run-time ISA dispatch, a scalar reference and a small
+ * pthread pool (rows split across threads, each writing its own slice of y).
+ *
+ * Built at first use by fiddler_nb/runtime/kernels/native_build.py with the machine's C compiler
+ * and loaded with ctypes (whose calls release the GIL). Baseline flags only: the SIMD variants
+ * live in fnb_isa.c, compiled once per ISA; a variant that did not compile is a NULL weak symbol.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fnb_kernels.h"
+
+void fnb_rows_generic(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
+void fnb_rows_avx2(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
+void fnb_rows_avx512(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
+
+/* ---- the plain scalar reference every variant is tested against --------------------------- */
+static float ref_weight(const fnb_job *j, int64_t r, int64_t k) {
+    const int64_t K = j->K;
+    switch (j->wkind) {
+    case FNB_F32: return ((const float *)j->w)[r * K + k];
+    case FNB_BF16: return fnb_bf16_to_f32(((const uint16_t *)j->w)[r * K + k]);
+    case FNB_F16: return fnb_f16_to_f32(((const uint16_t *)j->w)[r * K + k]);
+    case FNB_I8ROW: return (float)((const int8_t *)j->w)[r * K + k];  /* scale after the sum */
+    case FNB_I8GRP:
+        return (float)((const int8_t *)j->w)[r * K + k] *
+               fnb_f16_to_f32(((const uint16_t *)j->scale)[r * (K / j->group) + k / j->group]);
+    default: {
+        uint8_t b = ((const uint8_t *)j->w)[(r * K + k) / 2];
+        int u = (k & 1) ? (b >> 4) : (b & 0x0F);
+        return (float)(u - 8) * fnb_load_dt(j->scale, j->sdtype, r * (K / j->group) + k / j->group);
+    }
+    }
+}
+
+/* Whether a variant reads int4 activations permuted within each 32-block (even k, then odd k):
+ * AVX-512 widens 16 low and 16 high nibbles at once; the others read k in order. */
+int fnb_i4_permuted(int isa) { return isa == FNB_ISA_AVX512; }
+
+static void fnb_rows_ref(const fnb_job *j, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int t = 0; t < j->T; t++) {
+            double s = 0;  /* double: the reference is the exact sum, up to one rounding */
+            for (int64_t k = 0; k < j->K; k++)
+                s += (double)ref_weight(j, r, k) * j->x[(int64_t)t * j->K + k];
+            float v = (float)s;
+            if (j->wkind == FNB_I8ROW) v = (float)(s * fnb_load_dt(j->scale, j->sdtype, r));
+            fnb_store_dt(j->y, j->ydtype, (int64_t)t * j->ldy + r, v);
+        }
+}
+
+/* ---- ISA dispatch ------------------------------------------------------------------------- */
+fnb_rows_fn fnb_variant(int isa) {
+    switch (isa) {
+    case FNB_ISA_REF: return fnb_rows_ref;
+    case FNB_ISA_GENERIC: return fnb_rows_generic;
+#if defined(__x86_64__) || defined(__i386__)
+    case FNB_ISA_AVX2:
+        if (fnb_rows_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c"))
+            return fnb_rows_avx2;
+        return NULL;
+    case FNB_ISA_AVX512:
+        if (fnb_rows_avx512 && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c"))
+            return fnb_rows_avx512;
+        return NULL;
+#endif
+    default: return NULL;
+    }
+}
+
+/* 1 if the variant exists in this build and the CPU runs it */
+int fnb_isa_supported(int isa) { return fnb_variant(isa) != NULL; }
+
+/* the best variant this CPU runs */
+int fnb_best_isa(void) {
+    for (int isa = FNB_ISA_COUNT - 1; isa > FNB_ISA_REF; isa--)
+        if (fnb_variant(isa)) return isa;
+    return FNB_ISA_REF;
+}
+
+/* ---- the thread pool ---------------------------------------------------------------------- */
+#define MAX_THREADS 256
+#define CHUNK_BYTES (256 << 10)  /* rows per work item: ~256 KiB of weights (L2-sized) */
+#define SERIAL_BYTES (512 << 10) /* smaller matrices run on the calling thread alone */
+
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;  /* one call at a time */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER, done = PTHREAD_COND_INITIALIZER;
+static int started;             /* workers running */
+static int wanted;              /* workers taking part in the current job */
+static unsigned long generation;
+static int active;              /* workers still in the current job */
+#define MAX_JOBS 1024
+static struct {
+    fnb_rows_fn fn;
+    const fnb_job *jobs;        /* njobs jobs (one per expert in a layer call) */
+    int njobs;
+    int64_t chunk_rows[MAX_JOBS];
+    int64_t first_chunk[MAX_JOBS + 1];  /* prefix sums of each job's chunk count */
+    atomic_llong next;          /* the next free chunk, over all jobs */
+} task;
+
+static void run_chunks(void) {
+    const int64_t total = task.first_chunk[task.njobs];
+    int at = 0;
+    for (;;) {
+        int64_t c = atomic_fetch_add(&task.next, 1);
+        if (c >= total) return;
+        while (c >= task.first_chunk[at + 1]) at++;  /* chunks are handed out in order */
+        const fnb_job *j = &task.jobs[at];
+        int64_t r0 = (c - task.first_chunk[at]) * task.chunk_rows[at];
+        int64_t r1 = r0 + task.chunk_rows[at] < j->N ? r0 + task.chunk_rows[at] : j->N;
+        task.fn(j, r0, r1);
+    }
+}
+
+static void *worker(void *arg) {
+    int id = (int)(intptr_t)arg;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        while (generation == seen || id >= wanted) {
+            if (generation != seen) seen = generation;  /* a job without this worker */
+            pthread_cond_wait(&wake, &mu);
+        }
+        seen = generation;
+        pthread_mutex_unlock(&mu);
+        run_chunks();
+        pthread_mutex_lock(&mu);
+        if (--active == 0) pthread_cond_signal(&done);
+    }
+    return NULL;
+}
+
+/* A forked child has none of the parent's workers: start again from zero. */
+static void reset_after_fork(void) {
+    pthread_mutex_init(&call_mu, NULL);
+    pthread_mutex_init(&mu, NULL);
+    pthread_cond_init(&wake, NULL);
+    pthread_cond_init(&done, NULL);
+    started = wanted = active = 0;
+}
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void register_fork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
+
+/* Run every row of `njobs` jobs, split in chunks over `threads` threads (the caller too). */
+void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads) {
+    int64_t bytes = 0;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    task.fn = fn; task.jobs = jobs; task.njobs = njobs;
+    task.first_chunk[0] = 0;
+    for (int i = 0; i < njobs; i++) {
+        int64_t row = fnb_row_bytes(jobs[i].wkind, jobs[i].K);
+        int64_t chunk = CHUNK_BYTES / (row + 1);
+        chunk = chunk < 4 ? 4 : chunk / 4 * 4;  /* whole 4-row tiles */
+        task.chunk_rows[i] = chunk;
+        task.first_chunk[i + 1] = task.first_chunk[i] + (jobs[i].N + chunk - 1) / chunk;
+        bytes += row * jobs[i].N;
+    }
+    atomic_store(&task.next, 0);
+    if (threads == 1 || bytes < SERIAL_BYTES) {
+        run_chunks();
+        return;
+    }
+    pthread_mutex_lock(&mu);
+    while (started < threads - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &attr, worker, (void *)(intptr_t)started);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        started++;
+    }
+    wanted = threads - 1 < started ? threads - 1 : started;
+    active = wanted;
+    generation++;
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&mu);
+    run_chunks();  /* the caller works too */
+    pthread_mutex_lock(&mu);
+    while (active > 0) pthread_cond_wait(&done, &mu);
+    pthread_mutex_unlock(&mu);
+}
+
+/* ---- the entry point ---------------------------------------------------------------------- */
+/* x [T, ldx] (xdtype) -> dst [T, K] fp32; FNB_I4GRP order (each 32-block: even k, then odd k)
+ * when `permute` */
+void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute,
+               float *dst) {
+    for (int t = 0; t < T; t++) {
+        float *d = dst + (int64_t)t * K;
+        if (permute) {
+            for (int64_t k = 0; k < K; k++)
+                d[(k / FNB_BLOCK) * FNB_BLOCK + (k & 1) * (FNB_BLOCK / 2) + (k % FNB_BLOCK) / 2] =
+                    fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
+        } else if (xdtype == FNB_DT_F32) {
+            memcpy(d, (const float *)x + (int64_t)t * ldx, sizeof(float) * (size_t)K);
+        } else {
+            for (int64_t k = 0; k < K; k++) d[k] = fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
+        }
+    }
+}
+
+/* group = 1 for kinds without groups; else the log2(group / 32) shift, or -1 if unusable */
+int fnb_group_shift(int wkind, int64_t group, int64_t K) {
+    if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) return 0;
+    if (group <= 0 || group % FNB_BLOCK || K % group) return -1;
+    int shift = 0;
+    while ((FNB_BLOCK << shift) < group) shift++;
+    return (FNB_BLOCK << shift) == group ? shift : -1;  /* blocks per group: a power of two */
+}
+
+/* growable per-thread scratch */
+float *fnb_scratch(int slot, int64_t floats) {
+    static __thread float *buf[4];
+    static __thread int64_t cap[4];
+    if (cap[slot] < floats) {
+        free(buf[slot]);
+        buf[slot] = malloc(sizeof(float) * (size_t)floats + 64);
+        cap[slot] = buf[slot] ? floats : 0;
+    }
+    return buf[slot];
+}
+
+/* y [T, ldy] (ydtype) = x [T, ldx] (xdtype) @ W^T. Returns 0, or -1 for bad arguments / an ISA
+ * this CPU or build lacks, -2 when out of memory. */
+int fnb_linear(int isa, int threads, int wkind, const void *w, const void *scale, int sdtype,
+               int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
+               int T, void *y, int ydtype, int64_t ldy) {
+    fnb_rows_fn fn = fnb_variant(isa);
+    int shift = fnb_group_shift(wkind, group, K);
+    if (!fn || T < 0 || N < 0 || K < 0 || wkind < FNB_F32 || wkind > FNB_I4GRP || shift < 0)
+        return -1;
+    if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
+    if (T == 0 || N == 0) return 0;
+    pthread_once(&fork_once, register_fork);
+    pthread_mutex_lock(&call_mu);
+    float *xbuf = fnb_scratch(0, (int64_t)T * K);
+    if (!xbuf) { pthread_mutex_unlock(&call_mu); return -2; }
+    fnb_widen(x, xdtype, ldx, T, K, wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
+    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy};
+    fnb_run_parallel(fn, &j, 1, threads);
+    pthread_mutex_unlock(&call_mu);
+    return 0;
+}
+
+/* for fnb_layer.c: one call at a time through the pool */
+void fnb_lock(void) { pthread_once(&fork_once, register_fork); pthread_mutex_lock(&call_mu); }
+void fnb_unlock(void) { pthread_mutex_unlock(&call_mu); }

@@ -1,0 +1,121 @@
+"""The package's own compiled CPU kernels (csrc/, built by native_build.py), registered beside
+torch's: weight-only y = x @ W^T with fp32 accumulation for bf16 / fp16 / fp32 weights, int8
+per output channel, group-wise int8 (fp16 scales, GGUF Q8_0's layout) and int4 in the plain
+nibble layout ('int4-blocks'). The SIMD variant (AVX-512, AVX2+FMA+F16C, or the portable
+auto-vectorised path) is picked at run time from the CPU's features; rows are split across the
+library's own pthreads (torch.get_num_threads() of them), and the ctypes call releases the GIL.
+
+Exactness: every product is an fp32 product of the exact weight (q * scale is exact in fp32 for
+8-bit q and an 8/11-bit-mantissa scale) and the activation, summed in fp32, so the result differs
+from a dequantize + F.linear only by the order of the fp32 additions (and, in bf16 models, by the
+one bf16 rounding of the dequantized weight that the reference applies and we do not).
+
+Shape legend: n = tokens, N = output channels, K = input channels, G = group size.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+from ..formats.matrix import Matrix
+from .native_build import ISA_NAMES, NativeLibrary, load_library
+from .registry import NATIVE_KERNELS, register
+
+F32, BF16, F16, I8ROW, I8GRP, I4GRP = range(6)  # fnb_kernels.h weight kinds
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+FLOAT_KINDS = {torch.float32: F32, torch.bfloat16: BF16, torch.float16: F16}
+
+
+class NativeKernelError(RuntimeError):
+    """The native kernel refused its arguments (a bug: the wrapper checks what it passes)."""
+
+
+def library() -> NativeLibrary:
+    """The native kernels under the current settings (FIDDLER_NB_NATIVE, FIDDLER_NB_CC)."""
+    return load_library()
+
+
+def available() -> bool:
+    return library().lib is not None
+
+
+def unavailable_reason() -> str:
+    """'' when the native kernels run; else one line saying why not."""
+    return library().error
+
+
+@lru_cache(maxsize=None)
+def _isa_code(lib_path: str, forced: str | None) -> int:
+    lib = library()
+    if forced:
+        if forced not in ISA_NAMES or not lib.isa_supported(forced):
+            raise NativeKernelError(f"FIDDLER_NB_ISA={forced!r} does not run here; this CPU "
+                                    f"runs {[i for i in ISA_NAMES if lib.isa_supported(i)]}")
+        return ISA_NAMES.index(forced)
+    return ISA_NAMES.index(lib.best_isa())
+
+
+def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None) -> torch.Tensor:
+    """y [n, N] = x [n, K] @ W^T for a stored matrix, in x's dtype. isa: a variant name
+    ('ref', 'generic', 'avx2', 'avx512'); None: FIDDLER_NB_ISA or the best this CPU runs."""
+    lib = library()
+    out_dtype = x.dtype
+    if x.dtype not in DTYPE_CODES:
+        x = x.float()
+    if x.dim() != 2 or x.stride(-1) != 1:
+        x = x.reshape(-1, x.shape[-1]).contiguous()
+    kind, scale, sdtype, group = _kind_of(m)
+    n_out = m.data.shape[0]
+    k_in = x.shape[1]
+    w = m.data if m.data.is_contiguous() else m.data.contiguous()
+    y = torch.empty((x.shape[0], n_out), dtype=x.dtype)  # [n, N]
+    code = ISA_NAMES.index(isa) if isa else _isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA"))
+    rc = lib.lib.fnb_linear(code, torch.get_num_threads(), kind, w.data_ptr(),
+                            scale.data_ptr() if scale is not None else None, sdtype, group,
+                            n_out, k_in, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
+                            x.shape[0], y.data_ptr(), DTYPE_CODES[y.dtype], n_out)
+    if rc != 0:
+        raise NativeKernelError(f"fnb_linear refused {m.fmt} {tuple(m.data.shape)} with x "
+                                f"{tuple(x.shape)} on ISA {isa or lib.best_isa()} (code {rc})")
+    return y if y.dtype == out_dtype else y.to(out_dtype)
+
+
+def _kind_of(m: Matrix) -> tuple[int, torch.Tensor | None, int, int]:
+    """(weight kind, contiguous scale or None, scale dtype code, group) of a stored matrix."""
+    if m.fmt == "float":
+        return FLOAT_KINDS[m.data.dtype], None, 0, 0
+    scale = m.scale.contiguous()
+    if scale.dtype not in DTYPE_CODES:
+        scale = scale.float()
+    kind = {"int8": I8ROW, "int8-group": I8GRP, "int4-blocks": I4GRP}[m.fmt]
+    return kind, scale, DTYPE_CODES[scale.dtype], int(m.group_size or 0)
+
+
+
+for _fmt, _name in NATIVE_KERNELS.items():
+    register(_name, _fmt, available)(native_linear)
+
+
+def cpu_layout(fmt):
+    """`fmt` with the int4 layout the CPU kernels here read: plain nibbles when the native
+    kernels run (one copy for them and the fast device), else torch's CPU int4 pack."""
+    from dataclasses import replace
+
+    if fmt is None or fmt.name != "int4":
+        return fmt
+    return replace(fmt, int4_layout="nibbles" if available() else "torch")
+
+
+def kernel_note(layer_blocker: str = "") -> str:
+    """'' when the native kernels run (a layer's CPU experts in one call unless
+    `layer_blocker` says why not); else the one line an engine shows in its notes."""
+    why = unavailable_reason()
+    if why:
+        return f"CPU kernels: torch's only ({why})"
+    if layer_blocker:
+        return f"CPU experts run one by one through the native kernels, not in one call per " \
+               f"layer ({layer_blocker})"
+    return ""

@@ -1,0 +1,213 @@
+"""The package's compiled CPU kernels: every SIMD variant this CPU runs against the plain scalar
+reference, the reference against dequantize + matmul, and the fallback when nothing compiles.
+
+Tolerance: the kernels multiply the exact weights (q * scale is exact in fp32) by fp32
+activations and sum in fp32, in another order than the double-precision reference: the error is
+a few fp32 ulps of sum_k |x_k w_k|, i.e. <= K * 2^-24 relative to that sum in the worst case.
+REL = 1e-5 of sum |x w| (K <= 300 here: 300 * 6e-8 = 1.8e-5 worst case, ~1e-6 typically) fails
+any misread weight, scale, group or nibble, which moves a result by ~1/K of that sum or more.
+Outputs in bf16 / fp16 add one rounding of the result (2^-8 / 2^-11 relative).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fiddler_nb.runtime.formats import quant
+from fiddler_nb.runtime.formats.storage import convert_weight
+from fiddler_nb.runtime.kernels import native
+from fiddler_nb.runtime.kernels.native_build import ISA_NAMES, load_library
+from fiddler_nb.runtime.kernels.registry import (DEFAULT_CHOICE, Matrix, default_kernel,
+                                                 dequantize_matrix)
+
+pytestmark = pytest.mark.skipif(not native.available(),
+                                reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+REL = 1e-5
+OUT_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+FORMATS = [quant.ExpertFormat("fp32"), quant.ExpertFormat("bf16"), quant.ExpertFormat("fp16"),
+           quant.ExpertFormat("int8"), quant.ExpertFormat("int8", 32),
+           quant.ExpertFormat("int8", 64), quant.ExpertFormat("int4", 32, "nibbles"),
+           quant.ExpertFormat("int4", 128, "nibbles")]
+TOKENS = (1, 2, 3, 7, 8, 9, 17)  # both tiles (4 rows x 1-2 tokens, 1 row x 8/4/2/1 tokens)
+
+
+def _variants() -> list[str]:
+    lib = load_library()
+    return [isa for isa in ISA_NAMES[1:] if lib.isa_supported(isa)]
+
+
+def _matrix(fmt: quant.ExpertFormat, n: int, k: int, act: torch.dtype, seed: int = 0) -> Matrix:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-2, 0, n)[:, None]  # [N, K]
+    st = convert_weight(w[None], fmt, False, act, on_gpu=False)
+    return Matrix(fmt.matrix_fmt, st[""][0], st.get("_fnb_scale", [None])[0], fmt.group_size)
+
+
+def _shape_for(fmt: quant.ExpertFormat) -> tuple[int, int]:
+    """N not a multiple of the 4-row tile; K with a tail past the last 32-block where allowed."""
+    return (37, 300) if fmt.group_size is None else (37, 256)
+
+
+def _check(got: torch.Tensor, x: torch.Tensor, m: Matrix, what: str) -> None:
+    w = dequantize_matrix(m, torch.float32).double()  # [N, K] exact weights
+    want = x.double() @ w.t()  # [n, N]
+    bound = (x.double().abs() @ w.abs().t()) * REL + want.abs() * OUT_ROUNDING[got.dtype] + 1e-30
+    excess = ((got.double() - want).abs() - bound).max().item()
+    assert excess <= 0, f"{what}: max excess over the tolerance {excess:.3g}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.matrix_fmt + "-" + f.label())
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16, torch.float16])
+def test_every_variant_matches_the_reference(fmt, act):
+    n_out, k_in = _shape_for(fmt)
+    m = _matrix(fmt, n_out, k_in, act)
+    x_dtype = fmt.float_dtype or act
+    for tokens in TOKENS:
+        x = torch.randn(tokens, k_in).to(x_dtype)
+        ref = native.native_linear(x, m, "ref")
+        _check(ref, x, m, f"ref {fmt.label()} T={tokens}")
+        for isa in _variants():
+            got = native.native_linear(x, m, isa)
+            assert got.dtype == x_dtype and got.shape == (tokens, n_out)
+            _check(got, x, m, f"{isa} {fmt.label()} {act} T={tokens}")
+
+
+def test_strided_rows_and_threads():
+    """A non-contiguous activation view and many threads give the same result as one thread."""
+    m = _matrix(quant.ExpertFormat("bf16"), 1024, 512, torch.bfloat16)  # > the serial size
+    x = torch.randn(3, 1024).to(torch.bfloat16)[:, ::2]  # [3, 512] with row stride 1024
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.native_linear(x, m)
+        torch.set_num_threads(4)
+        many = native.native_linear(x, m)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, many)  # each row's sum is computed the same way by any thread
+    _check(many, x, m, "strided")
+
+
+def test_kernel_choice_defaults_to_native_then_onednn():
+    assert default_kernel("float", 1, torch.bfloat16) == "native-float"
+    assert default_kernel("int8-group", 64, torch.bfloat16) == "native-int8g"
+    assert default_kernel("int4-blocks", 8, torch.bfloat16) == "native-int4"
+    assert default_kernel("float", 128, torch.bfloat16) == "onednn"  # prefill: oneDNN's GEMM
+    assert default_kernel("int8", 128, torch.bfloat16) == "int8-dequant"
+    m = _matrix(quant.ExpertFormat("int8"), 8, 64, torch.float32)
+    assert DEFAULT_CHOICE.kernel_for("int8", m, torch.zeros(1, 64)).name == "native-int8"
+
+
+def test_no_compiler_falls_back_to_torch(monkeypatch, mixtral_path):
+    import fiddler_nb as fnb
+
+    monkeypatch.setenv("FIDDLER_NB_CC", "/nonexistent/cc")
+    assert not native.available()
+    assert "FIDDLER_NB_CC='/nonexistent/cc'" in native.unavailable_reason()
+    assert default_kernel("float", 1, torch.float32) == "onednn"
+    assert default_kernel("int8", 1, torch.float32) == "int8pack"
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int4", execution="cpu",
+                      expert_budget=0)
+    assert engine._state.store.storage.fmt.matrix_fmt == "int4"  # torch's pack for torch's kernel
+    assert any("torch's only" in n and "FIDDLER_NB_CC" in n for n in engine.notes)
+    assert sum(1 for n in engine.notes if "CPU kernels" in n) == 1  # said once
+    out = engine.generate("Hello", max_new_tokens=2)
+    assert out.token_ids.shape[-1] == 2
+    monkeypatch.delenv("FIDDLER_NB_CC")
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int4")
+    assert engine._state.store.storage.fmt.matrix_fmt == "int4-blocks"
+    assert not any("CPU kernels" in n for n in engine.notes)
+
+
+@pytest.mark.parametrize("fmt", [None, "bf16", "int8", "int8-g32", "int4"])
+def test_layer_call_matches_the_per_expert_path(fmt, mixtral_path, monkeypatch):
+    """One native call per layer gives the per-expert path's outputs (same roundings) and runs
+    for every CPU layer of a Mixtral decode."""
+    import fiddler_nb as fnb
+    from fiddler_nb.runtime.engine import experts as experts_mod
+
+    dtype = "bfloat16" if fmt in ("bf16", "int8-g32") else None  # bf16 activations too
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype=fmt, execution="cpu",
+                      expert_budget=0, dtype=dtype)
+    calls = []
+    real = experts_mod.run_layer
+    monkeypatch.setattr(experts_mod, "run_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = engine.encode(["The quick brown fox", "Hello"])
+    with torch.inference_mode():
+        layer_logits = engine.model(**inputs).logits
+    assert len(calls) == engine.num_layers  # every layer in one call
+    store = engine._state.store
+    monkeypatch.setattr(store, "layer_call_blocker", "test: per-expert path")
+    with torch.inference_mode():
+        expert_logits = engine.model(**inputs).logits
+    assert len(calls) == engine.num_layers
+    tol = 1e-5 if layer_logits.dtype == torch.float32 else 2e-2  # bf16: order of fp32 sums
+    assert (layer_logits.float() - expert_logits.float()).abs().max().item() <= tol
+
+
+def test_architectures_the_layer_call_cannot_run_say_so_once(tiny_checkpoints):
+    import fiddler_nb as fnb
+
+    engine = fnb.load(tiny_checkpoints["gpt_oss"], device="cpu", execution="cpu")
+    notes = [n for n in engine.notes if "one call per layer" in n]
+    assert len(notes) == 1 and "gate" in notes[0] and "biases" in notes[0]
+    engine = fnb.load(tiny_checkpoints["mixtral"], device="cpu", execution="cpu")
+    assert not any("one call per layer" in n for n in engine.notes)
+
+
+def test_kernel_choice_is_measured_once_per_machine_and_cached(monkeypatch, tmp_path,
+                                                              mixtral_path):
+    import fiddler_nb as fnb
+    from fiddler_nb.measure import kernel_cache, kernel_choice
+
+    monkeypatch.setenv("FIDDLER_NB_CACHE", str(tmp_path))
+    monkeypatch.delenv("FIDDLER_NB_KERNEL_CHOICE")
+    monkeypatch.setattr(kernel_cache, "MEASURE_SHAPE", (64, 64))  # seconds -> milliseconds
+    monkeypatch.setattr(kernel_cache, "ROTATE_BYTES", 1 << 16)
+    runs = []
+    real = kernel_choice.measure_kernels
+    monkeypatch.setattr(kernel_cache, "measure_kernels",
+                        lambda *a, **k: runs.append(a) or real(*a, **k))
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int8")
+    assert len(runs) == 1 and "measured once" in engine._state.store.kernels.source
+    cached = list((tmp_path / "kernel-choice").glob("int8-*.json"))
+    assert len(cached) == 1
+    table = engine._state.store.kernels.table["int8"]
+    assert set(table) == {1, 8, 64}  # more tokens: the default rule (oneDNN for prefill)
+    fnb.load(mixtral_path, device="cpu", expert_dtype="int8")  # read back, not measured
+    assert len(runs) == 1
+    monkeypatch.setenv("FIDDLER_NB_KERNEL_CHOICE", "default")
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype="int8")
+    assert "default" in engine._state.store.kernels.source and len(runs) == 1
+
+
+def test_dense_linears_run_through_the_kernels_and_compress(mixtral_path, stock_model):
+    """A CPU-only engine routes attention and lm_head through the same kernels (same logits as
+    stock within the exactness tolerance); dense_dtype compresses them; a GPU refuses it."""
+    import fiddler_nb as fnb
+    from fiddler_nb.runtime.errors import FormatError
+    from torch import nn
+
+    engine = fnb.load(mixtral_path, device="cpu", execution="cpu")
+    routed = [m for m in engine.model.modules() if "_fnb_dense" in m.__dict__]
+    assert routed and all(type(m) is nn.Linear for m in routed)
+    inputs = engine.encode(["The quick brown fox"])
+    with torch.inference_mode():
+        got = engine.model(**inputs).logits
+        want = stock_model(mixtral_path)(**inputs).logits
+    assert (got - want).abs().max().item() <= 1e-5
+    for dense in ("bf16", "int8", "int4"):
+        small = fnb.load(mixtral_path, device="cpu", execution="cpu", dense_dtype=dense)
+        with torch.inference_mode():
+            logits = small.model(**inputs).logits
+        assert torch.isfinite(logits).all()
+        err = (logits - want).abs().max().item()
+        assert 1e-6 < err < 0.5 * want.abs().max().item(), f"{dense}: {err}"  # changed, sane
+    with pytest.raises(FormatError, match="unknown dense_dtype"):
+        fnb.load(mixtral_path, device="cpu", dense_dtype="int3")
+    from fiddler_nb.runtime.engine.dense import check_dense_dtype
+
+    with pytest.raises(FormatError, match="live on the GPU"):
+        check_dense_dtype("int8", torch.device("cuda"))
