@@ -29,7 +29,8 @@ from .measure.shapes import SHAPE_PRESETS, ModelShape, get_shape
 from .runtime.engine.engine import Engine, GenerationResult
 from .runtime.engine.dequantized import write_dequantized, write_gguf_reference
 from .runtime.errors import (BudgetError, CheckpointError, ContextLengthError, DeviceError,
-                             EngineClosedError, FiddlerError, FileFormatError, FormatError,
+                             EngineClosedError, FiddlerError, FileFormatError, FileWriteError,
+                             FormatError,
                              InputError, MissingFileError, OptionError, UnsupportedModelError)
 from .runtime.policies.latency import Curve, LatencyModel, assign_layer
 from .runtime.generation.plan_file import Plan, PlanRow, PlanSettings
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BenchRecord", "BudgetError", "CheckpointError", "ContextLengthError", "Curve", "DeviceError",
-    "Engine", "EngineClosedError", "EngineConfig", "FiddlerError", "FileFormatError",
+    "Engine", "EngineClosedError", "EngineConfig", "FiddlerError", "FileFormatError", "FileWriteError",
     "FormatError", "GPU_PRESETS", "GenerationResult", "GenerationStats", "GenerationStream", "HardwareProfile",
     "InputError", "LINK_PRESETS", "LatencyModel", "MissingFileError", "ModelFacts", "ModelShape",
     "OptionError", "PhaseStats", "Plan", "PlanRecord", "PlanRow", "PlanSettings", "Popularity",

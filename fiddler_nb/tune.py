@@ -9,10 +9,15 @@
    more threads before fewer.
 3. Measure in that order (each point re-placed without reloading: `Engine.reconfigure`) until
    the time limit would be passed by one more point (at least one point is always measured),
-   with a tqdm bar. Expert formats (`expert_dtypes` with more than one entry) each need a reload
-   through `loader` and get an equal share of the time.
-4. Return a `Plan` (runtime/generation/plan_file.py) with the best *measured* candidate: the one whose
-   measured prefill and decode tokens/s give the workload the shortest time.
+   with a tqdm bar; then spend the rest of the time measuring the two leaders again until one
+   is ahead by more than the noise (measure/compare.py). Expert formats (`expert_dtypes` with
+   more than one entry) each need a reload through `loader` and get an equal share of the time.
+4. Return a `Plan` (runtime/generation/plan_file.py) with the best *measured* candidate: the one
+   whose measured prefill and decode tokens/s give the workload the shortest median time -- if
+   it is ahead of the rest by more than the noise; if not, they are tied and the simpler setting
+   is kept (the default thread count, no re-placement). The plan's reason and rows carry the
+   evidence (median and interquartile range of the workload seconds, runs per candidate), and a
+   note says when the machine was busy.
 
 `measure`, `clock`, `project` and `loader` are injectable, so tests are deterministic.
 This module composes the runtime (engine), the measurements (planner, machine facts) and the
@@ -33,6 +38,9 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .measure.compare import Decision, decide, refine_targets
+from .measure.discipline import conditions, machine_load, spread
+from .measure.shapes import engine_shape
 from .runtime.errors import FiddlerError
 from .runtime.validate import check_float
 from .runtime.generation.plan_file import (MEASURED_STATUS, TIME_LIMIT_STATUS, Plan, PlanRow,
@@ -107,6 +115,17 @@ def best_row(rows: Sequence[PlanRow]) -> PlanRow | None:
     return min(measured, key=lambda r: r.measured_workload_s) if measured else None
 
 
+def simplicity(default_threads: int, current: tuple[int, str, str],
+               formats: Sequence[str | None]) -> Callable[[PlanSettings], tuple]:
+    """Sort key, simplest first: the default thread count, the engine's own budget, placement
+    and execution (no re-placement), the first expert format."""
+    def key(c: PlanSettings) -> tuple:
+        replaced = (c.expert_budget, c.placement, c.execution) != current
+        fmt = formats.index(c.expert_dtype) if c.expert_dtype in formats else len(formats)
+        return (c.threads != default_threads, replaced, fmt, -c.threads)
+    return key
+
+
 # ---- the mechanism --------------------------------------------------------------------------
 def search_space(engine: Any, workload: Workload, formats: Sequence[str | None],
                  threads: Sequence[int] | None = None) -> SearchSpace:
@@ -165,7 +184,10 @@ def autotune(path_or_engine: Any, workload: Workload | None = None,
     new_tokens = max(2, min(workload.new_tokens, measure_new_tokens or MEASURE_NEW_TOKENS))
     start = clock()
     rows: list[PlanRow] = []
+    samples: dict[PlanSettings, list[Measured]] = {}
     notes: list[str] = []
+    load_before = conditions(probe_s=0.1 if measure is measure_point else 0.0)
+    current = (engine.config.expert_budget, engine.config.placement, engine.config.execution)
     try:
         space = search_space(engine, workload, formats, threads)
         candidates = enumerate_candidates(space)
@@ -182,17 +204,25 @@ def autotune(path_or_engine: Any, workload: Workload | None = None,
                 group = rank([c for c in candidates if c.expert_dtype == fmt],
                              _seconds_of(projected, workload), default_threads)
                 _warm_up(engine, measure, workload)
-                rows += _measure_group(engine, workload, group, projected, measure, new_tokens,
-                                       clock, start + seconds * (i + 1) / len(formats), bar)
-        best = best_row(rows)
+                got, more = _measure_group(engine, workload, group, projected, measure,
+                                           new_tokens, clock,
+                                           start + seconds * (i + 1) / len(formats), bar)
+                rows += got
+                samples.update(more)
+        decision = decide(_workload_samples(samples, workload),
+                          simplicity(default_threads, current, formats))
+        best = next((r for r in rows if decision and r.settings == decision.best), None)
         if best is None:
             raise FiddlerError("autotune measured no candidate successfully: " + "; ".join(
                 f"{r.settings.label}: {r.status}" for r in rows[:3]) + "; check the model loads "
                 "and generates with fnb.load(path).generate('hi')")
         if engine.device.type != "cuda":
             notes.append(CPU_REASON + (", expert formats" if len(formats) > 1 else ""))
+        busy = load_before.finished(machine_load(0.1 if measure is measure_point else 0.0)) \
+            .note(list(decision.spreads.values()))
+        notes += [busy] if busy else []
         plan = _make_plan(engine, workload, best, rows, source, seconds, clock() - start,
-                          new_tokens, notes, command)
+                          new_tokens, notes, command, decision, default_threads)
         if user_engine is not None and best.settings.expert_dtype in (
                 None, getattr(user_engine, "expert_dtype", None)):
             plan.apply(user_engine)
@@ -203,29 +233,55 @@ def autotune(path_or_engine: Any, workload: Workload | None = None,
 
 
 def _measure_group(engine, workload, order, projected, measure, new_tokens, clock, deadline,
-                   bar) -> list[PlanRow]:
-    rows, longest = [], 0.0
-    for settings in order:
-        proj = projected.get(settings, (None, None))
-        if rows and clock() + longest > deadline:
-            rows.append(PlanRow(settings, TIME_LIMIT_STATUS, projected_prefill_tps=proj[0],
-                                projected_decode_tps=proj[1]))
-            bar.update(1)
-            continue
+                   bar) -> tuple[list[PlanRow], dict[PlanSettings, list[Measured]]]:
+    """Each candidate once in rank order while time lasts, then the two leaders again until one
+    is ahead by more than the noise (or the time is spent); rows and every sample."""
+    samples: dict[PlanSettings, list[Measured]] = {}
+    status: dict[PlanSettings, str] = {}
+    longest = 0.0
+
+    def one(settings: PlanSettings) -> None:
+        nonlocal longest
         t0 = clock()
         try:
             engine.reconfigure(expert_budget=settings.expert_budget, placement=settings.placement,
                                execution=settings.execution, threads=settings.threads)
-            got = measure(engine, workload, new_tokens)
-            rows.append(PlanRow(settings, MEASURED_STATUS, got.prefill_tps, got.decode_tps,
-                                workload_seconds(workload, got.prefill_tps, got.decode_tps),
-                                proj[0], proj[1]))
+            samples.setdefault(settings, []).append(measure(engine, workload, new_tokens))
+            status[settings] = MEASURED_STATUS
         except FiddlerError as err:  # e.g. a budget that does not fit: the next one may
-            rows.append(PlanRow(settings, f"failed: {err}", projected_prefill_tps=proj[0],
-                                projected_decode_tps=proj[1]))
+            status.setdefault(settings, f"failed: {err}")
         longest = max(longest, clock() - t0)
+
+    for settings in order:
+        if status and clock() + longest > deadline:
+            status[settings] = TIME_LIMIT_STATUS
+        else:
+            one(settings)
         bar.update(1)
-    return rows
+    while clock() + longest <= deadline:
+        targets = refine_targets(_workload_samples(samples, workload))
+        if not targets:
+            break
+        for settings in targets:
+            one(settings)
+    rows = [_row(c, status[c], samples.get(c, []), projected.get(c, (None, None)), workload)
+            for c in order]
+    return rows, samples
+
+
+def _workload_samples(samples: dict, workload: Workload) -> dict[PlanSettings, list[float]]:
+    return {c: [workload_seconds(workload, m.prefill_tps, m.decode_tps) for m in ms]
+            for c, ms in samples.items() if ms}
+
+
+def _row(settings: PlanSettings, status: str, got: list[Measured], proj, workload) -> PlanRow:
+    if not got:
+        return PlanRow(settings, status, projected_prefill_tps=proj[0],
+                       projected_decode_tps=proj[1])
+    secs = spread([workload_seconds(workload, m.prefill_tps, m.decode_tps) for m in got])
+    return PlanRow(settings, status, spread([m.prefill_tps for m in got]).median,
+                   spread([m.decode_tps for m in got]).median, secs.median, proj[0], proj[1],
+                   secs.low, secs.high, secs.repeats)
 
 
 def _seconds_of(projected: dict, workload: Workload) -> dict[PlanSettings, float]:
@@ -267,40 +323,35 @@ def _default_projection(profile: Any) -> Callable:
     return project
 
 
-def engine_shape(engine: Any):
-    """The planner's ModelShape of a loaded engine."""
-    from .measure.shapes import ModelShape
-
-    layer = engine.layers[0]
-    first = getattr(layer.module, layer.layout.first_name)  # [E, 2I, H] (or transposed)
-    cfg = engine.model.config.get_text_config()
-    hidden = int(cfg.hidden_size)
-    dtype = str(first.dtype).removeprefix("torch.")
-    expert_params = engine.expert_bytes // first.element_size()
-    matrices = 3 if layer.layout.has_gate else 2
-    non_expert = sum(p.numel() * p.element_size() for p in engine.model.parameters()) - \
-        engine.num_layers * engine.num_experts * engine.expert_bytes
-    return ModelShape(Path(str(engine.path)).name, engine.num_layers, engine.num_experts,
-                      int(getattr(cfg, "num_experts_per_tok", 2)), hidden,
-                      max(1, expert_params // (matrices * hidden)), dtype, max(0, non_expert),
-                      gated=layer.layout.has_gate)
-
-
 def _default_loader(path: Any, workload: Workload, fmt: str | None):
     from .api import load
 
     return load(path, workload=workload, expert_dtype=fmt)
 
 
-def _reload(engine: Any, close_old: bool, load: Callable, workload: Workload, fmt: str | None):
-    path = engine.path
-    if close_old:
-        engine.close()
-    return load(path, workload, fmt)
+def evidence(decision: Decision, rows: Sequence[PlanRow], default_threads: int) -> str:
+    """Why the chosen row won: ahead of the runner-up by more than the noise, or tied and the
+    simpler setting kept; each with median (IQR, runs) of its workload seconds."""
+    label = {r.settings: r.settings.label for r in rows}
+
+    def text(c) -> str:
+        return f"{label[c]}: {decision.spreads[c].text(3)}"
+
+    if decision.separated:
+        rest = [c for c in decision.spreads if c != decision.best]
+        if not rest:
+            return f"the only measured candidate, {text(decision.best)}"
+        return (f"ahead by more than the noise: {text(decision.best)} vs the runner-up "
+                f"{text(rest[0])}")
+    tied = [decision.fastest, *decision.tied]
+    why = ("the default thread count" if decision.best.threads == default_threads
+           else "the simpler setting")
+    return (f"tied within the noise ({'; '.join(text(c) for c in tied[:4])}): kept {why}, "
+            f"{label[decision.best]}")
 
 
 def _make_plan(engine, workload, best: PlanRow, rows, source, seconds, used, new_tokens, notes,
-               command) -> Plan:
+               command, decision: Decision, default_threads: int) -> Plan:
     from .measure.hardware import machine_facts
 
     facts = machine_facts()
@@ -308,9 +359,11 @@ def _make_plan(engine, workload, best: PlanRow, rows, source, seconds, used, new
                f"{facts.gpu_name or 'no GPU'}; torch {facts.torch_version}")
     measured = sum(r.measured for r in rows)
     skipped = sum(r.status == TIME_LIMIT_STATUS for r in rows)
-    reason = (f"shortest measured workload time, {best.measured_workload_s:.3f} s (prefill "
-              f"{best.measured_prefill_tps:.1f} tok/s, decode {best.measured_decode_tps:.1f} "
-              f"tok/s), of {measured} measured candidate(s); {skipped} not measured (time limit)")
+    runs = sum(r.samples for r in rows)
+    reason = (f"workload {best.measured_workload_s:.3f} s (prefill {best.measured_prefill_tps:.1f}"
+              f" tok/s, decode {best.measured_decode_tps:.1f} tok/s); "
+              f"{evidence(decision, rows, default_threads)}; {measured} candidate(s) measured in "
+              f"{runs} runs, {skipped} not measured (time limit)")
     return Plan(model=str(engine.path), settings=best.settings, workload=workload, rows=tuple(rows),
                 machine=machine, device=str(engine.device), dtype=engine.config.dtype,
                 reason=reason, measured_prompt_tokens=workload.prompt_tokens,

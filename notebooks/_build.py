@@ -62,9 +62,12 @@ NOTEBOOKS["01_quickstart"] = [
     code("eng.set_expert_budget(eng.num_layers * eng.num_experts // 8)\n"
          "print(eng)\nprint(eng.generate(S.prompt(), max_new_tokens=S.new_tokens).stats.table())"),
     md("**One decode step, layer by layer.** Each bar is one MoE layer's expert work on a "
-       "lane: resident experts on the GPU, offloaded ones on the CPU, copies on the transfer "
-       "lane. On a GPU the CPU and GPU lanes overlap; on a CPU-only machine they cannot."),
-    code("plots.decode_timeline(eng.trace_decode_step(S.prompt()))"),
+       "lane named for the device that ran it: resident experts on the GPU, offloaded ones on "
+       "the CPU, copies on the transfer lane. On a GPU the CPU and GPU lanes overlap; on a "
+       "CPU-only machine the resident experts run on the CPU too, so everything is on the cpu "
+       "lane (the table's `work` column says which experts ran)."),
+    code("trace = eng.trace_decode_step(S.prompt())\nprint(trace.table())\n"
+         "plots.decode_timeline(trace)"),
     md("**The transformers model still works unchanged** -- the orchestration is plugged in as "
        "an experts implementation, so `model.generate` runs through it too."),
     code("eng.model.generate(**eng.encode(S.prompt()), max_new_tokens=4, do_sample=False)"),
@@ -106,12 +109,20 @@ NOTEBOOKS["03_tune_the_gpu_expert_budget"] = [
     code("eng = S.load()\neng"),
     md("**The tuner.** Move the budget slider (experts; the label gives the memory in GiB), "
        "pick a placement and an execution policy and a prompt length, then press *Measure*. "
-       "Each run adds a point to the plot of decode tokens/s against the budget; errors show "
-       "in red under the controls."),
+       "Each point is a warm-up and then repeated generations until the timing is steady (or "
+       "two seconds are spent); the plot shows the median with its interquartile range as an "
+       "error bar, so a difference smaller than the bars is noise. Errors show in red under "
+       "the controls. **Without a GPU** the budget cannot change speed: every expert runs from "
+       "CPU memory, the tuner says so above its controls, and the points measure this CPU "
+       "(engine overhead and noise). Notebook 06 projects what a budget does on a GPU."),
     code("tuner = widgets.tuner(eng, prompt_tokens=S.prompt_tokens, new_tokens=S.new_tokens)\ntuner"),
     md("**Sweep the budget** -- the same as pressing the sweep button: a few budgets from 0 to "
        "all experts, with a progress bar. The plot above updates in place."),
     code("points = tuner.run_sweep()\nprint(widgets.describe(points[-1]))"),
+    md("**Is a difference real?** Two points differ by more than the noise only when their "
+       "error bars do not overlap:"),
+    code("for p in points:\n    print(f'{p.budget_experts:4} experts: {p.decode_tps:8.1f} tok/s '\n"
+         "          f'(IQR {p.decode_tps_low:.1f}-{p.decode_tps_high:.1f}, {p.runs} runs)')"),
     md("**Where the time goes** for the points just measured: prefill vs decode seconds."),
     code("plots.phase_breakdown(points[:1] + points[-1:])"),
 ]
@@ -242,7 +253,7 @@ NOTEBOOKS["08_compressed_experts"] = [
        "from what the fast device holds (non-expert weights, resident experts, scratch slots, "
        "reserve)."),
     code("eng = fnb.load(S.model_path(), expert_dtype='int8')\nprint(eng)\n"
-         "for what, mib in eng.memory().rows():\n    print(f'{what:36} {mib:10.2f} MiB')"),
+         "print(eng.memory().table())"),
 ]
 
 
@@ -271,9 +282,11 @@ NOTEBOOKS["09_your_model"] = [
     code("pop = fnb.calibrate(eng, S.calibration_set())\npop.counts.sum(dim=1)"),
     md("**Auto-tune.** Candidates (budgets, placements, executions with a GPU; CPU threads "
        "always) are ranked by the planner where it can project, then measured on your workload "
-       "until the time limit; the plan keeps the best *measured* one. Measured and projected "
-       "tokens/s sit in separate columns. On a CPU-only machine the notes say why only threads "
-       "are tuned."),
+       "until the time limit, and the two leaders measured again until one is ahead by more "
+       "than the noise; if none is, they are tied and the plan keeps the simpler setting (the "
+       "default thread count, no re-placement) -- its reason says which, with each candidate's "
+       "median and interquartile range. Measured and projected tokens/s sit in separate "
+       "columns. On a CPU-only machine the notes say why only threads are tuned."),
     code("plan = fnb.autotune(eng, workload, seconds=S.autotune_seconds)\nprint(plan.table())"),
     md("**The measured table as a figure** (projected bars, when there are any, are hatched)."),
     code("plots.autotune(plan)"),

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import fiddler_nb as fnb
 from fiddler_nb import tune
@@ -68,6 +69,47 @@ def test_best_row_ignores_unmeasured_rows():
     assert tune.best_row(rows[:1]) is None
 
 
+def test_tie_rule_keeps_the_simpler_setting_and_separation_picks_the_leader():
+    from fiddler_nb.measure.compare import decide, refine_targets
+
+    one, two = PlanSettings(8, "none", "cpu", 1), PlanSettings(8, "none", "cpu", 2)
+    key = tune.simplicity(default_threads=2, current=(8, "none", "cpu"), formats=(None,))
+    noisy = {one: [0.95, 1.05, 1.0, 0.9], two: [1.0, 1.1, 0.98, 1.02]}  # one looks faster
+    tie = decide(noisy, key)
+    assert tie.fastest == one and tie.tied == (two,) and tie.best == two, "tied: default threads"
+    apart = {one: [0.50, 0.52, 0.51], two: [1.0, 1.1, 0.98]}
+    sep = decide(apart, key)
+    assert sep.separated and sep.best == one
+    assert refine_targets(apart) == [], "separated: nothing more to measure"
+    assert set(refine_targets(noisy)) == {one, two}, "tied: measure both leaders again"
+    assert refine_targets({one: [0.5], two: [1.0]}) == [one, two], "no interval yet"
+    # without an interval only a gap beyond the unknown noise counts
+    assert decide({one: [0.5], two: [1.0]}, key).best == one
+    assert decide({one: [0.9], two: [1.0]}, key).best == two
+
+
+def test_autotune_spends_its_time_on_the_leaders_and_records_the_tie(engine):
+    clock, calls = FakeClock(), []
+    wobble = (1.0, 1.1, 0.9)  # the same speed for both, +-10% run to run
+
+    def measure(eng, workload, new_tokens):
+        calls.append(eng.config.threads)
+        clock.now += STEP_S
+        f = wobble[calls.count(calls[-1]) % len(wobble)]
+        return tune.Measured(100.0 * f, 10.0 * f)
+
+    engine.set_threads(2)
+    plan = fnb.autotune(engine, WORK, seconds=200, threads=(2, 1), progress=False,
+                        measure=measure, clock=clock)
+    assert len(calls) > 2 and calls.count(1) >= 3 and calls.count(2) >= 3, "leaders re-measured"
+    assert plan.settings.threads == 2 and "tied within the noise" in plan.reason
+    assert "kept the default thread count" in plan.reason
+    rows = {r.settings.threads: r for r in plan.rows}
+    assert rows[1].samples >= 3 and rows[1].measured_workload_s_low is not None
+    assert "(IQR)" in plan.table() and plan.seconds_used <= 200
+    assert fnb.Plan.from_dict(plan.to_dict()) == plan
+
+
 # ---- the loop, with a fake clock ---------------------------------------------------------------
 def test_autotune_returns_the_best_of_what_it_measured(engine):
     clock, calls = FakeClock(), []
@@ -115,7 +157,8 @@ def test_formats_are_tried_only_when_asked_each_through_a_reload(mixtral_path):
     plan = fnb.autotune(mixtral_path, WORK, seconds=100, expert_dtypes=("bf16", "int8"),
                         threads=(1,), progress=False, clock=clock, loader=loader,
                         measure=fake_measure(speeds, clock, calls))
-    assert loads == ["bf16", "int8"] and calls == [(1, "bf16"), (1, "int8")]
+    # a lone candidate per format is measured until it has an interval (3 runs), then the next
+    assert loads == ["bf16", "int8"] and calls == [(1, "bf16")] * 3 + [(1, "int8")] * 3
     assert plan.settings.expert_dtype == "int8"
     assert plan.load_kwargs()["expert_dtype"] == "int8"
 
@@ -135,7 +178,11 @@ def test_real_autotune_on_tiny_measures_threads(engine):
     assert measured and all(r.measured_decode_tps > 0 for r in measured)
     assert plan.settings in [r.settings for r in measured]
     best = min(measured, key=lambda r: r.measured_workload_s)
-    assert plan.settings == best.settings
+    if "tied within the noise" in plan.reason:  # kept the simpler setting: the default threads
+        assert plan.settings.threads == (engine.config.threads or torch.get_num_threads())
+    else:
+        assert plan.settings == best.settings and "ahead by more than the noise" in plan.reason
+    assert all(r.samples >= 1 for r in measured)
     assert plan.machine and plan.device == "cpu" and plan.measured_new_tokens == 4
 
 

@@ -126,3 +126,38 @@ def test_demo_writes_a_report(tmp_path, monkeypatch):
     plan = json.loads((tmp_path / "demo_plan.json").read_text())
     assert plan["kind"] == "projected" and plan["records"]
     assert load_records(tmp_path / "demo_bench.json")
+
+
+def test_demo_report_leads_with_its_conclusion(tmp_path, monkeypatch):
+    import re
+
+    from fiddler_nb.notebook import demo
+
+    monkeypatch.setattr(demo, "QUICK", dict(prompt_lengths=(8, 16), repeats=1, new_tokens=3))
+    monkeypatch.setattr(demo, "PROJECTED_SHAPE", "tiny")
+    text = demo.run_demo(tmp_path, quick=True, progress=False).read_text()
+    body = text.split("<body>", 1)[1]
+    first = re.sub(r"<[^>]+>", " ", body.split("<h2>", 1)[0])  # before the first section
+    assert "takes" in first and "ms at 1 token" in first, "the CPU expert finding comes first"
+    assert "projected" in first and "naive offloading" in first
+    assert "no gpu here" in first.lower() or "GPU (" in first
+    if "no gpu here" in first.lower():
+        assert "No GPU: every budget runs on the CPU" in text
+    assert "decode tok/s" in text and "decode_tps" not in text.split("<table", 1)[1].split(
+        "</table>", 1)[0], "tables use readable headers"
+
+
+def test_findings_say_when_the_link_not_the_cpu_bounds_the_projection():
+    from types import SimpleNamespace as NS
+
+    from fiddler_nb.benchmarks.findings import projection_finding
+
+    recs = [NS(strategy="fiddler", budget_experts=53, decode_tps=1.5),
+            NS(strategy="naive-offload", budget_experts=53, decode_tps=0.3)]
+    lat = NS(cpu_path_ms=lambda n: 190.0, transfer_path_ms=lambda n, b: 15.0)
+    slow = NS(latency_model=lambda: lat, expert_bytes=1)
+    text = projection_finding(recs, "rtx-4090", "mixtral-8x7b", slow)
+    assert "1.50 tok/s" in text and "0.30 tok/s" in text and "(5.0x)" in text
+    assert "bound by the link" in text
+    lat.cpu_path_ms = lambda n: 5.0
+    assert "bound by the link" not in projection_finding(recs, "rtx-4090", "m", slow)

@@ -71,10 +71,10 @@ def _drive(page, server, shot: Path) -> tuple[int, int, int, str, str]:
 
     after = wait_until(lambda: plot_points(page, TUNER) > before and plot_points(page, TUNER),
                   CLICK_S, "a new point in the tuner plot")
-    status = page.locator(f"{TUNER} .widget-html").first.inner_text()
+    status = page.locator(f"{TUNER} .fnb-tuner-status").first.inner_text()
     page.locator(TUNER).scroll_into_view_if_needed()
     page.screenshot(path=str(shot))
-    errors = page.locator(f"{TUNER} .widget-html").nth(1).inner_text()
+    errors = page.locator(f"{TUNER} .fnb-tuner-error").first.inner_text()
     return before, after, budget, status, errors
 
 

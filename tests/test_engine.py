@@ -62,7 +62,13 @@ def test_trace_decode_step_has_lanes_per_layer(mixtral_path):
     engine = fnb.load(mixtral_path, expert_budget=8, placement="first-layers", execution="cpu")
     trace = engine.trace_decode_step("trace me")
     lanes = {(e.layer, e.lane) for e in trace.events}
-    assert (0, "gpu") in lanes and (3, "cpu") in lanes
+    fast = "gpu" if engine.device.type == "cuda" else "cpu"  # the lane names the device
+    assert (0, fast) in lanes and (3, "cpu") in lanes
+    work = {(e.layer, e.work) for e in trace.events}
+    assert (0, "resident experts") in work and (3, "host experts") in work
+    table = trace.table()
+    assert "resident experts" in table and "busy ms per lane" in table
+    assert fast != "cpu" or " gpu " not in table, "no GPU here: no gpu lane"
     assert all(0 <= e.start_ms <= e.end_ms <= trace.total_ms for e in trace.events)
     assert trace.tokens == 1 and engine._state.tracer is None
     engine.set_execution("transfer")
@@ -173,3 +179,11 @@ def test_stats_phase_resets_after_generate(mixtral_path):
     engine = fnb.load(mixtral_path, expert_budget=4)
     engine.generate("x", max_new_tokens=2)
     assert engine._state.stats.phase == "prefill"
+
+
+def test_memory_table_in_human_units(mixtral_path):
+    engine = fnb.load(mixtral_path, expert_budget=4, expert_dtype="int8")
+    table = engine.memory().table()
+    assert "routed experts (int8)" in table and "KiB" in table and "non-expert weights" in table
+    assert f"total on {engine.device}" in table
+    assert "e+" not in table, "no raw byte counts in scientific notation"

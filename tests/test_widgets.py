@@ -43,6 +43,31 @@ def test_run_point_re_places_without_reloading(engine):
     assert math.isclose(pt.budget_gib, 12 * engine.expert_bytes / 2**30)
     with pytest.raises(Exception):
         pt.budget_experts = 3  # frozen
+    assert pt.runs >= 3 and pt.decode_tps_low <= pt.decode_tps <= pt.decode_tps_high
+    assert "IQR" in widgets.describe(pt) and f"{pt.runs} runs" in widgets.describe(pt)
+
+
+def test_run_point_repeats_until_steady_or_its_budget(engine):
+    from fiddler_nb.measure.discipline import RepeatPolicy
+
+    fixed = widgets.run_point(engine, 4, "first-layers", "cpu", 4, NEW_TOKENS,
+                              policy=RepeatPolicy.fixed(5))
+    assert fixed.runs == 5
+    quick = widgets.run_point(engine, 4, "first-layers", "cpu", 4, NEW_TOKENS,
+                              policy=RepeatPolicy(min_repeats=3, max_repeats=50, budget_s=0.0))
+    assert quick.runs == 3, "after the minimum, an exhausted budget stops the repeats"
+
+
+def test_cpu_only_tuner_says_budget_has_no_effect(engine):
+    t = widgets.tuner(engine, prompt_tokens=4, new_tokens=NEW_TOKENS)
+    if engine.device.type != "cpu":
+        assert t.info.value == ""
+        return
+    assert "cannot change speed" in t.info.value and "projects" in t.info.value
+    assert "no GPU: every budget runs on the CPU" in t.figure.layout.title.text
+    t.run()
+    bars = t.figure.data[0].error_y
+    assert bars.visible and len(bars.array) == 1, "the point carries its spread"
 
 
 def test_run_point_failure_leaves_every_setting_unchanged(engine):

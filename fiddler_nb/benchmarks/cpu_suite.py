@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..measure.discipline import conditions, machine_load, spread
 from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
 from ..runtime.model.config import resolve_dtype
 from ..measure.shapes import ModelShape, get_shape
@@ -61,6 +62,8 @@ class CpuSuiteResult:
     date: str = ""
     command: str = ""
     load_average_after: float = 0.0  # 1-minute load average at the end (noise warning)
+    conditions: dict = field(default_factory=dict)  # discipline.Conditions: load before/after
+    busy_note: str | None = None  # "this machine was busy: ..." when the load said so
     kernel_onednn_ratio: float | None = None  # comparison: plain F.linear (oneDNN) GB/s / read
     kind: str = "measured"
 
@@ -74,7 +77,9 @@ class CpuSuiteResult:
                  f"threads; {self.date}", f"read bandwidth {self.read_gbps:.1f} GB/s (best read probe of "
                  + ", ".join(f"{n} {v:.1f}" for n, v in self.probes_gbps.items()) + ")"]
         if k:
-            lines.append(f"(a) {k['shape']} {k['dtype']} expert at 1 token: {k['ms']:.3f} ms, "
+            lines.append(f"(a) {k['shape']} {k['dtype']} expert at 1 token: {k['ms']:.3f} ms"
+                         + (f" (IQR {k['ms_low']:.3f}-{k['ms_high']:.3f}, {k['repeats']} runs)"
+                            if "ms_low" in k else "") + ", "
                          f"{k['gbps']:.1f} GB/s of weights (best sample {k['best_gbps']:.1f}); "
                          f"comparison, plain F.linear (oneDNN): {k['onednn_ms']:.3f} ms, "
                          f"{k['onednn_gbps']:.1f} GB/s")
@@ -87,6 +92,8 @@ class CpuSuiteResult:
                          f"{l['floor_s_per_layer'] * 1e3:.2f} ms/layer")
         lines.append(f"load average: {self.machine.get('load_average_1m', 0):.2f} at start, "
                      f"{self.load_average_after:.2f} at end (other work on the machine = noise)")
+        if self.busy_note:
+            lines.append(self.busy_note)
         lines.append(f"kernel_bw_ratio={_fmt(self.kernel_bw_ratio)} (target >= 0.8)  "
                      f"engine_overhead_ratio={_fmt(self.engine_overhead_ratio)} (target >= 0.9)  "
                      f"layer_floor_ratio={_fmt(self.layer_floor_ratio)}  "
@@ -170,7 +177,9 @@ def run_kernel(shape: ModelShape, dtype: torch.dtype, repeats: int = KERNEL_REPE
             "best_ms": min(samples["engine"]) * 1e3,
             "best_gbps": nbytes / min(samples["engine"]) / 1e9,
             "onednn_ms": onednn * 1e3, "onednn_gbps": nbytes / onednn / 1e9,
-            "threads": torch.get_num_threads(), "repeats": repeats}
+            "threads": torch.get_num_threads(), "repeats": repeats,
+            "samples_s": samples["engine"], "ms_low": spread(samples["engine"]).low * 1e3,
+            "ms_high": spread(samples["engine"]).high * 1e3}
 
 
 def run_overhead(model: str = "tiny", repeats: int = OVERHEAD_REPEATS,
@@ -256,6 +265,7 @@ def run_cpu_suite(shape: str | ModelShape = "mixtral-8x7b", dtype: str = "bfloat
     torch_dtype = resolve_dtype(dtype)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     out: dict[str, dict] = {}
+    before = conditions()
     with tqdm(total=2 + len(parts), desc="cpu suite", disable=not progress) as bar:
         probes = read_bandwidth(probe_bytes)
         bar.update(1)
@@ -275,7 +285,11 @@ def run_cpu_suite(shape: str | ModelShape = "mixtral-8x7b", dtype: str = "bfloat
                                        new_tokens or LAYER_NEW_TOKENS, repeats or LAYER_REPEATS)
             bar.update(1)
     k = out.get("kernel")
+    load = before.finished(machine_load())
+    runs = [spread(v) for part in out.values() for key, v in part.items()
+            if key.endswith("samples") and v]
     return CpuSuiteResult(
+        conditions=load.to_dict(), busy_note=load.note(runs),
         kernel_bw_ratio=k["gbps"] / read if k else None,
         kernel_onednn_ratio=k["onednn_gbps"] / read if k else None,
         engine_overhead_ratio=out["overhead"]["ratio"] if "overhead" in out else None,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..measure.hardware import machine_facts
 from ..measure.kernel_choice import ROTATE_BYTES, measure_kernels
+from ..measure.discipline import conditions, machine_load, spread
 from ..measure.probes import PROBE_BYTES, best_read_gbps, measure_cpu_bandwidth
 from ..measure.shapes import get_shape
 from ..runtime.files import write_json
@@ -70,19 +71,27 @@ class FormatSuiteResult:
                  f"model: {s['shape']} x {s['layers']} layers, random weights, all experts on "
                  f"the CPU path; decode after a {s['prompt']}-token prompt ({s['decode_tokens'] - 1}"
                  f" steps), prefill {s['prefill']} tokens; median of {s['rounds']} interleaved "
-                 "rounds", f"read bandwidth {self.read_gbps:.1f} GB/s (best read probe)",
-                 f"command: {self.command}", "",
-                 "| engine / format | decode tok/s | x stock | prefill tok/s | x stock | "
+                 "rounds (interquartile range in brackets)",
+                 f"read bandwidth {self.read_gbps:.1f} GB/s (best read probe)",
+                 f"command: {self.command}"] + ([s["busy_note"]] if s.get("busy_note") else []) + [
+                 "", "| engine / format | decode tok/s | x stock | prefill tok/s | x stock | "
                  "expert bytes x bf16 | kernel | kernel GB/s | kernel_bw_ratio |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for name, r in self.rows.items():
             kern = self.kernel["choice"].get(r.get("format", ""), {}).get("1", "-")
             lines.append(
-                f"| {name} | {r['decode_tps']:.2f} | {r['decode_x_stock']:.2f} | "
-                f"{r['prefill_tps']:.2f} | {r['prefill_x_stock']:.2f} | "
+                f"| {name} | {_iqr(r, 'decode')} | {r['decode_x_stock']:.2f} | "
+                f"{_iqr(r, 'prefill')} | {r['prefill_x_stock']:.2f} | "
                 f"{_f(r.get('bytes_x_bf16'))} | {kern} | {_f(r.get('kernel_gbps'), 1)} | "
                 f"{_f(r.get('kernel_bw_ratio'))} |")
         return "\n".join(lines)
+
+
+def _iqr(row: dict, phase: str) -> str:
+    """'2.05 (1.98-2.11)': the median tok/s of a phase and the IQR of its rounds."""
+    low, high = row.get(f"{phase}_tps_low"), row.get(f"{phase}_tps_high")
+    text = f"{row[f'{phase}_tps']:.2f}"
+    return text if low is None else f"{text} ({low:.2f}-{high:.2f})"
 
 
 def _f(v: float | None, digits: int = 2) -> str:
@@ -108,6 +117,7 @@ def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
     facts = asdict(machine_facts())
     facts["isa"] = torch.backends.cpu.get_cpu_capability()
     facts["platform"] = platform.platform()
+    before = conditions()
     try:
         with tqdm(total=3 + len(fmts) + rounds, desc="format suite", disable=not progress) as bar:
             probes = measure_cpu_bandwidth(probe_bytes)
@@ -140,6 +150,9 @@ def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
                     prompt=prompt, prefill=prefill, decode_tokens=decode_tokens,
                     formats=[f.label() for f in fmts], activations="bfloat16",
                     load_average_after=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    load = before.finished(machine_load())
+    settings.update(conditions=load.to_dict(), busy_note=load.note(
+        [spread(s[p]) for s in samples.values() for p in ("decode", "prefill") if s[p]]))
     return FormatSuiteResult(rows, kernels.to_dict(), read, probes, facts, settings, command,
                              _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
@@ -189,8 +202,10 @@ def _rows(samples, engines, kernels, read_gbps) -> dict[str, dict[str, float]]:
         bf16_bytes = engines["bf16"].memory().host_experts_total
     rows = {}
     for name, s in samples.items():
-        row = {"decode_tps": statistics.median(s["decode"]),
-               "prefill_tps": statistics.median(s["prefill"]),
+        dec, pre = spread(s["decode"]), spread(s["prefill"])
+        row = {"decode_tps": dec.median, "prefill_tps": pre.median,
+               "decode_tps_low": dec.low, "decode_tps_high": dec.high,
+               "prefill_tps_low": pre.low, "prefill_tps_high": pre.high,
                "decode_x_stock": statistics.median(a / b for a, b in zip(s["decode"],
                                                                          stock["decode"])),
                "prefill_x_stock": statistics.median(a / b for a, b in zip(s["prefill"],

@@ -1,8 +1,10 @@
 """Benchmark matrix: strategy x GPU expert budget x prompt length x batch, measured end to end.
 
 Every cell runs the same seeded token-id prompts with greedy decoding: `warmup` discarded runs,
-then `repeats` timed runs (clocks read after a device synchronise) whose medians go in a frozen
-`BenchRecord` (kind="measured"). All strategies must produce the same greedy tokens; a mismatch
+then at least `repeats` timed runs (clocks read after a device synchronise), more until the
+generation time is steady or the cell's time budget is spent (measure/discipline.py); medians
+and interquartile ranges go in a frozen `BenchRecord` (kind="measured", records.py). The
+machine's load is read before and after; when it was busy, every record says so (`busy_note`). All strategies must produce the same greedy tokens; a mismatch
 raises (or is recorded, `on_mismatch="record"`, for bf16 GPU runs where CPU and GPU kernels
 round differently).
 
@@ -18,121 +20,28 @@ curves compare like with like):
 
 from __future__ import annotations
 
-import gc
-import json
 import shlex
-import statistics
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..measure.discipline import RepeatPolicy, conditions, machine_load
 from ..measure.shapes import get_shape
 from ..runtime.errors import BudgetError, FiddlerError
-from ..runtime.validate import check_int, check_list, check_name
+from ..runtime.validate import check_float, check_int, check_list, check_name
+from .cells import check_tokens as _check_tokens  # noqa: F401  (tests call it)
+from .cells import run_engine_cell, run_naive, skipped_cell
+from .records import (STRATEGIES, BenchRecord, TokenMismatchError, load_records,  # noqa: F401
+                      records_table, save_records)
 
-STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (placement, execution) in the engine
-    "fiddler": ("popularity", "auto"),
-    "cpu-experts": ("none", "cpu"),
-    "on-demand": ("popularity", "transfer"),
-    "lru-cache": ("lru", "transfer"),
-    "naive-offload": ("accelerate", "accelerate"),
-}
+CELL_BUDGET_S = 1.0  # after `repeats` runs, a cell repeats until steady for at most this long
+MAX_REPEATS_FACTOR = 3  # ... and at most this many times `repeats` runs
 CALIBRATION_PROMPTS = 4  # seeded random prompts for the popularity profile
 CALIBRATION_TOKENS = 64
-
-
-class TokenMismatchError(AssertionError):
-    """Two strategies produced different greedy tokens for the same prompt."""
-
-
-@dataclass(frozen=True)
-class BenchRecord:
-    strategy: str
-    placement: str
-    execution: str
-    budget_experts: int | None  # experts resident on the fast device; None: has no effect
-    prompt_tokens: int  # per sequence
-    new_tokens: int  # per sequence
-    batch: int
-    prefill_tps: float | None  # median prompt tokens (x batch) per second
-    decode_tps: float | None  # median generated tokens (x batch) per second after the first
-    time_to_first_token_s: float | None
-    prefill_hit_rate: float | None  # expert-token pairs served by resident experts
-    decode_hit_rate: float | None
-    bytes_moved: int | None  # expert weights + activations copied, one generation
-    peak_gpu_bytes: int | None  # None on a CPU-only machine
-    tokens_match: bool | None  # same greedy tokens as the reference strategy
-    repeats: int
-    device: str
-    dtype: str
-    model: str
-    layers: int
-    experts: int
-    top_k: int
-    hidden_size: int
-    intermediate_size: int
-    machine: str
-    date: str
-    command: str
-    kind: str = "measured"
-    derived_full_decode_tps: float | None = None  # scaled to the full model's layers: derived
-    skipped: str | None = None  # why this cell was not run (its numbers are then None)
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BenchRecord":
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["notes"] = tuple(kwargs.get("notes", ()))
-        return cls(**kwargs)
-
-
-def save_records(records: Sequence[BenchRecord], path: str | Path,
-                 extra: dict[str, Any] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"kind": "measured", **(extra or {}), "records": [asdict(r) for r in records]}
-    path.write_text(json.dumps(payload, indent=1))
-    return path
-
-
-def load_records(path: str | Path) -> list[BenchRecord]:
-    data = json.loads(Path(path).read_text())
-    return [BenchRecord.from_dict(r) for r in data["records"]]
-
-
-def records_table(records: Sequence[BenchRecord]) -> str:
-    """Fixed-width table; the header names the machine, dtype and model of the first record."""
-    if not records:
-        return "measured: (no records)"
-    r0 = records[0]
-    head = (f"measured: {r0.model} ({r0.layers} MoE layers x {r0.experts} experts, H={r0.hidden_size}"
-            f" I={r0.intermediate_size}) {r0.dtype} on {r0.device}; {r0.machine}; {r0.date}")
-    cols = (f"{'strategy':<14}{'budget':>7}{'prompt':>7}{'new':>5}{'batch':>6}{'prefill tok/s':>15}"
-            f"{'decode tok/s':>14}{'TTFT s':>9}{'hit% dec':>9}{'MB moved':>10}{'same':>6}")
-    rows = [head, cols]
-    for r in records:
-        if r.skipped:
-            rows.append(f"{r.strategy:<14}{_f(r.budget_experts, 'd'):>7}{r.prompt_tokens:>7}"
-                        f"{r.new_tokens:>5}{r.batch:>6}  skipped: {r.skipped}")
-            continue
-        rows.append(f"{r.strategy:<14}{_f(r.budget_experts, 'd'):>7}{r.prompt_tokens:>7}"
-                    f"{r.new_tokens:>5}{r.batch:>6}{_f(r.prefill_tps, '.1f'):>15}"
-                    f"{_f(r.decode_tps, '.2f'):>14}{_f(r.time_to_first_token_s, '.4f'):>9}"
-                    f"{_f(None if r.decode_hit_rate is None else 100 * r.decode_hit_rate, '.1f'):>9}"
-                    f"{_f(None if r.bytes_moved is None else r.bytes_moved / 1e6, '.2f'):>10}"
-                    f"{_f(r.tokens_match, ''):>6}")
-    return "\n".join(rows)
-
-
-def _f(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    return format(value, spec) if spec else str(value)
 
 
 def make_prompts(vocab_size: int, lengths: Sequence[int], batches: Sequence[int], seed: int,
@@ -179,7 +88,8 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
           device: str | None = None, dtype: str | None = None, seed: int = 0,
           on_mismatch: str = "raise", full_shape: str | None = None, profile: Any = None,
           command: str | None = None, progress: bool = True,
-          expert_dtype: str | None = None, group_size: int | None = None) -> list[BenchRecord]:
+          expert_dtype: str | None = None, group_size: int | None = None,
+          threads: int | None = None, cell_budget_s: float = CELL_BUDGET_S) -> list[BenchRecord]:
     """Run the matrix (see the module docstring) and return one record per cell.
 
     budgets: GPU expert budgets (all layers together); None = `default_budgets`. full_shape: a
@@ -187,6 +97,9 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     full-model figure. profile: a HardwareProfile / JSON for `auto` (default: the engine's).
     expert_dtype / group_size: the engine's expert format (the naive-offload baseline keeps the
     checkpoint's dtype, so pass on_mismatch="record" when comparing it with int8 / int4).
+    threads: torch CPU threads while generating (None: torch's setting). repeats: the least
+    number of timed runs per cell; more run until the generation time is steady, for at most
+    `cell_budget_s` seconds and `MAX_REPEATS_FACTOR` x repeats runs.
     """
     from ..api import load
     from ..measure.hardware import machine_facts
@@ -195,9 +108,12 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
     validate_bench_args(strategies, budgets, prompt_lengths, new_tokens, batches, repeats, warmup,
                         on_mismatch, full_shape, seed)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    check_float("cell_budget_s", cell_budget_s, minimum=0.0)
+    policy = RepeatPolicy(warmup, repeats, MAX_REPEATS_FACTOR * repeats, budget_s=cell_budget_s)
+    before = conditions()
     eng = load(model, device=device, dtype=dtype, expert_budget=0, placement="none",
                execution="cpu", profile=profile, expert_dtype=expert_dtype,
-               group_size=group_size)
+               group_size=group_size, threads=threads)
     total = eng.num_layers * eng.num_experts
     try:
         eng.check_context(max(prompt_lengths), new_tokens)  # before building any prompt
@@ -234,28 +150,32 @@ def bench(model: str | Path = "tiny", strategies: Sequence[str] = tuple(STRATEGI
         for budget, strategy in runs:
             placement, execution = STRATEGIES[strategy]
             if budget > eng.max_resident_experts():
-                records += [_skipped(case, budget, base, "budget does not fit this GPU",
+                records += [skipped_cell(case, budget, base, "budget does not fit this GPU",
                                      strategy, placement, execution) for case in cases]
                 bar.update(len(cases))
                 continue
             eng.reconfigure(expert_budget=budget, placement=placement, execution=execution)
             for case in cases:
-                records.append(_run_engine_cell(eng, strategy, budget, case, prompts[case],
-                                                warmup, base, reference, on_mismatch))
+                records.append(run_engine_cell(eng, strategy, budget, case, prompts[case],
+                                               policy, base, reference, on_mismatch))
                 bar.update(1)
         eng.close()
         eng = None  # drop the engine's CPU experts before accelerate loads a second copy
         if "naive-offload" in strategies:
-            records += _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base,
-                                  reference, on_mismatch, bar)
+            records += run_naive(model, device, dtype, budgets, cases, prompts, policy, base,
+                                 reference, on_mismatch, bar)
     finally:
         bar.close()
         if eng is not None:
             eng.close()  # frees GPU memory when a cell raised
+    load = before.finished(machine_load())
+    measured = [s for r in records for s in (r.spread("decode"), r.spread("prefill")) if s]
+    busy = load.note(measured)
     notes = (f"popularity: {popularity.source}, {popularity.tokens} tokens",
-             f"load average (1 min) at start: {facts.load_average_1m:.2f}")
-    records = [_with_derived(r, full_shape, notes) for r in records]
-    return records
+             f"load before: {load.before.text()}; after: {load.after.text()}",
+             f"repeats: {warmup} warm-up, then {repeats}-{policy.max_repeats} runs per cell until "
+             f"the generation time is steady or {cell_budget_s:g} s are spent")
+    return [replace(_with_derived(r, full_shape, notes), busy_note=busy) for r in records]
 
 
 def _base_fields(eng, facts, command: str, repeats: int, new_tokens: int) -> dict[str, Any]:
@@ -287,108 +207,3 @@ def _with_derived(rec: BenchRecord, full_shape: str | None, notes: tuple[str, ..
     return replace(rec, derived_full_decode_tps=derived, notes=rec.notes + notes)
 
 
-def _check_tokens(case, ids: torch.Tensor, reference: dict, strategy: str, on_mismatch: str) -> bool:
-    ref = reference.setdefault(case, ids)
-    same = ref.shape == ids.shape and bool(torch.equal(ref, ids))
-    if not same and on_mismatch == "raise":
-        raise TokenMismatchError(f"{strategy} generated {ids.tolist()} but the reference strategy "
-                                 f"generated {ref.tolist()} for prompt length {case[0]}, batch "
-                                 f"{case[1]}")
-    return same
-
-
-def _median(values: Sequence[float]) -> float | None:
-    values = [v for v in values if v == v]  # drop NaN (e.g. decode of a single new token)
-    return statistics.median(values) if values else None
-
-
-def _peak_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak(device: torch.device) -> int | None:
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-
-
-def _run_engine_cell(eng, strategy: str, budget: int, case, ids: torch.Tensor, warmup: int,
-                     base: dict, reference: dict, on_mismatch: str) -> BenchRecord:
-    new = base["new_tokens"]
-    kw = dict(min_new_tokens=new)  # no early EOS: every strategy decodes the same count
-    for _ in range(warmup):
-        eng.generate(ids, new, **kw)
-    _peak_reset(eng.device)
-    runs = [eng.generate(ids, new, **kw) for _ in range(base["repeats"])]
-    stats = [r.stats for r in runs]
-    same = _check_tokens(case, runs[0].token_ids, reference, strategy, on_mismatch)
-    placement, execution = STRATEGIES[strategy]
-    return BenchRecord(
-        strategy=strategy, placement=placement, execution=execution,
-        budget_experts=budget if placement != "none" else None,
-        prompt_tokens=case[0], batch=case[1],
-        prefill_tps=_median([s.prefill_tokens_per_s for s in stats]),
-        decode_tps=_median([s.decode_tokens_per_s for s in stats]),
-        time_to_first_token_s=_median([s.time_to_first_token_s for s in stats]),
-        prefill_hit_rate=_median([s.prefill.hit_rate for s in stats]),
-        decode_hit_rate=_median([s.decode.hit_rate for s in stats]),
-        bytes_moved=int(statistics.median(s.bytes_moved for s in stats)),
-        peak_gpu_bytes=_peak(eng.device), tokens_match=same,
-        notes=tuple(stats[0].notes), **base)
-
-
-def _run_naive(model, device, dtype, budgets, cases, prompts, warmup, base, reference,
-               on_mismatch, bar) -> list[BenchRecord]:
-    from ..runtime.model.config import resolve_device, resolve_dtype
-    from ..runtime.engine.factory import resolve_path
-    from .naive import load_naive, timed_generate
-
-    dev = resolve_device(device)
-    out = []
-    # Without CUDA the budget changes nothing: run once and record budget None.
-    run_budgets = budgets if dev.type == "cuda" else [None]
-    for budget in run_budgets:
-        try:
-            naive, setup, calls = load_naive(resolve_path(model), resolve_dtype(dtype),
-                                             budget or 0, dev)
-        except ImportError as err:
-            out += [_skipped(case, budget, base, f"accelerate not importable: {err}")
-                    for case in cases]
-            bar.update(len(cases))
-            continue
-        pad = getattr(naive.config, "pad_token_id", None)
-        kw = dict(min_new_tokens=base["new_tokens"], pad_token_id=pad)
-        for case in cases:
-            ids = prompts[case]
-            for _ in range(warmup):
-                timed_generate(naive, ids, base["new_tokens"], dev, **kw)
-            _peak_reset(dev)
-            calls[0] = 0
-            runs = [timed_generate(naive, ids, base["new_tokens"], dev, **kw)
-                    for _ in range(base["repeats"])]
-            moved = calls[0] // base["repeats"] * setup.expert_bytes_per_forward
-            same = _check_tokens(case, runs[0].token_ids, reference, "naive-offload", on_mismatch)
-            b, p, n = case[1], case[0], base["new_tokens"]
-            out.append(BenchRecord(
-                strategy="naive-offload", placement="accelerate", execution=setup.mode,
-                budget_experts=budget, prompt_tokens=p, batch=b,
-                prefill_tps=_median([b * p / r.prefill_s for r in runs]),
-                decode_tps=_median([b * (n - 1) / r.decode_s if n > 1 else float("nan")
-                                    for r in runs]),
-                time_to_first_token_s=_median([r.prefill_s for r in runs]),
-                prefill_hit_rate=None, decode_hit_rate=None, bytes_moved=moved,
-                peak_gpu_bytes=_peak(dev), tokens_match=same, notes=(setup.note,), **base))
-            bar.update(1)
-        del naive, setup, calls
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()  # the next budget dispatches a fresh copy
-    return out
-
-
-def _skipped(case, budget, base, reason: str, strategy: str = "naive-offload",
-             placement: str = "accelerate", execution: str = "-") -> BenchRecord:
-    return BenchRecord(strategy=strategy, placement=placement, execution=execution,
-                       budget_experts=budget, prompt_tokens=case[0], batch=case[1],
-                       prefill_tps=None, decode_tps=None, time_to_first_token_s=None,
-                       prefill_hit_rate=None, decode_hit_rate=None, bytes_moved=None,
-                       peak_gpu_bytes=None, tokens_match=None, skipped=reason, **base)

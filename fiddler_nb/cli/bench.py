@@ -10,8 +10,11 @@ import argparse
 import shlex
 import sys
 
-from ..runtime.errors import OptionError
 from ..benchmarks.matrix import STRATEGIES
+from ..runtime.errors import OptionError
+from .engine_args import add_format_args
+
+SUITE_THREADS = 2  # --cpu-suite --expert-dtype without --threads: the 2-core reference
 
 
 def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
@@ -43,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         from ..benchmarks.layer_experts import measure_layer_experts, table
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads or SUITE_THREADS)
         rows = [measure_layer_experts(f, rounds=args.suite_repeats or 5)
                 for f in args.expert_dtype]
         print(table(rows))  # one layer's CPU experts at 1 token vs the read probe
@@ -52,7 +55,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from ..benchmarks.format_suite import run_format_suite
 
         result = run_format_suite(shape=args.shape, layers=args.layers or 2,
-                                  formats=tuple(args.expert_dtype), threads=args.threads,
+                                  formats=tuple(args.expert_dtype),
+                                  threads=args.threads or SUITE_THREADS,
                                   rounds=args.suite_repeats or 3, probe_bytes=args.probe_mib << 20,
                                   command=command)
         if args.out:
@@ -84,17 +88,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if full_shape and layers:
         total = layers * get_shape(full_shape).num_experts
     budgets = _budgets(args.budgets, full_shape, layers or 0, total, int(args.card_gb * 1e9))
+    expert_dtype, threads = _format_and_threads(args)
     records = bench(model, strategies=args.strategies, budgets=budgets,
                     prompt_lengths=args.prompt_lengths, new_tokens=args.new_tokens,
                     batches=args.batches, repeats=args.repeats, warmup=args.warmup,
                     device=args.device, dtype=args.dtype, seed=args.seed,
                     on_mismatch=args.on_mismatch, full_shape=full_shape, profile=args.profile,
-                    command=command, expert_dtype=(args.expert_dtype or [None])[0],
-                    group_size=args.group_size)
+                    command=command, expert_dtype=expert_dtype, group_size=args.group_size,
+                    threads=threads)
     print(records_table(records))
     if args.out:
         print(f"saved {save_records(records, args.out)}")
     return 0
+
+
+def _format_and_threads(args: argparse.Namespace) -> tuple[str | None, int | None]:
+    """The engine's expert format and threads: explicit options over the plan's (if any)."""
+    fmt, threads = (args.expert_dtype or [None])[0], args.threads
+    if args.plan:
+        from ..runtime.generation.plan_file import Plan
+
+        settings = Plan.load(args.plan).settings
+        fmt = fmt or settings.expert_dtype
+        threads = threads or settings.threads
+    return fmt, threads
 
 
 def add_subcommands(sub) -> None:
@@ -132,13 +149,10 @@ def add_subcommands(sub) -> None:
                    help="different greedy tokens across strategies: fail, or record and go on")
     b.add_argument("--profile", default=None,
                    help="a HardwareProfile JSON for 'auto' (default: the engine's default model)")
-    b.add_argument("--expert-dtype", nargs="+", default=None,
-                   help="expert formats (bf16 fp16 fp32 int8 int4). With --cpu-suite: the "
-                        "targets table (stock bf16 vs the engine in each format); else the "
-                        "engine's format (first one)")
-    b.add_argument("--group-size", type=int, default=None, help="int4 group size (32/64/128)")
-    b.add_argument("--threads", type=int, default=2,
-                   help="--cpu-suite --expert-dtype: torch threads (default 2)")
+    add_format_args(b, many=True)
+    b.add_argument("--plan", default=None,
+                   help="a plan from `fiddler-nb autotune --out`: its expert format and threads "
+                        "(bench sweeps budgets and strategies itself; explicit options win)")
     b.add_argument("--layer-experts", action="store_true",
                    help="--cpu-suite --expert-dtype: one Mixtral-shaped layer's CPU experts at 1 "
                         "token, native kernels vs torch's, as fractions of the read probe")

@@ -52,7 +52,7 @@ def chat_loop(engine: Any, read_line: Callable[[], str], write: Callable[[str], 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .engine_args import load_engine
+    from .engine_args import TINY_NOTE, is_tiny, load_engine
 
     engine = load_engine(args)
 
@@ -61,6 +61,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     print(f"{engine!r}\nCtrl-C stops an answer; Ctrl-D (end of input) quits.", flush=True)
+    if is_tiny(args.model):
+        print(TINY_NOTE, flush=True)
     chat_loop(engine, sys.stdin.readline, write, args.max_new_tokens, args.system)
     return 0
 

@@ -11,7 +11,8 @@ import sys
 from typing import Sequence
 
 from ..runtime.errors import FiddlerError
-from .engine_args import add_engine_args, load_engine
+from .engine_args import TINY_NOTE, add_engine_args, is_tiny, load_engine
+from .hints import cli_message
 
 DEFAULT_PROMPT = "The quick brown fox"
 EXIT_BAD_INPUT = 2  # as argparse uses for a bad command line
@@ -23,6 +24,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     result = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens,
                              allow_beyond_context=args.allow_beyond_context)
     print(result.text)
+    if is_tiny(args.model):
+        print(TINY_NOTE)
     print()
     print(f"{engine!r}")
     print(f"resident experts: {len(engine.placement)} of {engine.num_layers * engine.num_experts}")
@@ -72,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except FiddlerError as err:  # bad input: one line, no traceback
-        print(f"fiddler-nb: error: {err}", file=sys.stderr)
+        print(f"fiddler-nb: error: {cli_message(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # e.g. an --out folder that cannot be written
         print(f"fiddler-nb: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "),

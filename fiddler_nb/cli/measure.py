@@ -7,12 +7,13 @@ functions (`profiler.profile_hardware`, `planner.plan`) receive plain values.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
-from pathlib import Path
 
 from ..runtime.errors import OptionError
+from ..runtime.files import write_json
 from ..measure.shapes import SHAPE_PRESETS
+
+MEASURE_FIRST_S = 30  # a quick Mixtral-sized profile on a 2-core laptop (issue 17: ~29 s)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -39,7 +40,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise OptionError("plan needs --profile FILE (measured) and/or --gpu-preset NAME")
     if args.profile is not None:
         profile = HardwareProfile.load(args.profile)
-    else:  # no saved profile: a quick measurement of this CPU for the shape
+    else:  # no saved profile: a quick measurement of this CPU for the shape, said first
+        print(f"no --profile given: measuring this CPU for one {args.shape} expert first "
+              f"(about {MEASURE_FIRST_S} s); to skip it, save a profile once with `fiddler-nb "
+              f"profile --shape {args.shape} --quick --out FILE` and pass --profile FILE",
+              flush=True)
         profile = profile_hardware(args.shape, quick=True)
     if args.gpu_preset is not None:
         profile = profile.with_gpu_preset(args.gpu_preset)
@@ -50,15 +55,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from ..runtime.policies.popularity import Popularity
 
         popularity = Popularity.load(args.popularity)
+    note = profile.busy_note()
+    if note:
+        print(note)  # before the projection that rests on the measured CPU curve
     budgets = [_budget(b) for b in args.budgets] if args.budgets else [None]
     records = plan(args.shape, profile, budgets=budgets, popularity=popularity,
                    prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, skew=args.skew)
     print(plan_table(records))
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"kind": "projected", "profile": profile.to_dict(),
-                                    "records": [asdict(r) for r in records]}, indent=1))
+        path = write_json(args.out, {"kind": "projected", "profile": profile.to_dict(),
+                                     "records": [asdict(r) for r in records]}, "plan records")
         print(f"saved {path}")
     return 0
 
@@ -89,7 +95,9 @@ def add_subcommands(sub) -> None:
 
     pl = sub.add_parser("plan", help="projected tokens/s per strategy and GPU budget")
     pl.add_argument("--shape", default="mixtral-8x7b", choices=sorted(SHAPE_PRESETS))
-    pl.add_argument("--profile", default=None, help="a HardwareProfile JSON from `profile`")
+    pl.add_argument("--profile", default=None,
+                    help="a HardwareProfile JSON from `profile`; without it, plan first measures "
+                         f"this CPU (about {MEASURE_FIRST_S} s)")
     pl.add_argument("--gpu-preset", default=None, choices=known_gpu_presets(),
                     help="attach a preset GPU (+link), e.g. rtx-4090-pcie4")
     pl.add_argument("--budgets", nargs="*", default=None,

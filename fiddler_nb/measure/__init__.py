@@ -1,5 +1,8 @@
 """Measurements: facts about this machine and projections for others.
 
+The measurement discipline every timed number follows -- warm-up, repeats until the spread is
+small or a time budget is spent, median and interquartile range, the machine's load before and
+after (`discipline`) -- and ranking measured candidates with confidence (`compare`).
 Machine facts and presets for GPUs we cannot measure (`hardware`), model shapes for models that
 are not loaded (`shapes`: ModelShape and its presets), timing probes (`probes`), the
 measured choice of CPU kernel per expert format and of threads (`kernel_choice`),

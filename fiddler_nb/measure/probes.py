@@ -1,7 +1,9 @@
 """Timing probes behind the profiler: one expert on the CPU, CPU read bandwidth, and (with
 CUDA) link bandwidth, the GPU expert curve and one expert's copy into a GPU slot.
 
-Every probe discards warm-up runs, synchronises before reading the clock and returns the median.
+Every probe follows the measurement discipline (discipline.py): warm-up runs discarded, clocks
+read after a synchronise, repeats until the spread is small or the time budget runs out; the
+expert curve keeps each point's interval, the bandwidth probes their medians.
 The expert math is `experts.run_expert`'s (gate_up [2I, H], SiLU gate, down [H, I]) through the
 engine's own `experts._linear`.
 
@@ -11,40 +13,25 @@ C = rotated weight copies (to defeat the CPU's last-level cache).
 
 from __future__ import annotations
 
-import math
-import statistics
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import math
+
 from ..runtime.engine.experts import _linear
+from .discipline import MIN_SAMPLE_S, RepeatPolicy, Spread, repeat, time_ms  # noqa: F401
 
 PROBE_BYTES = 512 << 20  # bandwidth probe buffers: well past any CPU's last-level cache
-MIN_SAMPLE_S = 2e-3  # repeat a call inside one sample until it lasts this long (timer noise)
 
 
 def _median_ms(fn: Callable[[], Any], warmup: int, repeats: int,
-               sync: Callable[[], None] = lambda: None) -> float:
-    """Median wall ms of `fn`; each sample repeats fn until it lasts MIN_SAMPLE_S."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    inner = max(1, math.ceil(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-9)))
-    samples = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        sync()
-        samples.append((time.perf_counter() - t0) / inner * 1e3)
-    return statistics.median(samples)
+               sync: Callable[[], None] = lambda: None,
+               policy: RepeatPolicy | None = None) -> float:
+    """Median wall ms of `fn` (discipline.time_ms): exactly `repeats` samples, or `policy`."""
+    return time_ms(fn, policy or RepeatPolicy.fixed(repeats, warmup), sync).median
 
 
 def _cuda_median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
@@ -52,15 +39,16 @@ def _cuda_median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
+
+    def sample() -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
+        return start.elapsed_time(end)
+
+    return repeat(sample, RepeatPolicy.fixed(repeats, 0)).spread.median
 
 
 def expert_forward(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -80,9 +68,12 @@ def _expert_weights(hidden: int, inter: int, dtype: torch.dtype, copies: int,
 
 def measure_cpu_expert(hidden: int, inter: int, dtype: torch.dtype, tokens: Sequence[int],
                        warmup: int = 2, repeats: int = 5, rotate_bytes: int = 0,
-                       progress: tqdm | None = None) -> list[float]:
-    """Median CPU ms of one expert per token count; weights rotate over C copies so a small
-    expert is read from DRAM, as it would be in a model, not from the last-level cache."""
+                       progress: tqdm | None = None,
+                       policy: RepeatPolicy | None = None) -> list[Spread]:
+    """CPU ms of one expert per token count (median and interval; `policy`, default exactly
+    `repeats` samples); weights rotate over C copies so a small expert is read from DRAM, as it
+    would be in a model, not from the last-level cache."""
+    policy = policy or RepeatPolicy.fixed(repeats, warmup)
     expert_bytes = 3 * hidden * inter * dtype.itemsize
     copies = max(1, math.ceil(rotate_bytes / expert_bytes))  # C
     weights = _expert_weights(hidden, inter, dtype, copies)
@@ -96,7 +87,7 @@ def measure_cpu_expert(hidden: int, inter: int, dtype: torch.dtype, tokens: Sequ
                 w = weights[next(turn) % copies]
                 return expert_forward(x, *w)
 
-            out.append(_median_ms(call, warmup, repeats))
+            out.append(time_ms(call, policy))
             if progress is not None:
                 progress.update(1)
     return out
@@ -112,7 +103,8 @@ def best_read_gbps(probes: dict[str, float]) -> float:
 
 
 def measure_cpu_bandwidth(nbytes: int = PROBE_BYTES, repeats: int = 5,
-                          progress: tqdm | None = None) -> dict[str, float]:
+                          progress: tqdm | None = None,
+                          policy: RepeatPolicy | None = None) -> dict[str, float]:
     """GB/s of several read-heavy probes; take the best as the machine's read bandwidth.
 
     sum_fp32: bytes read by a reduction. copy_fp32: bytes read + written by a copy.
@@ -120,18 +112,22 @@ def measure_cpu_bandwidth(nbytes: int = PROBE_BYTES, repeats: int = 5,
     decode access pattern).
     """
     probes: dict[str, float] = {}
+    policy = policy or RepeatPolicy.fixed(repeats, 1)
+
+    def ms(fn: Callable[[], Any]) -> float:
+        return time_ms(fn, policy).median
+
     with torch.inference_mode():
         src = torch.rand(nbytes // 4)
-        probes["sum_fp32"] = nbytes / _median_ms(src.sum, 1, repeats) / 1e6
+        probes["sum_fp32"] = nbytes / ms(src.sum) / 1e6
         dst = torch.empty_like(src)
-        probes["copy_fp32"] = 2 * nbytes / _median_ms(lambda: dst.copy_(src), 1, repeats) / 1e6
+        probes["copy_fp32"] = 2 * nbytes / ms(lambda: dst.copy_(src)) / 1e6
         del dst
         cols = 4096  # a Mixtral-sized row: long enough for full-width vector loads
         for name, dtype in (("matvec_bf16", torch.bfloat16), ("matvec_fp32", torch.float32)):
             w = src.view(-1, cols).to(dtype)  # [rows, cols]; a no-op view for fp32
             x = torch.randn(1, cols).to(dtype)
-            probes[name] = w.numel() * dtype.itemsize / _median_ms(lambda: F.linear(x, w), 1,
-                                                                    repeats) / 1e6
+            probes[name] = w.numel() * dtype.itemsize / ms(lambda: F.linear(x, w)) / 1e6
             if progress is not None:
                 progress.update(1)
     return probes

@@ -6,8 +6,10 @@
 count the engine uses, for 1, 2, 4, ... 512 routed tokens; it probes CPU read bandwidth several
 ways and keeps the best; with CUDA it measures host<->device bandwidth (pinned and pageable), the
 GPU expert curve and the time to copy one expert into a GPU slot. Without CUDA the GPU parts are
-skipped with the reason recorded -- never invented. Every timing discards warm-up runs,
-synchronises before reading the clock and reports the median.
+skipped with the reason recorded -- never invented. Every timing follows the measurement
+discipline (discipline.py: warm-up discarded, repeats until the spread is small or the time
+budget is spent); the CPU curve keeps each point's interval and repeats, and the machine's load
+before and after is recorded, so `summary()` says when the machine was busy.
 
 The result is a frozen `HardwareProfile` that saves to / loads from JSON, records for each part
 whether it was "measured" or came from a preset/default (`sources`), and builds the
@@ -37,6 +39,7 @@ from ..runtime.policies.latency import Curve, LatencyModel, default_latency_mode
 from ..runtime.formats.quant import ExpertFormat, resolve_format
 from ..runtime.validate import check_int, check_list
 from .hardware import GpuPreset, LinkPreset, MachineFacts, get_gpu_preset, machine_facts
+from .discipline import QUICK, Conditions, RepeatPolicy, Spread, conditions, machine_load
 from .kernel_choice import KernelMeasurement, measure_kernels
 from .probes import (PROBE_BYTES, READ_WRITE_PROBES, _measure_cuda, best_read_gbps,  # noqa: F401
                      expert_forward, measure_cpu_bandwidth, measure_cpu_expert)  # re-exported
@@ -46,6 +49,8 @@ QUICK_TOKENS = (1, 8, 64, 512)
 MAX_PROFILE_TOKENS = 1 << 16  # beyond any prefill chunk; larger counts would only exhaust memory
 QUICK_PROBE_BYTES = 256 << 20  # well past a 32-128 MiB LLC; quick mode needs fewer repeats
 FORMAT_VERSION = 1
+FULL_POLICY = RepeatPolicy(warmup=2, min_repeats=7, max_repeats=21, budget_s=2.0)
+QUICK_POLICY = QUICK
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,23 @@ class HardwareProfile:
     skipped: dict[str, str] = field(default_factory=dict)  # part -> why it was not measured
     notes: tuple[str, ...] = ()
     kernels: dict | None = None  # KernelMeasurement.to_dict(): CPU kernel per format, threads
+    cpu_ms_low: tuple[float, ...] = ()  # [P] first quartile of the samples (empty: not kept)
+    cpu_ms_high: tuple[float, ...] = ()  # [P] third quartile
+    cpu_repeats: tuple[int, ...] = ()  # [P] samples behind each median
+    conditions: dict | None = None  # discipline.Conditions.to_dict(): load before and after
+
+    def cpu_spreads(self) -> list[Spread]:
+        """The CPU curve as Spreads (a zero-width interval where a file kept none)."""
+        low = self.cpu_ms_low or self.cpu_ms
+        high = self.cpu_ms_high or self.cpu_ms
+        reps = self.cpu_repeats or (0,) * len(self.cpu_ms)
+        return [Spread(m, lo, hi, r, "ms") for m, lo, hi, r in zip(self.cpu_ms, low, high, reps)]
+
+    def busy_note(self) -> str | None:
+        """'this machine was busy: ...' when the load says so (None otherwise, or unknown)."""
+        if not self.conditions:
+            return None
+        return Conditions.from_dict(self.conditions).note(self.cpu_spreads())
 
     def kernel_choice(self) -> KernelChoice | None:
         """The measured CPU kernel per format and token bucket, and threads (None if not
@@ -145,20 +167,32 @@ class HardwareProfile:
         return self.latency_model(nbytes).crossover_tokens(nbytes)
 
     def summary(self) -> str:
-        """A few lines for humans: machine, curve, bandwidths, n*."""
+        """A few lines for humans: machine, curve (median and interval), bandwidths, n* (only
+        with a GPU, measured or preset), and a busy-machine note when the load says so."""
         f = self.facts
+        curve = ", ".join(f"{n}: {s.median:.3f}" + (f" ({s.low:.3f}-{s.high:.3f})"
+                                                    if s.high > s.low else "")
+                          for n, s in zip(self.cpu_tokens, self.cpu_spreads()))
+        reps = sorted(set(self.cpu_repeats))
+        runs = f", {reps[0]}-{reps[-1]} runs each" if len(reps) > 1 else \
+            (f", {reps[0]} runs each" if reps else "")
         lines = [f"{f.cpu_model}, {f.threads_used} threads of {f.cpu_cores} CPUs; "
                  f"torch {f.torch_version}; {f.date}",
                  f"expert {self.shape_name} {self.dtype} H={self.hidden_size} "
                  f"I={self.intermediate_size} ({self.expert_bytes / 1e6:.1f} MB)",
-                 "CPU ms: " + ", ".join(f"{n}:{m:.3f}" for n, m in zip(self.cpu_tokens, self.cpu_ms)),
+                 f"CPU ms per token count, median (interquartile range{runs}): {curve}",
                  f"CPU read {self.cpu_read_gbps:.1f} GB/s (best of " + ", ".join(
                      f"{k} {v:.1f}" for k, v in self.cpu_probes_gbps.items()) + ")"]
         if self.link_gbps:
             lines.append("link GB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in self.link_gbps.items()))
-        lines += [f"skipped {k}: {v}" for k, v in self.skipped.items()]
-        lines.append(f"sources: {self.sources}; crossover n* = {self.crossover()}")
-        return "\n".join(lines)
+        if self.has_measured_gpu or self.gpu_preset is not None:
+            kind = "measured" if self.has_measured_gpu else "projected"
+            lines.append(f"sources: {self.sources}; crossover n* = {self.crossover()} ({kind})")
+        else:
+            lines.append("no GPU here: GPU, link and crossover not measured (project one with "
+                         "`fiddler-nb plan --profile FILE --gpu-preset NAME`)")
+        note = self.busy_note()
+        return "\n".join(lines + ([note] if note else []))
 
     # ---- persistence -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -192,9 +226,9 @@ class HardwareProfile:
         data = dict(data)
         data.pop("format_version", None)
         data["facts"] = MachineFacts.from_dict(data["facts"])
-        for key in ("cpu_tokens", "gpu_tokens"):
+        for key in ("cpu_tokens", "gpu_tokens", "cpu_repeats"):
             data[key] = tuple(int(v) for v in data.get(key, ()))
-        for key in ("cpu_ms", "gpu_ms", "notes"):
+        for key in ("cpu_ms", "gpu_ms", "notes", "cpu_ms_low", "cpu_ms_high"):
             data[key] = tuple(data.get(key, ()))
         if data.get("cpu_probes_gbps"):  # files written before copy probes were excluded
             data["cpu_read_gbps"] = best_read_gbps(data["cpu_probes_gbps"])
@@ -261,20 +295,22 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
         tokens = sorted(set(tokens))
     name, hidden, inter, torch_dtype = _resolve_target(shape_or_engine, dtype)
     tokens = tuple(tokens or (QUICK_TOKENS if quick else FULL_TOKENS))
-    warmup, repeats = (1, 3) if quick else (2, 7)
+    policy = QUICK_POLICY if quick else FULL_POLICY
+    warmup, repeats = policy.warmup, policy.min_repeats
     probe_bytes = QUICK_PROBE_BYTES if quick else PROBE_BYTES
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
+        before = conditions()
         facts = machine_facts()
         rotate = 0 if quick else 4 * max(facts.llc_bytes, 32 << 20)  # 4x LLC, at least 128 MiB
         cuda = torch.cuda.is_available()
         steps = len(tokens) + 3 + (len(tokens) + 3 if cuda else 0)
         with tqdm(total=steps, desc=f"profiling {name} {torch_dtype}".replace("torch.", "")) as bar:
-            cpu_ms = measure_cpu_expert(hidden, inter, torch_dtype, tokens, warmup, repeats,
-                                        rotate, bar)
-            probes = measure_cpu_bandwidth(probe_bytes, repeats, bar)
+            cpu = measure_cpu_expert(hidden, inter, torch_dtype, tokens, warmup, repeats,
+                                     rotate, bar, policy=policy)
+            probes = measure_cpu_bandwidth(probe_bytes, repeats, bar, policy=policy)
             kernels = measure_kernels(hidden, inter, _formats_of(shape_or_engine, hidden, inter),
                                       torch_dtype, warmup=warmup, repeats=repeats,
                                       threads=[threads] if threads else None,
@@ -282,11 +318,14 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
             bar.update(1)
             cuda_part = _measure_cuda(hidden, inter, torch_dtype, tokens, warmup, repeats,
                                       probe_bytes, bar) if cuda else None
+        load = before.finished(machine_load())
     finally:
         torch.set_num_threads(old_threads)
     expert_bytes = 3 * hidden * inter * torch_dtype.itemsize
     sources = {"cpu": "measured", "cpu_bandwidth": "measured"}
-    notes = [f"{'quick' if quick else 'full'} mode: {warmup} warm-up + median of {repeats}",
+    notes = [f"{'quick' if quick else 'full'} mode: {warmup} warm-up, then {repeats}-"
+             f"{policy.max_repeats} repeats until the interquartile range is within "
+             f"{100 * policy.rel_spread:.0f}% of the median or {policy.budget_s:g} s are spent",
              f"CPU weights rotated over {max(1, math.ceil(rotate / expert_bytes))} copies",
              f"bandwidth probes over {probe_bytes >> 20} MiB buffers"]
     skipped: dict[str, str] = {}
@@ -303,6 +342,8 @@ def profile_hardware(shape_or_engine: Any, dtype: str | torch.dtype | None = Non
     return HardwareProfile(
         shape_name=name, hidden_size=hidden, intermediate_size=inter,
         dtype=str(torch_dtype).removeprefix("torch."), expert_bytes=expert_bytes,
-        cpu_tokens=tokens, cpu_ms=tuple(cpu_ms), cpu_probes_gbps=probes,
+        cpu_tokens=tokens, cpu_ms=tuple(s.median for s in cpu), cpu_probes_gbps=probes,
         cpu_read_gbps=best_read_gbps(probes), facts=facts, sources=sources, skipped=skipped,
-        notes=tuple(notes), kernels=kernels, **extra)
+        notes=tuple(notes), kernels=kernels, cpu_ms_low=tuple(s.low for s in cpu),
+        cpu_ms_high=tuple(s.high for s in cpu), cpu_repeats=tuple(s.repeats for s in cpu),
+        conditions=load.to_dict(), **extra)

@@ -8,6 +8,8 @@ model's published `config.json`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,3 +87,20 @@ def get_shape(name: str) -> ModelShape:
     if not isinstance(name, str) or name not in SHAPE_PRESETS:
         raise OptionError(f"unknown model shape {name!r}; known: {', '.join(SHAPE_PRESETS)}")
     return SHAPE_PRESETS[name]
+
+
+def engine_shape(engine: Any) -> "ModelShape":
+    """The planner's ModelShape of a loaded engine (what autotune projects with)."""
+    layer = engine.layers[0]
+    first = getattr(layer.module, layer.layout.first_name)  # [E, 2I, H] (or transposed)
+    cfg = engine.model.config.get_text_config()
+    hidden = int(cfg.hidden_size)
+    dtype = str(first.dtype).removeprefix("torch.")
+    expert_params = engine.expert_bytes // first.element_size()
+    matrices = 3 if layer.layout.has_gate else 2
+    non_expert = sum(p.numel() * p.element_size() for p in engine.model.parameters()) - \
+        engine.num_layers * engine.num_experts * engine.expert_bytes
+    return ModelShape(Path(str(engine.path)).name, engine.num_layers, engine.num_experts,
+                      int(getattr(cfg, "num_experts_per_tok", 2)), hidden,
+                      max(1, expert_params // (matrices * hidden)), dtype, max(0, non_expert),
+                      gated=layer.layout.has_gate)

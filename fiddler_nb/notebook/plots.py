@@ -65,21 +65,35 @@ def tokens_per_s_vs_budget(measured: Sequence[Any] = (), projected: Sequence[Any
         for strategy in dict.fromkeys(r.strategy for r in rows):
             mine = [r for r in rows if r.strategy == strategy]
             if all(_budget(r) is None for r in mine):
+                mine = [mine[0]] * 2  # flat across the budgets shown, with its spread
                 xs, ys = [budgets[0], budgets[-1]], [_value(mine[0], phase)] * 2
             else:
                 mine = sorted((r for r in mine if _budget(r) is not None), key=_budget)
                 xs, ys = [_budget(r) for r in mine], [_value(r, phase) for r in mine]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{strategy} ({kind})",
-                                     line=dict(dash=dash, color=STRATEGY_COLORS.get(strategy))))
+                                     line=dict(dash=dash, color=STRATEGY_COLORS.get(strategy)),
+                                     error_y=_error_bars(mine, phase, ys)))
     kinds = [k for k, recs in (("measured", measured), ("projected", projected)) if recs]
     label = " (solid) and ".join(kinds) + (" (dashed)" if len(kinds) == 2 else "")
     where = f", prompt {prompt_tokens} tokens" if prompt_tokens else ""
     where += f", batch {batch}" if batch else ""
+    bars = "<br><sup>error bars: interquartile range of the repeats</sup>" if measured else ""
     fig.update_layout(title=f"{phase.capitalize()} tokens/s vs GPU expert budget -- "
-                            f"{label or 'no data'}{where}{title_suffix}",
+                            f"{label or 'no data'}{where}{title_suffix}{bars}",
                       xaxis_title="GPU expert budget (experts resident, all layers)",
-                      yaxis_title=f"{phase} throughput (tokens/s)", legend_title="strategy")
+                      yaxis=dict(title=f"{phase} throughput (tokens/s)", rangemode="tozero"),
+                      legend_title="strategy")
     return fig
+
+
+def _error_bars(records: Sequence[Any], phase: str, ys: Sequence[float]) -> dict | None:
+    """Asymmetric error bars from records with a `spread(phase)` (measured), else none."""
+    spreads = [r.spread(phase) if hasattr(r, "spread") else None for r in records]
+    if len(spreads) != len(ys) or not any(spreads):
+        return None
+    return dict(type="data", symmetric=False,
+                array=[(s.high - y) if s else 0 for s, y in zip(spreads, ys)],
+                arrayminus=[(y - s.low) if s else 0 for s, y in zip(spreads, ys)])
 
 
 def latency_curves(latency: Any, expert_bytes: int, title: str = "",
@@ -337,10 +351,11 @@ def autotune(plan: Any) -> go.Figure:
                 legendgroup=kind), row=1, col=col)
     w = plan.workload
     fig.update_layout(
-        title=f"Autotune: tokens/s per candidate -- measured (solid), projected (hatched) -- "
-              f"prompt {w.prompt_tokens} + {w.new_tokens} new, batch {w.batch}, {plan.dtype} "
-              f"on {plan.device} ({plan.machine}); * = chosen",
-        barmode="group", template=TEMPLATE, height=max(300, 60 + 28 * len(rows)),
+        title=f"Autotune: tokens/s per candidate -- measured (solid), projected (hatched); "
+              f"* = chosen<br><sup>prompt {w.prompt_tokens} + {w.new_tokens} new, batch "
+              f"{w.batch}, {plan.dtype} on {plan.device} ({plan.machine})</sup>",
+        barmode="group", template=TEMPLATE, height=max(340, 110 + 28 * len(rows)),
+        margin=dict(t=110),  # two title lines above the subplot titles
         yaxis=dict(autorange="reversed", title="candidate"), legend_title="phase (kind)")
     fig.update_xaxes(title_text="tokens/s")
     return fig

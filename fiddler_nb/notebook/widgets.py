@@ -1,19 +1,16 @@
 """`fnb.widgets.tuner(engine_or_plan)`: tune the GPU expert budget, placement and execution live.
 
-The logic is plain functions that tests call directly:
-
-* `run_point(engine, budget, placement, execution, prompt_tokens, new_tokens)` re-places the
-  experts of a loaded engine (no reload), generates, and returns a measured `TunerPoint`;
-* `project_point(plan_input, ...)` asks the planner instead and returns a point labelled
-  "projected" (nothing runs);
-* `sweep(target, budgets, ...)` runs either over several budgets with a progress bar.
+The logic is plain functions that tests call directly (tuner_points.py, re-exported here):
+`run_point` (measured, with the measurement discipline: repeats until steady, the spread kept),
+`project_point` (the planner; nothing runs), `point` and `sweep`.
 
 `tuner(...)` builds the ipywidgets tree around them: budget slider (experts, with its size in
 GiB), placement and execution dropdowns, prompt length, Run / Sweep buttons, a progress bar, a
 status line, an error line (a failing run shows its message there; the cell never dies) and a
-`plotly.graph_objects.FigureWidget` of decode tokens/s vs budget that is updated in place;
-for an engine, an *Auto-tune* button (autotune_panel.py) that runs `fnb.autotune` for the prompt
-and new tokens shown and displays the plan's table and plot.
+`plotly.graph_objects.FigureWidget` of decode tokens/s vs budget, each measured point with its
+interquartile range as an error bar, updated in place. On a machine without a GPU a note says
+that the budget cannot change speed there and what a point measures instead. For an engine, an
+*Auto-tune* button (autotune_panel.py) runs `fnb.autotune` for the prompt and new tokens shown.
 
 Streaming widgets live in chat_widgets.py and are re-exported here: `widgets.generate_live(eng,
 prompt)` and `widgets.chat(eng)`.
@@ -22,218 +19,77 @@ prompt)` and `widgets.chat(eng)`.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import torch
-from tqdm.auto import tqdm
-
-from ..measure.shapes import ModelShape, get_shape
-from ..runtime.errors import OptionError
-from ..runtime.policies.execution import known_executions
+from ..measure.shapes import ModelShape
 from ..runtime.engine.experts import GIB
+from ..runtime.policies.execution import known_executions
 from ..runtime.policies.placement import known_placements
-from ..runtime.validate import check_int
 from .chat_widgets import chat, generate_live  # noqa: F401  (widgets.chat / generate_live)
 from .plots import MEASURED, PROJECTED
+from .tuner_points import (POINT_POLICY, WARMUP_RUNS, PlanInput, TunerPoint,  # noqa: F401
+                           as_plan_input, cpu_only_note, is_engine, point, project_point,
+                           prompt_ids, run_point, sweep, with_format)
 
-WARMUP_RUNS = 1  # discarded generations before timing (first calls pay lazy init / allocator)
 SWEEP_POINTS = 5  # budgets the Sweep button runs, evenly spread over the slider's range
 MAX_PROMPT_TOKENS = 4096  # slider limit; a model's own position limit may be lower
 EXPERT_FORMATS = ("bf16", "fp16", "fp32", "int8", "int4")  # runtime/formats/quant.py KNOWN_FORMATS
 CSS_CLASS = "fnb-tuner"  # on the tuner's outer box, for styling and browser tests
 
 
-@dataclass(frozen=True)
-class TunerPoint:
-    """One run (measured) or projection of one configuration."""
-
-    kind: str  # MEASURED or PROJECTED
-    budget_experts: int  # experts resident on the GPU, all layers together
-    budget_gib: float  # the same budget as expert-weight memory, GiB
-    placement: str
-    execution: str
-    prompt_tokens: int
-    new_tokens: int
-    prefill_s: float
-    decode_s: float  # all decode steps together
-    prefill_tps: float
-    decode_tps: float
-    hit_rate: float  # decode: share of expert-token pairs served by a resident expert
-    device: str  # where it ran ("cpu", "cuda:0") or the projected machine
-    source: str  # checkpoint path or projected model shape
-
-    @property
-    def label(self) -> str:
-        return f"{self.placement}+{self.execution}"
-
-    @property
-    def series(self) -> str:
-        """The figure trace this point belongs to."""
-        return f"{self.label}, prompt {self.prompt_tokens} ({self.kind})"
-
-
-@dataclass(frozen=True)
-class PlanInput:
-    """What the tuner needs to project instead of measure: a model shape on a hardware profile."""
-
-    shape: ModelShape
-    profile: Any  # profiler.HardwareProfile (GPU measured or a preset attached)
-    popularity: Any = None  # Popularity of this shape, or None for the planner's Zipf law
-    samples: int = 256  # sampled decode tokens per layer (planner default)
-
-    @property
-    def total_experts(self) -> int:
-        return self.shape.total_experts
-
-    @property
-    def expert_bytes(self) -> int:
-        return self.shape.expert_bytes
-
-
-def as_plan_input(target: Any, shape: ModelShape | str | None = None) -> PlanInput:
-    """A PlanInput from a PlanInput, a (shape, profile) pair or a profile plus `shape`."""
-    if isinstance(target, PlanInput):
-        return target
-    if isinstance(target, tuple) and len(target) == 2:
-        shape, target = target
-    if not hasattr(target, "latency_model"):
-        raise OptionError("tuner takes an Engine, a PlanInput, a (shape, HardwareProfile) pair or a "
-                          f"HardwareProfile with shape=...; got {type(target).__name__}")
-    shape = shape or target.shape_name
-    return PlanInput(get_shape(shape) if isinstance(shape, str) else shape, target)
-
-
-def is_engine(target: Any) -> bool:
-    return hasattr(target, "generate") and hasattr(target, "reconfigure")
-
-
-# ---- the pure callbacks ------------------------------------------------------------------
-def prompt_ids(engine: Any, tokens: int, seed: int = 0) -> torch.Tensor:
-    """[1, tokens] seeded token ids: an exact prompt length for any tokenizer."""
-    check_int("prompt length", tokens, minimum=1)
-    vocab = int(engine.model.config.vocab_size)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (1, tokens), generator=gen)
-
-
-def run_point(engine: Any, budget: int, placement: str, execution: str, prompt_tokens: int,
-              new_tokens: int, warmup: int = WARMUP_RUNS) -> TunerPoint:
-    """Re-place `engine`'s experts (no reload), generate, and return the measured point."""
-    check_int("new_tokens", new_tokens, minimum=2, hint="two tokens time one decode step")
-    check_int("prompt length", prompt_tokens, minimum=1)
-    cfg = engine.config  # one re-placement for all changes; a failure leaves cfg as it was
-    engine.reconfigure(
-        expert_budget=int(budget) if budget != cfg.expert_budget else None,
-        placement=placement if placement != cfg.placement else None,
-        execution=execution if execution != cfg.execution else None)
-    ids = prompt_ids(engine, prompt_tokens)
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # no early EOS stop
-    for _ in range(warmup):
-        engine.generate(ids, **kwargs)
-    stats = engine.generate(ids, **kwargs).stats
-    return TunerPoint(
-        kind=MEASURED, budget_experts=int(budget),
-        budget_gib=budget * engine.expert_bytes / GIB, placement=placement, execution=execution,
-        prompt_tokens=prompt_tokens, new_tokens=new_tokens, prefill_s=stats.prefill_s,
-        decode_s=stats.decode_s, prefill_tps=stats.prefill_tokens_per_s,
-        decode_tps=stats.decode_tokens_per_s, hit_rate=stats.decode.hit_rate,
-        device=stats.device, source=str(engine.path))
-
-
-def project_point(plan_input: PlanInput, budget: int, placement: str, execution: str,
-                  prompt_tokens: int, new_tokens: int) -> TunerPoint:
-    """The planner's projection for one configuration (nothing runs; kind = "projected")."""
-    from ..measure.planner import plan  # noqa: PLC0415 (planner pulls in the profiler)
-
-    check_int("new_tokens", new_tokens, minimum=1)
-    check_int("prompt length", prompt_tokens, minimum=1)
-    if isinstance(budget, bool) or not isinstance(budget, int) \
-            or not 0 <= budget <= plan_input.total_experts:
-        raise OptionError(f"expert budget {budget} is out of range: {plan_input.shape.name} has "
-                          f"{plan_input.total_experts} experts; pass 0..{plan_input.total_experts}")
-    records = plan(plan_input.shape, plan_input.profile, budgets=(int(budget),),
-                   placements=(placement,), executions=(execution,),
-                   popularity=plan_input.popularity, prompt_tokens=prompt_tokens,
-                   new_tokens=new_tokens, samples=plan_input.samples, baselines=())
-    rec = records[0]
-    return TunerPoint(
-        kind=PROJECTED, budget_experts=rec.budget_experts,
-        budget_gib=rec.budget_experts * plan_input.expert_bytes / GIB, placement=placement,
-        execution=execution, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-        prefill_s=rec.prefill_ms / 1e3,
-        decode_s=rec.decode_ms_per_token * max(new_tokens - 1, 0) / 1e3,
-        prefill_tps=rec.prefill_tps, decode_tps=rec.decode_tps,
-        hit_rate=rec.decode_gpu_hit_rate, device=rec.machine, source=rec.model)
-
-
-def point(target: Any, budget: int, placement: str, execution: str, prompt_tokens: int,
-          new_tokens: int) -> TunerPoint:
-    """Measured for an Engine, projected for a PlanInput."""
-    fn = run_point if is_engine(target) else project_point
-    return fn(target, budget, placement, execution, prompt_tokens, new_tokens)
-
-
-def sweep(target: Any, budgets: Sequence[int], placements: Sequence[str] = ("popularity",),
-          executions: Sequence[str] = ("auto",), prompt_tokens: int = 32, new_tokens: int = 8,
-          on_point: Callable[[TunerPoint], None] | None = None,
-          progress: bool = True) -> list[TunerPoint]:
-    """Every budget x placement x execution, with a tqdm progress bar."""
-    target = target if is_engine(target) else as_plan_input(target)
-    combos = [(b, p, x) for p in placements for x in executions for b in budgets]
-    points = []
-    for b, p, x in tqdm(combos, desc="tuner sweep", disable=not progress):
-        points.append(point(target, int(b), p, x, prompt_tokens, new_tokens))
-        if on_point is not None:
-            on_point(points[-1])
-    return points
-
-
-def with_format(plan_input: PlanInput, name: str) -> PlanInput:
-    """The same projection with experts in format `name` ('bf16', 'int8', 'int4', ...)."""
-    from dataclasses import replace
-
-    from ..runtime.formats.quant import resolve_format
-
-    shape = plan_input.shape
-    fmt = resolve_format(name, None, (shape.hidden_size, shape.intermediate_size))
-    return replace(plan_input, shape=replace(shape, expert_format=fmt.label()))
-
-
 # ---- the figure --------------------------------------------------------------------------
-def budget_figure(kind: str, where: str, widget: bool = True):
-    """An empty decode tokens/s vs budget figure (FigureWidget unless widget=False)."""
+def budget_figure(kind: str, where: str, widget: bool = True, cpu_only: bool = False):
+    """An empty decode tokens/s vs budget figure (FigureWidget unless widget=False); on a
+    CPU-only machine its title says the budget has no effect there."""
     import plotly.graph_objects as go
 
     cls = go.FigureWidget if widget else go.Figure
     fig = cls()
-    fig.update_layout(title=f"Decode tokens/s vs GPU expert budget ({kind}: {where})",
-                      xaxis_title="GPU expert budget (experts, all layers)",
-                      yaxis_title="decode throughput (tokens/s)", template="plotly_white",
+    title = f"Decode tokens/s vs GPU expert budget ({kind}: {where})"
+    if cpu_only:
+        title = (f"Decode tokens/s per click ({kind}: {where})<br><sup>no GPU: every budget "
+                 "runs on the CPU, so differences are noise; error bars: interquartile range"
+                 "</sup>")
+    fig.update_layout(title=title, xaxis_title="GPU expert budget (experts, all layers)",
+                      yaxis=dict(title="decode throughput (tokens/s)", rangemode="tozero"),
+                      template="plotly_white", margin=dict(t=90),
                       legend_title="placement+execution, prompt (kind)", height=420)
     return fig
 
 
-def add_point(fig, pt: TunerPoint) -> None:
-    """Put `pt` into its series (replacing an earlier point at the same budget), sorted by budget."""
+def add_point(fig, pt: TunerPoint, lines: bool = True) -> None:
+    """Put `pt` into its series (replacing an earlier point at the same budget), sorted by
+    budget; measured points carry their interquartile range as error bars. lines=False: markers
+    only (on a CPU-only machine a line between budgets would suggest a trend that is noise)."""
     trace = next((t for t in fig.data if t.name == pt.series), None)
+    merged = {} if trace is None else dict(zip(trace.x, zip(
+        trace.y, trace.error_y.array or [0] * len(trace.x),
+        trace.error_y.arrayminus or [0] * len(trace.x))))
+    up = (pt.decode_tps_high - pt.decode_tps) if pt.decode_tps_high is not None else 0.0
+    down = (pt.decode_tps - pt.decode_tps_low) if pt.decode_tps_low is not None else 0.0
+    merged[pt.budget_experts] = (pt.decode_tps, up, down)
+    xs = sorted(merged)
+    ys, ups, downs = ([merged[x][i] for x in xs] for i in range(3))
+    bars = dict(type="data", symmetric=False, array=ups, arrayminus=downs,
+                visible=pt.kind == MEASURED)
     if trace is None:
-        fig.add_scatter(x=[pt.budget_experts], y=[pt.decode_tps], name=pt.series,
-                        mode="lines+markers",
+        fig.add_scatter(x=xs, y=ys, name=pt.series, error_y=bars,
+                        mode="lines+markers" if lines else "markers",
                         line=dict(dash="dash" if pt.kind == PROJECTED else "solid"))
         return
-    merged = dict(zip(trace.x, trace.y))
-    merged[pt.budget_experts] = pt.decode_tps
-    xs = sorted(merged)
     with fig.batch_update():
-        trace.x, trace.y = xs, [merged[x] for x in xs]
+        trace.x, trace.y, trace.error_y = xs, ys, bars
 
 
 def describe(pt: TunerPoint) -> str:
-    return (f"{pt.kind}: budget {pt.budget_experts} experts ({pt.budget_gib:.3g} GiB), "
+    spread = (f" (IQR {pt.decode_tps_low:.2f}-{pt.decode_tps_high:.2f}, {pt.runs} runs)"
+              if pt.runs > 1 else "")
+    text = (f"{pt.kind}: budget {pt.budget_experts} experts ({pt.budget_gib:.3g} GiB), "
             f"{pt.label}, prompt {pt.prompt_tokens} + {pt.new_tokens} new: prefill "
-            f"{pt.prefill_tps:.1f} tok/s, decode {pt.decode_tps:.2f} tok/s, decode GPU hit rate "
-            f"{100 * pt.hit_rate:.0f}% on {pt.device}")
+            f"{pt.prefill_tps:.1f} tok/s, decode {pt.decode_tps:.2f} tok/s{spread}, decode GPU "
+            f"hit rate {100 * pt.hit_rate:.0f}% on {pt.device}")
+    note = pt.busy_note
+    return text + (f". {note[0].upper()}{note[1:]}" if note else "")
 
 
 # ---- the widget tree ---------------------------------------------------------------------
@@ -272,9 +128,14 @@ class Tuner:
                                    layout=wide)
         self.sweep_button = w.Button(description=f"{verb} {SWEEP_POINTS} budgets", layout=wide)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="progress", style=style)
+        self.note = cpu_only_note(self.target) if self.kind == MEASURED else None
         self.status = w.HTML(value=f"<i>{self.kind}; press {verb}</i>")
+        self.info = w.HTML(value=f"<b>{html.escape(self.note)}</b>" if self.note else "")
+        for widget, name in ((self.status, "status"), (self.info, "note")):
+            widget.add_class(f"{CSS_CLASS}-{name}")  # browser tests find them by class
         self.error = w.HTML(value="")
-        self.figure = budget_figure(self.kind, self._where())
+        self.error.add_class(f"{CSS_CLASS}-error")
+        self.figure = budget_figure(self.kind, self._where(), cpu_only=self.note is not None)
         self.budget.observe(lambda _: self._show_gib(), names="value")
         self.run_button.on_click(lambda _: self.run())
         self.sweep_button.on_click(lambda _: self.run_sweep())
@@ -291,7 +152,7 @@ class Tuner:
                 self.target, lambda: (self.prompt_tokens.value, self.new_tokens.value),
                 on_plan=self._show_plan)
             extra = [self.autotune.widget]
-        self.widget = w.VBox([controls, self.status, self.error, self.figure, *extra])
+        self.widget = w.VBox([self.info, controls, self.status, self.error, self.figure, *extra])
         self.widget.add_class(CSS_CLASS)
 
     def _format(self) -> str:
@@ -379,7 +240,7 @@ class Tuner:
 
     def _record(self, pt: TunerPoint) -> None:
         self.points.append(pt)
-        add_point(self.figure, pt)
+        add_point(self.figure, pt, lines=self.note is None)
         self.status.value = html.escape(describe(pt))
         self.progress.value += 1
 

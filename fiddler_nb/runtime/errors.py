@@ -53,6 +53,11 @@ class FileFormatError(FiddlerError):
     written for another model shape."""
 
 
+class FileWriteError(FiddlerError, OSError):
+    """A file could not be written (disk full, no permission); an older file is left intact
+    (also an OSError)."""
+
+
 class MissingFileError(FiddlerError, FileNotFoundError):
     """A file the caller named does not exist (also a FileNotFoundError)."""
 

@@ -110,6 +110,12 @@ def load_model(root: Path, device: torch.device, dtype: torch.dtype | None,
                                                      **kwargs)
     except OSError as err:
         raise CheckpointError(f"loading {root} failed: {err}") from None
+    except RuntimeError:  # transformers' report of a failed conversion: ours, if it was ours
+        if fmt is not None:
+            from ..formats.quantizer import raise_recorded
+
+            raise_recorded()  # e.g. non-finite weights, named (layer, expert, matrix)
+        raise
     if fmt is not None:
         from ..formats.quantizer import detach_quantizer
 

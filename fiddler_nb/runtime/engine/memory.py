@@ -18,6 +18,15 @@ from .experts import ExpertStore
 from ..formats.storage import tensor_bytes
 
 MIB = 1 << 20
+UNITS = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
+
+
+def human_bytes(n: int) -> str:
+    """'1.25 GiB', '812.0 KiB', '0 B': the largest unit that keeps the number >= 1."""
+    for size, unit in UNITS:
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,24 @@ class MemoryReport:
         """One line for the engine's repr."""
         return (f"experts {self.host_experts_total / MIB:.1f} MiB host ({self.expert_format}), "
                 f"{self.fast_device_bytes / MIB:.1f} MiB on {self.device}")
+
+    def table(self) -> str:
+        """Fixed-width table in human units: host memory, then the fast device, with totals."""
+        dev = self.device
+        rows = [(f"routed experts ({k})", v) for k, v in self.host_expert_bytes.items()]
+        rows += [("  of which page-locked (pinned)", self.pinned_host_bytes)]
+        fast = [("non-expert weights", self.non_expert_bytes),
+                ("resident experts (extra copies)", self.resident_expert_bytes),
+                ("scratch slots for copied experts", self.scratch_bytes),
+                ("reserve (activations, KV cache)", self.reserve_bytes)]
+        lines = [f"memory of the engine ({self.expert_format} experts; fast device {dev})",
+                 "host memory"] + [f"  {w:<36}{human_bytes(b):>12}" for w, b in rows]
+        lines += [f"fast device ({dev})"] + [f"  {w:<36}{human_bytes(b):>12}" for w, b in fast]
+        lines.append(f"  {'total on ' + dev:<36}{human_bytes(self.fast_device_bytes):>12}")
+        if dev == "cpu":
+            lines.append("  (no GPU: the fast device is the CPU; resident experts are the host "
+                         "copies, no extra bytes)")
+        return "\n".join(lines)
 
     def rows(self) -> list[tuple[str, float]]:
         """(what, MiB) rows for a report table."""

@@ -20,16 +20,30 @@ import torch
 from torch import nn
 
 from ..model.adapters import find_moe_layers, is_experts_module, layout_of
+from ..errors import CheckpointError
 from .quant import ExpertFormat
+from .quantize_load import check_finite, layer_of
 from .storage import ExpertStorage, convert_weight
 
 METHOD = "fiddler_nb_experts"
 _REGISTERED: dict[str, Any] = {}
+# transformers collects an op's exception into its loading report and raises a generic
+# RuntimeError at the end; the first of ours is kept here so the loader can raise it instead
+_FAILED: list[Exception] = []
+
+
+def raise_recorded() -> None:
+    """Raise (and forget) the first error met while quantizing, if any (loading.load_model)."""
+    if _FAILED:
+        err = _FAILED[0]
+        _FAILED.clear()
+        raise err from None
 
 
 def quantization_config(fmt: ExpertFormat, act_dtype: torch.dtype, on_gpu: bool):
     """The transformers QuantizationConfig that makes `from_pretrained` quantize experts."""
     config_cls, _ = _register()
+    _FAILED.clear()
     return config_cls(expert_format=fmt.name, group_size=fmt.group_size,
                       act_dtype=str(act_dtype).removeprefix("torch."), on_gpu=on_gpu,
                       int4_layout=fmt.int4_layout)
@@ -67,6 +81,11 @@ def _register():
             cfg = self.quantizer.quantization_config
             for key, value in input_dict.items():
                 w = value[0] if isinstance(value, list) else value
+                try:
+                    check_finite(w, layer_of(key), key.rsplit(".", 1)[-1])
+                except CheckpointError as err:
+                    _FAILED.append(err)
+                    raise
                 parts = convert_weight(w, cfg.fmt, self.quantizer.transposed[key],
                                        getattr(torch, cfg.act_dtype), cfg.on_gpu)
                 del w

@@ -73,6 +73,9 @@ class PlanRow:
     measured_workload_s: float | None = None  # the workload's time at the measured speeds
     projected_prefill_tps: float | None = None  # planner; None where nothing was projected
     projected_decode_tps: float | None = None
+    measured_workload_s_low: float | None = None  # interquartile range of the runs' seconds
+    measured_workload_s_high: float | None = None
+    samples: int = 0  # measured runs behind the medians
 
     @property
     def measured(self) -> bool:
@@ -134,20 +137,25 @@ class Plan:
         w = self.workload
         head = [f"autotune plan for {self.model} on {self.machine} ({self.device}, {self.dtype})",
                 f"workload: batch {w.batch} x (prompt {w.prompt_tokens} + {w.new_tokens} new); "
-                f"each measured point ran prompt {self.measured_prompt_tokens} + "
-                f"{self.measured_new_tokens} new tokens once, after untimed warm-up generations",
+                f"each measured run: prompt {self.measured_prompt_tokens} + "
+                f"{self.measured_new_tokens} new tokens after an untimed warm-up generation; "
+                "medians over the runs, workload seconds with their interquartile range",
                 f"projected columns: {self.projection_source}",
                 f"time: {self.seconds_used:.1f} s of {self.seconds_limit:g} s; chosen: "
                 f"{self.settings.label}", f"reason: {self.reason}"]
         head += [f"command: {self.command}"] if self.command else []
         head += [f"note: {n}" for n in self.notes]
         cols = (f"  {'candidate':<44}{'meas. prefill':>14}{'meas. decode':>13}"
-                f"{'meas. workload s':>17}{'proj. prefill':>14}{'proj. decode':>13}  status")
+                f"{'meas. workload s (IQR)':>25}{'runs':>5}{'proj. prefill':>14}"
+                f"{'proj. decode':>13}  status")
         rows = []
         for r in self.rows:
             mark = "*" if r.settings == self.settings else " "
+            secs = _f(r.measured_workload_s, 3)
+            if r.measured_workload_s_low is not None and r.samples > 1:
+                secs += f" ({r.measured_workload_s_low:.3f}-{r.measured_workload_s_high:.3f})"
             rows.append(f"{mark} {r.settings.label:<44}{_f(r.measured_prefill_tps):>14}"
-                        f"{_f(r.measured_decode_tps):>13}{_f(r.measured_workload_s, 3):>17}"
+                        f"{_f(r.measured_decode_tps):>13}{secs:>25}{r.samples or '-':>5}"
                         f"{_f(r.projected_prefill_tps):>14}{_f(r.projected_decode_tps):>13}  "
                         f"{r.status}")
         return "\n".join(head + ["tokens/s (tok/s); * = chosen", cols] + rows)

@@ -4,6 +4,11 @@ Off by default (zero cost); `Engine.trace_decode_step` switches it on for one de
 CPU work is timed on the host clock; on CUDA, GPU and copy-stream work is timed with CUDA
 events (read after the step, so tracing adds no synchronisation inside it). On a CPU-only
 machine every lane runs synchronously on the host and is timed with the host clock.
+
+Lanes are named for the device that ran the work: "cpu", "gpu" and "transfer" (copies). On a
+CPU-only machine the resident experts run on the CPU too, so their work is on the "cpu" lane;
+each event's `work` says which experts it ran ("host experts", "resident experts", "copy").
+`StepTrace.table()` prints the step as a fixed-width table.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 LANES = ("cpu", "gpu", "transfer")
+WORK = {"cpu": "host experts", "gpu": "resident experts", "transfer": "copy"}  # by engine lane
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class TraceEvent:
     start_ms: float  # from the start of the step
     end_ms: float
     experts: int  # experts run (or copied) in this region
+    work: str = ""  # what ran: "host experts", "resident experts" or "copy" (WORK)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,18 @@ class StepTrace:
     def rows(self) -> list[tuple[int, str, float, float]]:
         """(layer, lane, start_ms, end_ms) tuples, the input `plots.decode_timeline` takes."""
         return [(e.layer, e.lane, e.start_ms, e.end_ms) for e in self.events]
+
+    def table(self) -> str:
+        """One row per (layer, lane) region: start, end and length in ms, experts, what ran."""
+        head = [f"one decode step on {self.device} ({self.tokens} token(s)): {self.total_ms:.3f} ms",
+                f"{'layer':>5}  {'lane':<9}{'start ms':>10}{'end ms':>10}{'ms':>9}{'experts':>9}"
+                "  work"]
+        rows = [f"{e.layer:>5}  {e.lane:<9}{e.start_ms:>10.3f}{e.end_ms:>10.3f}"
+                f"{e.end_ms - e.start_ms:>9.3f}{e.experts:>9}  {e.work}" for e in self.events]
+        busy = {lane: sum(e.end_ms - e.start_ms for e in self.events if e.lane == lane)
+                for lane in LANES}
+        foot = "busy ms per lane: " + ", ".join(f"{k} {v:.3f}" for k, v in busy.items() if v)
+        return "\n".join(head + rows + [foot])
 
 
 class Tracer:
@@ -67,10 +86,14 @@ class Tracer:
         if self.cuda:
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
-        events = [TraceEvent(layer, lane, self._ms(a), self._ms(b), n)
-                  for layer, lane, a, b, n in self._open]
+        events = [TraceEvent(layer, self._device_lane(lane), self._ms(a), self._ms(b), n,
+                             WORK[lane]) for layer, lane, a, b, n in self._open]
         events.sort(key=lambda e: (e.start_ms, e.layer))
         return StepTrace(tuple(events), (end - self._t0) * 1e3, str(self.device), tokens)
+
+    def _device_lane(self, lane: str) -> str:
+        """The engine's 'gpu' lane is the fast device: the CPU on a CPU-only machine."""
+        return "cpu" if lane == "gpu" and not self.cuda else lane
 
     def _ms(self, mark) -> float:
         if isinstance(mark, float):

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import FileFormatError, MissingFileError, OptionError, one_line
+from ..files import write_with
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,9 @@ class Popularity:
         return self.counts.double() / totals
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
         meta = {"tokens": str(self.tokens), "source": self.source}
-        save_file({"counts": self.counts.contiguous()}, str(path), metadata=meta)
-        return path
+        return write_with(path, lambda tmp: save_file({"counts": self.counts.contiguous()}, tmp,
+                                                      metadata=meta), "popularity file")
 
     @classmethod
     def load(cls, path: str | Path) -> "Popularity":
