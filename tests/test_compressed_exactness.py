@@ -22,7 +22,8 @@ import torch
 import fiddler_nb as fnb
 from fiddler_nb.runtime.model.adapters import TESTED_ARCHITECTURES
 
-from test_exactness import PROMPTS, _budgets, _tokens_and_logits, split_latency
+from test_exactness import (PROMPTS, _budgets, _tokens_and_logits, split_latency,
+                            sweep_differences)
 
 LOGIT_ATOL = 1e-5
 FORMATS = [("int8", None), ("int4", 32)]
@@ -90,10 +91,5 @@ def test_cuda_compressed_transfers_and_residents_match_stock(arch, fmt, group, t
     assert engine.memory().pinned_host_bytes == engine.memory().host_experts_total
     inputs = engine.encode(PROMPTS)
     want_tokens, want_logits = _tokens_and_logits(ref.to("cuda"), inputs)
-    for budget in _budgets(engine):
-        engine.set_expert_budget(budget)
-        for execution in EXECUTIONS:
-            engine.set_execution(execution)
-            tokens, logits = _tokens_and_logits(engine.model, inputs)
-            assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
-            assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"
+    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, 1e-4)
+    assert not failures, "; ".join(failures)

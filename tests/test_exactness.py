@@ -44,6 +44,24 @@ def _tokens_and_logits(model, inputs):
     return out[:, inputs["input_ids"].shape[1]:], logits
 
 
+def sweep_differences(engine, inputs, want_tokens, want_logits, executions, atol) -> list[str]:
+    """Every budget x execution of `engine` against the reference: one line per combination whose
+    greedy tokens differ or whose logits are off by more than `atol`. With every expert resident
+    the execution policy has nothing to decide, so only the first runs there."""
+    failures = []
+    total = engine.num_layers * engine.num_experts
+    for budget in _budgets(engine):
+        engine.set_expert_budget(budget)
+        for execution in executions if budget < total else executions[:1]:
+            engine.set_execution(execution)
+            tokens, logits = _tokens_and_logits(engine.model, inputs)
+            err = (logits - want_logits).abs().max().item()
+            if not torch.equal(tokens, want_tokens) or err > atol:
+                failures.append(f"{execution}/budget={budget}: max|dlogit|={err:.2e}, tokens "
+                                f"{tokens.tolist()} != {want_tokens.tolist()}")
+    return failures
+
+
 @pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
 def test_every_policy_matches_stock(arch, cpu_kernels, tiny_checkpoints, stock_model):
     path = tiny_checkpoints[arch]

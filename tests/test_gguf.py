@@ -28,7 +28,8 @@ import fiddler_nb as fnb
 from fiddler_nb.runtime.engine.dequantized import dequantize_experts_in_place
 from fiddler_nb.runtime.engine.gguf_load import CONVERT_TO
 
-from test_exactness import PROMPTS, _budgets, _tokens_and_logits, split_latency
+from test_exactness import (PROMPTS, _tokens_and_logits, split_latency,
+                            sweep_differences)
 
 LOGIT_ATOL = 1e-5
 EXECUTIONS = ("cpu", "transfer", "auto")
@@ -74,16 +75,7 @@ def test_gguf_engine_matches_stock_on_the_files_values(arch, gguf_type, gguf_fil
     engine.set_placement("popularity")
     inputs = engine.encode(PROMPTS)
     want_tokens, want_logits = _tokens_and_logits(ref, inputs)
-    failures = []
-    for budget in _budgets(engine):
-        engine.set_expert_budget(budget)
-        total = engine.num_layers * engine.num_experts
-        for execution in EXECUTIONS if budget < total else EXECUTIONS[:1]:
-            engine.set_execution(execution)
-            tokens, logits = _tokens_and_logits(engine.model, inputs)
-            err = (logits - want_logits).abs().max().item()
-            if not torch.equal(tokens, want_tokens) or err > LOGIT_ATOL:
-                failures.append(f"{execution}/budget={budget}: max|dlogit|={err:.2e}")
+    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, LOGIT_ATOL)
     assert not failures, f"{arch} {gguf_type}: " + "; ".join(failures)
 
 
@@ -257,13 +249,8 @@ def test_cuda_gguf_experts_decoded_on_the_gpu_match(gguf_type, gguf_files, stock
     engine.set_latency_model(split_latency(engine.expert_bytes))
     inputs = engine.encode(PROMPTS)
     want_tokens, want_logits = _tokens_and_logits(ref, inputs)
-    for budget in _budgets(engine):
-        engine.set_expert_budget(budget)
-        for execution in EXECUTIONS:
-            engine.set_execution(execution)
-            tokens, logits = _tokens_and_logits(engine.model, inputs)
-            assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
-            assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"
+    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, 1e-4)
+    assert not failures, "; ".join(failures)
 
 
 def test_loading_holds_the_model_once(tmp_path):

@@ -22,7 +22,8 @@ from fiddler_nb.runtime.formats.mxfp4_checkpoint import make_tiny_mxfp4_checkpoi
 from fiddler_nb.runtime.kernels.registry import dequantize_matrix
 from fiddler_nb.runtime.kernels.torch_mxfp4 import mxfp4_linear
 
-from test_exactness import PROMPTS, _budgets, _tokens_and_logits, split_latency
+from test_exactness import (PROMPTS, _tokens_and_logits, split_latency,
+                            sweep_differences)
 
 LOGIT_ATOL = 1e-5
 EXECUTIONS = ("cpu", "transfer", "auto")
@@ -76,15 +77,7 @@ def test_mxfp4_engine_matches_stock_dequantized(mxfp4_path, mxfp4_reference):
     engine.set_placement("popularity")
     inputs = engine.encode(PROMPTS)
     want_tokens, want_logits = _tokens_and_logits(mxfp4_reference, inputs)
-    failures = []
-    for budget in _budgets(engine):
-        engine.set_expert_budget(budget)
-        for execution in EXECUTIONS:
-            engine.set_execution(execution)
-            tokens, logits = _tokens_and_logits(engine.model, inputs)
-            err = (logits - want_logits).abs().max().item()
-            if not torch.equal(tokens, want_tokens) or err > LOGIT_ATOL:
-                failures.append(f"{execution}/budget={budget}: max|dlogit|={err:.2e}")
+    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, LOGIT_ATOL)
     assert not failures, "; ".join(failures)
 
 
@@ -132,10 +125,5 @@ def test_cuda_mxfp4_decoded_in_the_scratch_slot_matches(mxfp4_path, mxfp4_refere
     engine.set_latency_model(split_latency(engine.expert_bytes))
     inputs = engine.encode(PROMPTS)
     want_tokens, want_logits = _tokens_and_logits(mxfp4_reference.to("cuda"), inputs)
-    for budget in _budgets(engine):
-        engine.set_expert_budget(budget)
-        for execution in EXECUTIONS:
-            engine.set_execution(execution)
-            tokens, logits = _tokens_and_logits(engine.model, inputs)
-            assert torch.equal(tokens, want_tokens), f"{execution}/budget={budget}"
-            assert (logits - want_logits).abs().max().item() <= 1e-4, f"{execution}/{budget}"
+    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, 1e-4)
+    assert not failures, "; ".join(failures)

@@ -166,28 +166,29 @@ def resolve_format(expert_dtype: str | torch.dtype | None, group_size: int | Non
             raise FormatError(f"int4 needs input dims divisible by one of {INT4_GROUP_SIZES}, "
                               f"this model has {input_dims}; use expert_dtype='int8'")
         return ExpertFormat("int4", DEFAULT_INT4_GROUP if DEFAULT_INT4_GROUP in fits else max(fits))
-    if group_size not in INT4_GROUP_SIZES:
-        raise FormatError(f"int4 group_size {group_size!r} is not supported by the kernels; use "
-                          f"one of {INT4_GROUP_SIZES} (or None for the default)")
-    bad = [k for k in input_dims if k % group_size]
-    if bad:
-        raise FormatError(f"int4 group_size {group_size} does not divide the expert input dim(s) "
-                          f"{sorted(set(bad))} of {model}; pass a group_size that does, e.g. 32")
-    return ExpertFormat("int4", group_size)
+    return _grouped("int4", group_size, INT4_GROUP_SIZES, input_dims, model, "the default")
 
 
 def _resolve_int8(group_size: int | None, input_dims: tuple[int, ...], model: str) -> ExpertFormat:
     """int8 per output channel (group_size None) or group-wise (one of INT8_GROUP_SIZES)."""
     if group_size is None:
         return ExpertFormat("int8")
-    if group_size not in INT8_GROUP_SIZES:
-        raise FormatError(f"int8 group_size {group_size!r} is not supported by the kernels; use "
-                          f"one of {INT8_GROUP_SIZES} (or None for one scale per output channel)")
+    return _grouped("int8", group_size, INT8_GROUP_SIZES, input_dims, model,
+                    "one scale per output channel")
+
+
+def _grouped(name: str, group_size: int, allowed: tuple[int, ...], input_dims: tuple[int, ...],
+             model: str, none_means: str) -> ExpertFormat:
+    """A group-wise format after checking its group against the kernels and the model."""
+    if group_size not in allowed:
+        raise FormatError(f"{name} group_size {group_size!r} is not supported by the kernels; use "
+                          f"one of {allowed} (or None for {none_means})")
     bad = [k for k in input_dims if k % group_size]
     if bad:
-        raise FormatError(f"int8 group_size {group_size} does not divide the expert input dim(s) "
-                          f"{sorted(set(bad))} of {model}; pass a group_size that does, or None")
-    return ExpertFormat("int8", group_size)
+        raise FormatError(f"{name} group_size {group_size} does not divide the expert input "
+                          f"dim(s) {sorted(set(bad))} of {model}; pass a group_size that does, "
+                          "e.g. 32")
+    return ExpertFormat(name, group_size)
 
 
 # ---- int8: one scale per output channel -------------------------------------------------
