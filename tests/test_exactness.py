@@ -62,6 +62,17 @@ def sweep_differences(engine, inputs, want_tokens, want_logits, executions, atol
     return failures
 
 
+def sweep_against(engine, reference, executions, atol) -> list[str]:
+    """`sweep_differences` with the popularity placement calibrated on PROMPTS and the split
+    latency model (so 'auto' uses both paths), against `reference` (a stock transformers model)."""
+    engine.set_latency_model(split_latency(engine.expert_bytes))
+    engine.set_popularity(fnb.calibrate(engine, PROMPTS))
+    engine.set_placement("popularity")
+    inputs = engine.encode(PROMPTS)
+    want_tokens, want_logits = _tokens_and_logits(reference, inputs)
+    return sweep_differences(engine, inputs, want_tokens, want_logits, executions, atol)
+
+
 @pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
 def test_every_policy_matches_stock(arch, cpu_kernels, tiny_checkpoints, stock_model):
     path = tiny_checkpoints[arch]

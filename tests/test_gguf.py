@@ -28,7 +28,7 @@ import fiddler_nb as fnb
 from fiddler_nb.runtime.engine.dequantized import dequantize_experts_in_place
 from fiddler_nb.runtime.engine.gguf_load import CONVERT_TO
 
-from test_exactness import (PROMPTS, _tokens_and_logits, split_latency,
+from test_exactness import (PROMPTS, _tokens_and_logits, split_latency, sweep_against,
                             sweep_differences)
 
 LOGIT_ATOL = 1e-5
@@ -70,12 +70,7 @@ def test_gguf_engine_matches_stock_on_the_files_values(arch, gguf_type, gguf_fil
     else:
         assert engine.expert_dtype == KEPT[gguf_type]
     assert engine.config.dtype == "float32"
-    engine.set_latency_model(split_latency(engine.expert_bytes))
-    engine.set_popularity(fnb.calibrate(engine, PROMPTS))
-    engine.set_placement("popularity")
-    inputs = engine.encode(PROMPTS)
-    want_tokens, want_logits = _tokens_and_logits(ref, inputs)
-    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, LOGIT_ATOL)
+    failures = sweep_against(engine, ref, EXECUTIONS, LOGIT_ATOL)
     assert not failures, f"{arch} {gguf_type}: " + "; ".join(failures)
 
 

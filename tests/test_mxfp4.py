@@ -22,7 +22,7 @@ from fiddler_nb.runtime.formats.mxfp4_checkpoint import make_tiny_mxfp4_checkpoi
 from fiddler_nb.runtime.kernels.registry import dequantize_matrix
 from fiddler_nb.runtime.kernels.torch_mxfp4 import mxfp4_linear
 
-from test_exactness import (PROMPTS, _tokens_and_logits, split_latency,
+from test_exactness import (PROMPTS, _tokens_and_logits, split_latency, sweep_against,
                             sweep_differences)
 
 LOGIT_ATOL = 1e-5
@@ -72,12 +72,7 @@ def test_mxfp4_engine_matches_stock_dequantized(mxfp4_path, mxfp4_reference):
                       placement="none", execution="cpu")
     assert engine.expert_dtype == "mxfp4"
     assert engine.memory().expert_format == "mxfp4"
-    engine.set_latency_model(split_latency(engine.expert_bytes))
-    engine.set_popularity(fnb.calibrate(engine, PROMPTS))
-    engine.set_placement("popularity")
-    inputs = engine.encode(PROMPTS)
-    want_tokens, want_logits = _tokens_and_logits(mxfp4_reference, inputs)
-    failures = sweep_differences(engine, inputs, want_tokens, want_logits, EXECUTIONS, LOGIT_ATOL)
+    failures = sweep_against(engine, mxfp4_reference, EXECUTIONS, LOGIT_ATOL)
     assert not failures, "; ".join(failures)
 
 
