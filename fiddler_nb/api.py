@@ -44,7 +44,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
          gpu_memory: str | int | None = None, scratch_slots: int = 2, seed: int = 0,
          workload: Workload | None = None, threads: int | None = None,
          plan: Plan | str | Path | None = None, expert_dtype: str | torch.dtype | None = None,
-         group_size: int | None = None, dense_dtype: str | None = None) -> Engine:
+         group_size: int | None = None, dense_dtype: str | None = None,
+         allow_activation_quant: bool = False) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine; see README for every argument.
 
     placement / execution default to "popularity" / "auto". plan: a `Plan` from `fnb.autotune`
@@ -57,6 +58,9 @@ def load(path: str | Path, device: str | torch.device | None = None,
     label "int8-g32": GGUF Q8_0's layout). A profile's measured kernel choice is used for the
     format; without one, this machine's (measured once, cached). dense_dtype: None / "bf16" /
     "int8" / "int4" compresses attention, shared experts and lm_head on a CPU-only engine.
+    allow_activation_quant: int8 / int4 weights may run through CPU kernels that round the
+    activations to int8 per 32 inputs (integer dot products, as llama.cpp does; faster, not
+    exact: `fiddler-nb bench --cpu-suite` measures the error). Off by default.
     """
     given = dict(expert_budget=expert_budget, placement=placement, execution=execution,
                  threads=threads, workload=workload, expert_dtype=expert_dtype,
@@ -66,7 +70,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     engine = factory.load(path, device=device, dtype=dtype, popularity=popularity,
                           profile=latency, gpu_memory=gpu_memory, scratch_slots=scratch_slots,
                           seed=seed, kernels=_kernels_of(latency), dense_dtype=dense_dtype,
-                          **settings)
+                          allow_activation_quant=allow_activation_quant, **settings)
     return _finish_quick(_with_machine_kernels(engine, latency), quick)
 
 
@@ -90,7 +94,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                profile: ProfileArg = None, scratch_slots: int = 2, seed: int = 0,
                name: str = "in-memory", workload: Workload | None = None,
                threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
-               group_size: int | None = None, dense_dtype: str | None = None) -> Engine:
+               group_size: int | None = None, dense_dtype: str | None = None,
+               allow_activation_quant: bool = False) -> Engine:
     """An Engine around a transformers MoE model already in memory (experts on the CPU;
     converted in place to `expert_dtype` when given)."""
     latency, quick = _resolve_profile(profile)
@@ -100,7 +105,8 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                                 scratch_slots=scratch_slots, seed=seed, name=name,
                                 workload=workload, threads=threads, expert_dtype=expert_dtype,
                                 group_size=group_size, kernels=_kernels_of(latency),
-                                dense_dtype=dense_dtype)
+                                dense_dtype=dense_dtype,
+                                allow_activation_quant=allow_activation_quant)
     return _finish_quick(_with_machine_kernels(engine, latency), quick)
 
 

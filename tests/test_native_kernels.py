@@ -211,3 +211,102 @@ def test_dense_linears_run_through_the_kernels_and_compress(mixtral_path, stock_
 
     with pytest.raises(FormatError, match="live on the GPU"):
         check_dense_dtype("int8", torch.device("cuda"))
+
+
+# ---- kernels that quantize activations (opt-in) ---------------------------------------------
+# Tolerance: each block's integer products are summed exactly in int32, so a variant differs
+# from the double-precision reference only by the fp32 scaling and summing of K / 32 block sums:
+# REL (1e-5 of sum |xq w|) as above. Against the exact product, the one extra error is the
+# rounding of x: |x - q d| <= d / 2 per input, so |got - exact| <= sum_b d_b / 2 sum_k |w_k|.
+Q8_FORMATS = [quant.ExpertFormat("int8"), quant.ExpertFormat("int8", 32),
+              quant.ExpertFormat("int8", 64), quant.ExpertFormat("int4", 32, int4_layout="nibbles"),
+              quant.ExpertFormat("int4", 128, int4_layout="nibbles")]
+
+
+def _q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' activation rounding, written independently: per 32 inputs d = max|x| / 127
+    (fp32), q = round-half-even(x * 127 / max|x|) -> (q * d [n, K] in double, d [n, K/32])."""
+    xb = x.float().view(x.shape[0], -1, 32)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(xb * inv).clamp(-127, 127)  # torch.round: half to even, like nearbyintf
+    d = amax / 127.0
+    return (q.double() * d.double()).view_as(x), d.squeeze(-1)
+
+
+@pytest.mark.parametrize("fmt", Q8_FORMATS, ids=lambda f: f.label())
+def test_activation_quant_kernels_match_their_reference_and_bound(fmt):
+    n_out, k_in = 37, 256
+    m = _matrix(fmt, n_out, k_in, torch.float32)
+    w = dequantize_matrix(m, torch.float32).double()  # [N, K]
+    for tokens in TOKENS:
+        x = torch.randn(tokens, k_in) * torch.logspace(-1, 1, k_in)  # [n, K] uneven blocks
+        xq, d = _q8(x)
+        ref = native.native_linear(x, m, "ref", quantize_activations=True)
+        _check(ref, xq.float(), m, f"ref q8 {fmt.label()} T={tokens}")  # its own math
+        for isa in _variants():
+            got = native.native_linear(x, m, isa, quantize_activations=True)
+            _check(got, xq.float(), m, f"{isa} q8 {fmt.label()} T={tokens}")
+        exact = x.double() @ w.t()  # [n, N]
+        half_step = (d.double() / 2).repeat_interleave(32, dim=1)  # [n, K]
+        bound = half_step @ w.abs().t() + (x.double().abs() @ w.abs().t()) * REL
+        assert ((ref.double() - exact).abs() <= bound).all()
+        assert (ref.double() - exact).abs().max() > 0  # it does round: not the exact kernel
+
+
+def test_activation_quant_runs_only_where_allowed():
+    from fiddler_nb.runtime.kernels.registry import KernelChoice, candidates
+
+    assert "native-q8-int8g" not in candidates("int8-group")
+    assert "native-q8-int8g" in candidates("int8-group", activation_quant=True)
+    asks = KernelChoice({"int8-g32": {1: "native-q8-int8g"}}, table_q8={})
+    assert asks.kernel_name("int8-g32", "int8-group", 1, torch.float32) == "native-int8g"
+    allowed = asks.allowing_activation_quant(True)
+    assert allowed.kernel_name("int8-g32", "int8-group", 1, torch.float32) == "native-q8-int8g"
+    assert DEFAULT_CHOICE.allowing_activation_quant(True).kernel_name(
+        "int4-g32", "int4-blocks", 8, torch.float32) == "native-q8-int4"
+    assert DEFAULT_CHOICE.allowing_activation_quant(True).kernel_name(
+        "bf16", "float", 1, torch.bfloat16) == "native-float"  # floats have none: exact
+    m = _matrix(quant.ExpertFormat("int8"), 8, 48, torch.float32)  # K % 32 != 0: exact
+    x = torch.randn(2, 48)
+    assert torch.equal(native.native_linear(x, m, quantize_activations=True),
+                       native.native_linear(x, m))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int8-g32", "int4"])
+def test_engine_with_activation_quant(fmt, mixtral_path, monkeypatch):
+    """allow_activation_quant: the layer call quantizes (same outputs as the per-expert q8 path),
+    the engine says so once, logits stay near the exact engine's; bad values are refused."""
+    import fiddler_nb as fnb
+    from fiddler_nb.runtime.engine import experts as experts_mod
+    from fiddler_nb.runtime.errors import OptionError
+
+    group = 32 if fmt == "int8-g32" else None
+    name = fmt.split("-")[0]
+    exact = fnb.load(mixtral_path, device="cpu", expert_dtype=name, group_size=group,
+                     execution="cpu", expert_budget=0)
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype=name, group_size=group,
+                      execution="cpu", expert_budget=0, allow_activation_quant=True)
+    assert engine.activation_quant and not exact.activation_quant
+    assert sum("activation quantization allowed" in n and "not exact" in n
+               for n in engine.notes) == 1
+    calls = []
+    real = experts_mod.run_layer
+    monkeypatch.setattr(experts_mod, "run_layer",
+                        lambda *a, **k: calls.append(k.get("quantize_activations")) or
+                        real(*a, **k))
+    inputs = engine.encode(["The quick brown fox", "Hello"])
+    with torch.inference_mode():
+        q8_logits = engine.model(**inputs).logits
+        want = exact.model(**inputs).logits
+    assert calls and all(calls[: engine.num_layers]) and not any(calls[engine.num_layers:])
+    monkeypatch.setattr(engine._state.store, "layer_call_blocker", "test: per-expert path")
+    with torch.inference_mode():
+        per_expert = engine.model(**inputs).logits
+    assert (q8_logits - per_expert).abs().max().item() <= 1e-5  # same roundings, fp32
+    err = (q8_logits - want).abs().max().item()
+    # 8-bit activations: ~0.4% relative error per matrix; 2 layers of experts plus the dense
+    # layers (exact here) stay far inside 5% of the logits' range, and are not 0
+    assert 0 < err < 0.05 * want.abs().max().item()
+    with pytest.raises(OptionError, match="allow_activation_quant"):
+        fnb.load(mixtral_path, device="cpu", allow_activation_quant="yes")

@@ -47,6 +47,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-dtype", default=None, choices=DENSE_DTYPES,
                    help="CPU-only engines: compress attention, shared experts and lm_head too "
                         "(default: the checkpoint's dtype)")
+    p.add_argument("--allow-activation-quant", action="store_true",
+                   help="int8 / int4 weights: CPU kernels may round activations to int8 per 32 "
+                        "inputs (integer dot products, as llama.cpp; faster, not exact)")
     p.add_argument("--popularity", default=None, help="a popularity file from calibrate")
     p.add_argument("--profile", default=None,
                    help="a HardwareProfile JSON for 'auto', or 'quick' to measure this machine now")
@@ -62,7 +65,8 @@ def load_engine(args: argparse.Namespace):
                 placement=args.placement, execution=args.execution,
                 popularity=args.popularity, profile=args.profile, plan=args.plan,
                 expert_dtype=args.expert_dtype, group_size=args.group_size, threads=args.threads,
-                dense_dtype=args.dense_dtype)
+                dense_dtype=args.dense_dtype,
+                allow_activation_quant=args.allow_activation_quant)
 
 
 def is_tiny(model: str) -> bool:

@@ -74,7 +74,8 @@ def machine_kernel_choice(fmt_label: str, act: torch.dtype, threads: int | None 
                                    rotate_bytes=ROTATE_BYTES, progress=progress)
         write_json(path, {"key": key, "measurement": measured.to_dict()})
     choice = measured.kernel_choice()
-    return KernelChoice(choice.table, None, f"measured once on this machine ({path.name})")
+    return KernelChoice(choice.table, None, f"measured once on this machine ({path.name})",
+                        choice.table_q8)
 
 
 def _read(path: Path, key: dict) -> KernelMeasurement | None:

@@ -3,7 +3,8 @@
 For each format (bf16 / fp16 / fp32 / int8 / int4-gG) one expert's gate_up matrix [2I, H] is
 stored as the engine stores it (runtime/formats/storage.py), rotated over enough copies to be read from
 DRAM, and every kernel the registry offers for it (runtime/kernels/registry.py `candidates`) is timed at
-each token bucket; the fastest wins. Threads: the chosen one-token kernel of the first format is
+each token bucket; the fastest wins (the kernels that quantize activations are timed too, and
+win only in `choice_q8`, which an engine uses where its caller allows them). Threads: the chosen one-token kernel of the first format is
 timed at 1..nproc threads (a busy neighbour core can make fewer threads faster) and the best
 count is kept. Every figure is stored with torch's CPU capability (AVX2 / AVX512 / AMX ...).
 
@@ -20,7 +21,8 @@ from typing import Sequence
 import torch
 
 from ..runtime.kernels.native import cpu_layout
-from ..runtime.kernels.registry import TOKEN_BUCKETS, KernelChoice, Matrix, candidates, get_kernel
+from ..runtime.kernels.registry import (TOKEN_BUCKETS, KernelChoice, Matrix, candidates,
+                                        get_kernel, quantizes_activations)
 from ..runtime.formats.quant import ExpertFormat
 from ..runtime.formats.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
 from .probes import _median_ms
@@ -40,11 +42,16 @@ class KernelMeasurement:
     thread_ms: dict[str, float] = field(default_factory=dict)  # threads -> one-token ms
     threads: int | None = None
     choice: dict[str, dict[str, str]] = field(default_factory=dict)  # format -> bucket -> kernel
+    # the same with the kernels that quantize activations among the candidates (used only
+    # where the engine allows them)
+    choice_q8: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def kernel_choice(self) -> KernelChoice:
         table = {f: {int(b): k for b, k in per.items()} for f, per in self.choice.items()}
+        table_q8 = {f: {int(b): k for b, k in per.items()} for f, per in self.choice_q8.items()}
         return KernelChoice(table, self.threads,
-                            f"measured ({self.cpu_capability}, {self.shape[0]}x{self.shape[1]})")
+                            f"measured ({self.cpu_capability}, {self.shape[0]}x{self.shape[1]})",
+                            table_q8)
 
     def gbps(self, fmt: str, bucket: int = 1) -> float:
         """Bytes of the format read per second by the chosen kernel at `bucket` tokens."""
@@ -82,6 +89,7 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
     base = torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5  # [N, K] fp32
     ms: dict[str, dict[str, dict[str, float]]] = {}
     choice: dict[str, dict[str, str]] = {}
+    choice_q8: dict[str, dict[str, str]] = {}
     nbytes: dict[str, int] = {}
     mats: dict[str, list[Matrix]] = {}
     with torch.inference_mode():
@@ -92,20 +100,22 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
                                                         if first.scale is not None else 0)
             copies = max(1, math.ceil(rotate_bytes / nbytes[label]))  # C
             mats[label] = [first] + [_stored(fmt, base.roll(c, 0), act) for c in range(1, copies)]
-            ms[label], choice[label] = {}, {}
+            ms[label], choice[label], choice_q8[label] = {}, {}, {}
             x_dtype = fmt.float_dtype or act  # float experts run in their own dtype
             for bucket in buckets:
                 x = torch.randn(bucket, k_in, generator=gen).to(x_dtype)  # [n, K]
                 timing = {name: _time(name, x, mats[label], warmup, repeats)
-                          for name in candidates(first.fmt)}
+                          for name in candidates(first.fmt, activation_quant=True)}
                 ms[label][str(bucket)] = timing
-                choice[label][str(bucket)] = min(timing, key=timing.get)
+                exact = {k: v for k, v in timing.items() if not quantizes_activations(k)}
+                choice[label][str(bucket)] = min(exact, key=exact.get)
+                choice_q8[label][str(bucket)] = min(timing, key=timing.get)
                 bar.update(1)
         bar.close()
         thread_ms, best = _measure_threads(formats, mats, choice, act, k_in, threads, warmup,
                                            repeats)
     return KernelMeasurement(torch.backends.cpu.get_cpu_capability(), (n_out, k_in), ms, nbytes,
-                             thread_ms, best, choice)
+                             thread_ms, best, choice, choice_q8)
 
 
 def _time(name: str, x: torch.Tensor, mats: list[Matrix], warmup: int, repeats: int) -> float:

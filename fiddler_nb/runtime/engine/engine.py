@@ -21,7 +21,7 @@ from ..model.config import EngineConfig
 from ..policies.execution import make_execution
 from ..errors import ContextLengthError, EngineClosedError, InputError
 from .experts import ExpertStore
-from ..kernels.registry import KernelChoice
+from ..kernels.registry import KernelChoice, quantizes_activations
 from .memory import MemoryReport, memory_report
 from ..policies.latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
@@ -98,8 +98,16 @@ class Engine:
         """The CPU kernel per format and token count (measured or the default)."""
         return self._open().store.kernels
 
+    @property
+    def activation_quant(self) -> bool:
+        """Whether CPU kernels that round activations to int8 blocks may run (fnb.load's
+        allow_activation_quant; faster for int8 / int4 weights, not exact)."""
+        return self._open().store.activation_quant
+
     def set_kernels(self, kernels: KernelChoice) -> None:
-        self._open().store.kernels = kernels
+        """Use this kernel choice (the engine's allow_activation_quant setting stays)."""
+        store = self._open().store
+        store.kernels = kernels.allowing_activation_quant(store.activation_quant)
         if kernels.threads is not None:
             torch.set_num_threads(kernels.threads)
 
@@ -152,6 +160,15 @@ class Engine:
                          "fnb.calibrate(engine, prompts) or popularity= records one")
         if getattr(self, "kernel_note", ""):
             notes.append(self.kernel_note)
+        if self._state is not None and self._state.store.activation_quant:
+            store = self._state.store
+            fmt = store.storage.fmt
+            name = store.kernels.kernel_name(fmt.label(), fmt.matrix_fmt, 1,
+                                             getattr(torch, self.config.dtype))
+            notes.append(f"activation quantization allowed: at one token the {fmt.label()} "
+                         f"experts run {name}" + (" (activations rounded to int8 per 32 inputs; "
+                                                  "not exact)" if quantizes_activations(name)
+                                                  else " (exact: no such kernel runs here)"))
         return tuple(notes)
 
     def max_resident_experts(self) -> int:

@@ -20,8 +20,9 @@ import torch
 
 from ..model.adapters import MoELayer
 from ..errors import BudgetError
-from ..kernels.native_layer import layer_runs, layer_support, run_layer
-from ..kernels.registry import DEFAULT_CHOICE, KernelChoice, Matrix, linear
+from ..kernels.native_layer import layer_kernel, layer_runs, layer_support, run_layer
+from ..kernels.registry import (DEFAULT_CHOICE, KernelChoice, Matrix, linear,
+                                quantizes_activations)
 from ..formats.quant import ExpertFormat, dtype_label
 from ..formats.storage import ExpertStorage, tensor_bytes
 from ..generation.workload import check_fits, experts_that_fit
@@ -97,7 +98,7 @@ class ExpertStore:
 
     def __init__(self, layers: list[MoELayer], device: torch.device, scratch_slots: int = 2,
                  reserve_bytes: int = DEFAULT_RESERVE_BYTES, storage: ExpertStorage | None = None,
-                 kernels: KernelChoice = DEFAULT_CHOICE):
+                 kernels: KernelChoice = DEFAULT_CHOICE, activation_quant: bool = False):
         self.layers = layers
         self.device = device
         self.is_cuda = device.type == "cuda"
@@ -106,7 +107,10 @@ class ExpertStore:
         first = getattr(layers[0].module, layers[0].layout.first_name)
         self.storage = storage or ExpertStorage(layers[0].layout,
                                                 ExpertFormat(dtype_label(first.dtype)))
-        self.kernels = kernels  # which CPU kernel runs each format and token count
+        # which CPU kernel runs each format and token count; activation_quant: whether kernels
+        # that round activations to int8 blocks may (the choice carries it too)
+        self.activation_quant = activation_quant
+        self.kernels = kernels.allowing_activation_quant(activation_quant)
         # '' when a layer's CPU experts can run in one native call; else why not
         self.layer_call_blocker = layer_support(layers[0].module, layers[0].layout,
                                                 self.storage.fmt.is_quantized)
@@ -232,7 +236,10 @@ class ExpertStore:
         """One layer's CPU experts in one native call: x [P, H] grouped by expert (counts),
         route [P] -> the weighted outputs [P, H] in out_dtype."""
         mats = [self.storage.matrices(self.cpu_weights(layer, e), False)[:2] for e in experts]
-        return run_layer(mats, counts, x, route, out_dtype, pin)
+        fmt = self.storage.fmt
+        name = layer_kernel(self.kernels, fmt.label(), fmt.matrix_fmt, counts, x.dtype)
+        return run_layer(mats, counts, x, route, out_dtype, pin,
+                         quantize_activations=quantizes_activations(name or ""))
 
     def resident_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
         slots = self._slots[layer]

@@ -41,7 +41,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
          scratch_slots: int = 2, seed: int = 0, workload: Workload | None = None,
          threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
          group_size: int | None = None, kernels: KernelChoice | None = None,
-         dense_dtype: str | None = None) -> Engine:
+         dense_dtype: str | None = None, allow_activation_quant: bool = False) -> Engine:
     """Load a checkpoint directory (or 'tiny') as an Engine. See the README for each argument.
 
     expert_budget: experts (all layers together) kept on the fast device; None = as many as fit
@@ -56,9 +56,12 @@ def load(path: str | Path, device: str | torch.device | None = None,
     expert_dtype / group_size: the routed experts' format (runtime/formats/quant.py); None keeps the
     checkpoint's. kernels: the CPU kernel per format and token count (None: the default).
     dense_dtype: None / "bf16" / "int8" / "int4": the dense linears' weights on a CPU-only
-    engine (engine/dense.py); None keeps the checkpoint's.
+    engine (engine/dense.py); None keeps the checkpoint's. allow_activation_quant: CPU kernels
+    may round activations to int8 per 32 inputs for int8 / int4 weights (integer dot products,
+    as llama.cpp's Q8_0 / Q4_0 do; faster, not exact; off by default).
     """
     _check_options(placement, execution, scratch_slots, seed, popularity, workload, threads)
+    _check_flag("allow_activation_quant", allow_activation_quant)
     if expert_budget is not None and gpu_memory is not None:
         raise OptionError("pass expert_budget or gpu_memory, not both")
     if gpu_memory is not None:
@@ -90,7 +93,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
             model, tokenizer = source.load_model(), _for_batches(source.tokenizer())
         engine = _build(model, tokenizer, dev, expert_budget, gpu_memory, placement,
                         execution, popularity, profile, scratch_slots, seed, str(root),
-                        workload, threads, fmt, kernels, dense_dtype)
+                        workload, threads, fmt, kernels, dense_dtype, allow_activation_quant)
         if source is not None:
             engine.load_notes = tuple(source.notes)
         return engine
@@ -109,12 +112,13 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
                name: str = "in-memory", workload: Workload | None = None,
                threads: int | None = None, expert_dtype: str | torch.dtype | None = None,
                group_size: int | None = None, kernels: KernelChoice | None = None,
-               dense_dtype: str | None = None) -> Engine:
+               dense_dtype: str | None = None, allow_activation_quant: bool = False) -> Engine:
     """An Engine around a transformers MoE model already in memory (e.g. random weights of a
     real shape for benchmarks). Non-expert weights move to `device`; experts stay in CPU memory.
     With `expert_dtype` the model's experts are converted in place (layer by layer).
     """
     _check_options(placement, execution, scratch_slots, seed, popularity, workload, threads)
+    _check_flag("allow_activation_quant", allow_activation_quant)
     if isinstance(popularity, (str, Path)):
         popularity = Popularity.load(popularity)
     dev = resolve_device(device)
@@ -132,21 +136,26 @@ def from_model(model, tokenizer=None, device: str | torch.device | None = None,
         quantize_experts(model, fmt, dev)
     return _build(model, tokenizer, dev, expert_budget, None, placement, execution, popularity,
                   profile, scratch_slots, seed, name, workload, threads, fmt, kernels,
-                  dense_dtype)
+                  dense_dtype, allow_activation_quant)
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, got {value!r}")
 
 
 def _build(model, tokenizer, dev: torch.device, expert_budget, gpu_memory, placement: str,
            execution: str, popularity, profile, scratch_slots: int, seed: int,
            name: str, workload: Workload | None = None, threads: int | None = None,
            fmt: ExpertFormat | None = None, kernels: KernelChoice | None = None,
-           dense_dtype: str | None = None) -> Engine:
+           dense_dtype: str | None = None, activation_quant: bool = False) -> Engine:
     """Attach an Engine to a model whose non-experts are on `dev` and whose experts are in
     `fmt` (None: the float dtype they have); undo everything on error."""
     layers = find_moe_layers(model)
     _check_slots(scratch_slots, layers[0].num_experts)
     storage = storage_for(layers[0], fmt, dev, model)
     store = ExpertStore(layers, dev, scratch_slots, storage=storage,
-                        kernels=kernels or DEFAULT_CHOICE)
+                        kernels=kernels or DEFAULT_CHOICE, activation_quant=activation_quant)
     layers = [replace(layer, expert_bytes=store.expert_bytes) for layer in layers]
     store.layers = layers
     engine = None

@@ -1,8 +1,10 @@
 """The package's own compiled CPU kernels (csrc/, built by native_build.py), registered beside
 torch's: weight-only y = x @ W^T with fp32 accumulation for bf16 / fp16 / fp32 weights, int8
 per output channel, group-wise int8 (fp16 scales, GGUF Q8_0's layout) and int4 in the plain
-nibble layout ('int4-blocks'). The SIMD variant (AVX-512, AVX2+FMA+F16C, or the portable
-auto-vectorised path) is picked at run time from the CPU's features; rows are split across the
+nibble layout ('int4-blocks'); and, for the integer formats, kernels that quantize the
+activations to int8 blocks first ('native-q8-*', registered as quantizing activations: they run
+only where the caller allows it). The SIMD variant (AVX-512 with or without VNNI, AVX2+FMA+F16C,
+or the portable auto-vectorised path) is picked at run time from the CPU's features; rows are split across the
 library's own pthreads (torch.get_num_threads() of them), and the ctypes call releases the GIL.
 
 Exactness: every product is an fp32 product of the exact weight (q * scale is exact in fp32 for
@@ -22,7 +24,7 @@ import torch
 
 from ..formats.matrix import Matrix
 from .native_build import ISA_NAMES, NativeLibrary, load_library
-from .registry import NATIVE_KERNELS, register
+from .registry import NATIVE_KERNELS, NATIVE_Q8_KERNELS, register
 
 F32, BF16, F16, I8ROW, I8GRP, I4GRP = range(6)  # fnb_kernels.h weight kinds
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -58,9 +60,12 @@ def _isa_code(lib_path: str, forced: str | None) -> int:
     return ISA_NAMES.index(lib.best_isa())
 
 
-def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None) -> torch.Tensor:
+def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None,
+                  quantize_activations: bool = False) -> torch.Tensor:
     """y [n, N] = x [n, K] @ W^T for a stored matrix, in x's dtype. isa: a variant name
-    ('ref', 'generic', 'avx2', 'avx512'); None: FIDDLER_NB_ISA or the best this CPU runs."""
+    (ISA_NAMES); None: FIDDLER_NB_ISA or the best this CPU runs. quantize_activations: x rounded
+    per 32-block to int8 first and integer dot products (int8 / int4 matrices whose K is a
+    multiple of 32; others run weight-only)."""
     lib = library()
     out_dtype = x.dtype
     if x.dtype not in DTYPE_CODES:
@@ -73,7 +78,10 @@ def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None) -> torch.T
     w = m.data if m.data.is_contiguous() else m.data.contiguous()
     y = torch.empty((x.shape[0], n_out), dtype=x.dtype)  # [n, N]
     code = ISA_NAMES.index(isa) if isa else _isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA"))
-    rc = lib.lib.fnb_linear(code, torch.get_num_threads(), kind, w.data_ptr(),
+    entry = lib.lib.fnb_linear
+    if quantize_activations and lib.lib.fnb_q8_supported(kind, k_in):
+        entry = lib.lib.fnb_linear_q8
+    rc = entry(code, torch.get_num_threads(), kind, w.data_ptr(),
                             scale.data_ptr() if scale is not None else None, sdtype, group,
                             n_out, k_in, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
                             x.shape[0], y.data_ptr(), DTYPE_CODES[y.dtype], n_out)
@@ -95,8 +103,16 @@ def _kind_of(m: Matrix) -> tuple[int, torch.Tensor | None, int, int]:
 
 
 
+def native_linear_q8(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """native_linear with the activations quantized to int8 blocks (not exact: the error of
+    rounding x to 8 bits per 32 inputs, measured in the CPU suite)."""
+    return native_linear(x, m, quantize_activations=True)
+
+
 for _fmt, _name in NATIVE_KERNELS.items():
     register(_name, _fmt, available)(native_linear)
+for _fmt, _name in NATIVE_Q8_KERNELS.items():
+    register(_name, _fmt, available, quantizes_activations=True)(native_linear_q8)
 
 
 def cpu_layout(fmt):

@@ -13,7 +13,7 @@ why and the engine runs on torch's kernels. Nothing here needs the network.
 Settings: FIDDLER_NB_CC (the compiler; default `cc`, then `gcc`, `clang`), FIDDLER_NB_NATIVE=0
 (never use the native kernels), FIDDLER_NB_KERNELS_CACHE (where builds go; tests share one
 folder across runs so they build once), FIDDLER_NB_ISA (force a variant: ref / generic / avx2 /
-avx512, for tests and benchmarks).
+avx512 / avx512vnni, for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ X86_VARIANTS = {  # variant -> its flags (fnb_isa.c compiled once each)
     "avx2": ("-DFNB_USE_AVX2", "-mavx2", "-mfma", "-mf16c"),
     "avx512": ("-DFNB_USE_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma",
                "-mf16c"),
+    "avx512vnni": ("-DFNB_USE_AVX512", "-DFNB_USE_VNNI", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                   "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"),
 }
-ISA_NAMES = ("ref", "generic", "avx2", "avx512")  # fnb_kernels.h FNB_ISA_* order
+ISA_NAMES = ("ref", "generic", "avx2", "avx512", "avx512vnni")  # fnb_kernels.h FNB_ISA_* order
 COMPILE_TIMEOUT_S = 300  # a busy 2-core box builds the variants in well under a minute
 
 
@@ -186,8 +188,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.fnb_linear.argtypes = [c_int, c_int, c_int, ptr, ptr, c_int, i64, i64, i64, ptr, c_int,
                                i64, c_int, ptr, c_int, i64]
     lib.fnb_linear.restype = c_int
+    lib.fnb_linear_q8.argtypes, lib.fnb_linear_q8.restype = lib.fnb_linear.argtypes, c_int
+    lib.fnb_q8_supported.argtypes, lib.fnb_q8_supported.restype = [c_int, i64], c_int
     pp = ctypes.POINTER(ctypes.c_void_p)
     lib.fnb_moe_experts.argtypes = [c_int, c_int, c_int, c_int, i64, c_int, pp, pp, pp, pp,
                                     ctypes.POINTER(i64), i64, i64, ptr, c_int, i64, ptr, ptr,
-                                    c_int, i64, c_int]
+                                    c_int, i64, c_int, c_int]
     lib.fnb_moe_experts.restype = c_int

@@ -23,7 +23,7 @@ from torch import nn
 from ..formats.matrix import Matrix
 from ..model.adapters import ExpertLayout
 from .native import DTYPE_CODES, NativeKernelError, _isa_code, _kind_of, library
-from .registry import NATIVE_KERNELS, KernelChoice
+from .registry import NATIVE_KERNELS, NATIVE_Q8_KERNELS, KernelChoice
 
 _SILU_NAMES = ("SiLU", "SiLUActivation")  # torch's and transformers' own
 
@@ -48,24 +48,40 @@ def layer_support(module: nn.Module, layout: ExpertLayout, quantized: bool) -> s
     return ", ".join(why)
 
 
+def layer_kernel(choice: KernelChoice, fmt_label: str, matrix_fmt: str, counts: list[int],
+                 dtype: torch.dtype) -> str | None:
+    """The native kernel (weight-only, or quantizing activations) the kernel choice runs
+    every one of these token counts with; None when it is not one native kernel for all."""
+    if library().lib is None:
+        return None
+    names = {choice.kernel_name(fmt_label, matrix_fmt, n, dtype) for n in counts}
+    if len(names) != 1:
+        return None
+    name = names.pop()
+    return name if name in (NATIVE_KERNELS.get(matrix_fmt), NATIVE_Q8_KERNELS.get(matrix_fmt)) \
+        else None
+
+
 def layer_runs(choice: KernelChoice, fmt_label: str, matrix_fmt: str, counts: list[int],
                dtype: torch.dtype) -> bool:
     """Whether the kernel choice runs every one of these token counts natively."""
-    native = NATIVE_KERNELS.get(matrix_fmt)
-    return native is not None and library().lib is not None and all(
-        choice.kernel_name(fmt_label, matrix_fmt, n, dtype) == native for n in counts)
+    return layer_kernel(choice, fmt_label, matrix_fmt, counts, dtype) is not None
 
 
 def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.Tensor,
-              route: torch.Tensor, out_dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
+              route: torch.Tensor, out_dtype: torch.dtype, pin: bool = False,
+              quantize_activations: bool = False) -> torch.Tensor:
     """y [P, H] = route[p] * down_e(silu(gate_e(x_p)) * up_e(x_p)) for pairs grouped by expert
-    (counts[i] rows of x for experts[i] = (gate_up [2I, H], down [H, I]))."""
+    (counts[i] rows of x for experts[i] = (gate_up [2I, H], down [H, I])). quantize_activations:
+    x and the SiLU product rounded per 32-block to int8 (the 'native-q8-*' kernels)."""
     lib = library()
     first, down = experts[0]
     act = first.data.dtype if first.fmt == "float" else x.dtype
     x = x.to(act).contiguous()  # [P, H]
     hidden, inter = x.shape[1], down.data.shape[1] * (2 if down.fmt == "int4-blocks" else 1)
     kind, _, sdtype, group = _kind_of(first)
+    q8 = int(quantize_activations and bool(lib.lib.fnb_q8_supported(kind, hidden))
+             and bool(lib.lib.fnb_q8_supported(kind, inter)))
     n = len(experts)
     ptrs = [(ctypes.c_void_p * n)() for _ in range(4)]
     keep = []  # contiguous scale copies must outlive the call
@@ -83,7 +99,7 @@ def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.
         sdtype, group, n, *ptrs,
         c_counts, hidden, inter, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
         weights.data_ptr(), y.data_ptr(), DTYPE_CODES[out_dtype], y.stride(0),
-        DTYPE_CODES[act])
+        DTYPE_CODES[act], q8)
     if rc != 0:
         raise NativeKernelError(f"fnb_moe_experts refused {n} {first.fmt} experts "
                                 f"({hidden}x{inter}, code {rc})")

@@ -12,7 +12,7 @@ Shape legend: n = tokens routed to the expert, N = output channels, K = input ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -34,15 +34,19 @@ class KernelSpec:
     fmt: str  # the Matrix.fmt it reads
     fn: KernelFn
     available: Callable[[], bool] = lambda: True
+    # rounds the activations (e.g. to int8 blocks) before multiplying: not exact, so it runs
+    # only where the caller allows it (KernelChoice.allow_activation_quant)
+    quantizes_activations: bool = False
 
 
 _KERNELS: dict[str, KernelSpec] = {}
 
 
-def register(name: str, fmt: str, available: Callable[[], bool] = lambda: True):
+def register(name: str, fmt: str, available: Callable[[], bool] = lambda: True,
+             quantizes_activations: bool = False):
     """Decorator: add a kernel function under `name` for matrices of `fmt`."""
     def wrap(fn: KernelFn) -> KernelFn:
-        _KERNELS[name] = KernelSpec(name, fmt, fn, available)
+        _KERNELS[name] = KernelSpec(name, fmt, fn, available, quantizes_activations)
         return fn
     return wrap
 
@@ -52,9 +56,15 @@ def known_kernels(fmt: str | None = None) -> list[str]:
     return sorted(k for k, s in _KERNELS.items() if fmt is None or s.fmt == fmt)
 
 
-def candidates(fmt: str) -> list[str]:
-    """Kernels for `fmt` that can run here (what a measurement compares)."""
-    return [k for k in known_kernels(fmt) if _KERNELS[k].available()]
+def candidates(fmt: str, activation_quant: bool = False) -> list[str]:
+    """Kernels for `fmt` that can run here (what a measurement compares); the ones that
+    quantize activations only with activation_quant."""
+    return [k for k in known_kernels(fmt) if _KERNELS[k].available()
+            and (activation_quant or not _KERNELS[k].quantizes_activations)]
+
+
+def quantizes_activations(name: str) -> bool:
+    return name in _KERNELS and _KERNELS[name].quantizes_activations
 
 
 def get_kernel(name: str) -> KernelSpec:
@@ -124,42 +134,60 @@ def _int4pack(x: torch.Tensor, m: Matrix) -> torch.Tensor:
 @dataclass(frozen=True)
 class KernelChoice:
     """Per format label ('bf16', 'int8', 'int4-g64', ...) and token bucket, a kernel name; plus
-    the CPU threads to run with (None: leave torch's setting). `source` says where it came from."""
+    the CPU threads to run with (None: leave torch's setting). `source` says where it came from.
+    `table_q8`: the same with the kernels that quantize activations among the candidates, used
+    (and those kernels run at all) only when `allow_activation_quant`."""
 
     table: dict[str, dict[int, str]] = field(default_factory=dict)
     threads: int | None = None
     source: str = "default (no measured profile)"
+    table_q8: dict[str, dict[int, str]] = field(default_factory=dict)
+    allow_activation_quant: bool = False
+
+    def allowing_activation_quant(self, allow: bool) -> "KernelChoice":
+        return replace(self, allow_activation_quant=allow)
 
     def kernel_for(self, fmt_label: str, m: Matrix, x: torch.Tensor) -> KernelSpec:
         return get_kernel(self.kernel_name(fmt_label, m.fmt, x.shape[0], x.dtype))
 
     def kernel_name(self, fmt_label: str, matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
         """The kernel that runs n tokens of a `matrix_fmt` matrix of format `fmt_label`: the
-        table's, unless it is unknown, for another layout or cannot run here (then the
+        table's (table_q8's first when activation quantization is allowed), unless it is
+        unknown, for another layout, cannot run here or quantizes activations unasked (then the
         default)."""
-        name = self.table.get(fmt_label, {}).get(bucket_of(n))
-        if name is None or name not in _KERNELS or _KERNELS[name].fmt != matrix_fmt \
-                or not _KERNELS[name].available():
-            name = default_kernel(matrix_fmt, n, dtype)
+        allow, bucket = self.allow_activation_quant, bucket_of(n)
+        name = self.table_q8.get(fmt_label, {}).get(bucket) if allow else None
+        name = name or self.table.get(fmt_label, {}).get(bucket)
+        spec = _KERNELS.get(name) if name else None
+        if spec is None or spec.fmt != matrix_fmt or not spec.available() \
+                or (spec.quantizes_activations and not allow):
+            name = default_kernel(matrix_fmt, n, dtype, allow)
         return name
 
 
 # The package's compiled kernel per Matrix.fmt (kernels/native.py registers them when it loads)
 NATIVE_KERNELS = {"float": "native-float", "int8": "native-int8", "int8-group": "native-int8g",
                   "int4-blocks": "native-int4"}
+# ... and the ones that quantize the activations to int8 blocks (integer dot products)
+NATIVE_Q8_KERNELS = {"int8": "native-q8-int8", "int8-group": "native-q8-int8g",
+                     "int4-blocks": "native-q8-int4"}
 NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
 TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
                  "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2,
                  "mxfp4": ("mxfp4-dequant",) * 2}
 
 
-def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype) -> str:
+def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype,
+                   activation_quant: bool = False) -> str:
     """Without a measurement: the native kernel up to NATIVE_MAX_TOKENS tokens where it runs
-    (weight-only, reads at bandwidth); else ATen for one bf16 token (oneDNN's bf16 GEMV was
+    (weight-only, reads at bandwidth; with activation_quant, the one that quantizes the
+    activations where the format has one); else ATen for one bf16 token (oneDNN's bf16 GEMV was
     slower on every machine we measured; DESIGN.md §6) and oneDNN for more; torch's packed
     kernels for few int8 / int4 tokens, dequantize + oneDNN for many (prefill: what stock
     transformers' speed comes from)."""
     native = NATIVE_KERNELS.get(matrix_fmt)
+    if activation_quant and matrix_fmt in NATIVE_Q8_KERNELS:
+        native = NATIVE_Q8_KERNELS[matrix_fmt]
     if n <= NATIVE_MAX_TOKENS and native in _KERNELS and _KERNELS[native].available():
         return native
     if matrix_fmt == "float":

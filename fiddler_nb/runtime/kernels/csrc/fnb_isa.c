@@ -1,6 +1,8 @@
 /* One SIMD variant of the row kernels, compiled once per ISA with its own flags and name:
  *   -DFNB_VARIANT=avx2   -mavx2 -mfma -mf16c         (8 fp32 lanes)
  *   -DFNB_VARIANT=avx512 -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma -mf16c  (16 lanes)
+ *   -DFNB_VARIANT=avx512vnni  the avx512 flags + -mavx512vnni (-DFNB_USE_VNNI: vpdpbusd for
+ *                          the quantized-activation kernels; the rest as avx512)
  *   -DFNB_VARIANT=generic (no flags: GCC vector extensions, auto-vectorised for the target)
  * The pool (fnb_pool.c) picks a variant at run time from the CPU's features.
  *
@@ -8,6 +10,11 @@
  * rows' FMA chains); more tokens run one row against up to 8 tokens (each weight vector widened
  * once, used 8 times; then tiles of 4, 2, 1). Weights are widened per 32-input block; group
  * kinds multiply the block by its scale before the FMAs (constant within a block: G % 32 == 0).
+ *
+ * Quantized activations (job->xq set): per row and 32-block, the weights as 32 signed bytes
+ * (int4: the 16 low nibbles then the 16 high ones, minus 8), |w| times sign(w) * xq summed
+ * exactly in int32 lanes (maddubs + madd, or one vpdpbusd), converted once per block and
+ * scaled by (weight scale * activation scale) into fp32 accumulators. Same tiles as above.
  */
 #include <string.h>
 #include "fnb_kernels.h"
@@ -228,8 +235,125 @@ static inline __attribute__((always_inline)) void rows_kind(const fnb_job *j, in
     }
 }
 
+
+/* ---- quantized activations ---------------------------------------------------------------- */
+#if defined(FNB_USE_AVX512) || defined(FNB_USE_AVX2)
+/* the 32 weights of row r's block b as signed bytes (int4: [16 even k][16 odd k]) */
+static inline __attribute__((always_inline)) __m256i q_weights(const fnb_job *j, int kind,
+                                                                int64_t r, int64_t b) {
+    if (kind == FNB_I4GRP) {
+        __m128i v = _mm_loadu_si128((const __m128i *)((const uint8_t *)j->w +
+                                                      (uint64_t)(r * j->K + b * FNB_BLOCK) / 2));
+        __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v),
+                                     _mm256_set1_epi8(0x0F));
+        return _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+    }
+    return _mm256_loadu_si256((const __m256i *)((const int8_t *)j->w + r * j->K +
+                                                b * FNB_BLOCK));
+}
+/* 8 int32 lanes summing |w| * (sign(w) q): each the exact sum of 4 of the 32 products
+ * (maddubs' int16 pairs cannot saturate: |w| <= 128, |q| <= 127) */
+static inline __attribute__((always_inline)) __m256i q_dot(__m256i aw, __m256i w, __m256i q) {
+    __m256i sq = _mm256_sign_epi8(q, w);
+#if defined(FNB_USE_VNNI)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sq);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sq), _mm256_set1_epi16(1));
+#endif
+}
+static inline float hsum256(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline __attribute__((always_inline)) float q_scale(const fnb_job *j, int kind, int64_t r,
+                                                            int64_t b) {
+    if (kind == FNB_I8ROW) return 1.0f;
+    const int64_t i = r * j->groups_per_row + (b >> j->group_shift);
+    if (kind == FNB_I8GRP) return SCALE_F16(((const uint16_t *)j->scale)[i]);
+    return j->sdtype == FNB_DT_BF16 ? fnb_bf16_to_f32(((const uint16_t *)j->scale)[i])
+         : j->sdtype == FNB_DT_F16 ? SCALE_F16(((const uint16_t *)j->scale)[i])
+         : ((const float *)j->scale)[i];
+}
+#define DEFINE_QTILE(R, TT)                                                                   \
+static inline __attribute__((always_inline)) void qtile_##R##x##TT(                          \
+        const fnb_job *j, int kind, int64_t r, int t0) {                                     \
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
+    const int8_t *xq = j->xq + (int64_t)t0 * K;                                               \
+    const float *xs = j->xs + (int64_t)t0 * nblk;                                             \
+    __m256 acc[R][TT];                                                                        \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
+        acc[i][t] = _mm256_setzero_ps();                                                      \
+    for (int64_t b = 0; b < nblk; b++) {                                                      \
+        UNROLL for (int i = 0; i < R; i++) {                                                  \
+            __m256i w = q_weights(j, kind, r + i, b), aw = _mm256_sign_epi8(w, w);            \
+            float ws = q_scale(j, kind, r + i, b);                                            \
+            UNROLL for (int t = 0; t < TT; t++) {                                             \
+                __m256i q = _mm256_loadu_si256((const __m256i *)(xq + t * K + b * FNB_BLOCK)); \
+                __m256 d = _mm256_set1_ps(ws * xs[t * nblk + b]);                             \
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q_dot(aw, w, q)), d,           \
+                                            acc[i][t]);                                       \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int i = 0; i < R; i++)                                                        \
+        UNROLL for (int t = 0; t < TT; t++) put(j, kind, t0 + t, r + i, hsum256(acc[i][t]));  \
+}
+#else  /* generic: plain C, int32 per block */
+static inline int q_weight(const fnb_job *j, int kind, int64_t r, int64_t b, int kk) {
+    if (kind == FNB_I4GRP) {  /* kk in the permuted order: 0..15 even k, 16..31 odd k */
+        uint8_t byte = ((const uint8_t *)j->w)[(r * j->K + b * FNB_BLOCK) / 2 + (kk & 15)];
+        return (kk < 16 ? (byte & 0x0F) : (byte >> 4)) - 8;
+    }
+    return ((const int8_t *)j->w)[r * j->K + b * FNB_BLOCK + kk];
+}
+#define DEFINE_QTILE(R, TT)                                                                   \
+static inline void qtile_##R##x##TT(const fnb_job *j, int kind, int64_t r, int t0) {          \
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
+    for (int i = 0; i < R; i++)                                                               \
+        for (int t = 0; t < TT; t++) {                                                        \
+            const int8_t *xq = j->xq + (int64_t)(t0 + t) * K;                                 \
+            const float *xs = j->xs + (int64_t)(t0 + t) * nblk;                               \
+            float acc = 0;                                                                    \
+            for (int64_t b = 0; b < nblk; b++) {                                              \
+                int32_t dot = 0;                                                              \
+                for (int kk = 0; kk < FNB_BLOCK; kk++)                                        \
+                    dot += q_weight(j, kind, r + i, b, kk) * xq[b * FNB_BLOCK + kk];          \
+                acc += (float)dot * (fnb_block_scale(j, r + i, b) * xs[b]);                   \
+            }                                                                                 \
+            put(j, kind, t0 + t, r + i, acc);                                                 \
+        }                                                                                     \
+}
+#endif
+DEFINE_QTILE(1, 1)
+DEFINE_QTILE(1, 2)
+DEFINE_QTILE(1, 4)
+DEFINE_QTILE(1, 8)
+
+/* One row at a time against up to 8 tokens (one sequential weight stream per thread: measured
+ * faster than 4-row tiles here, whose integer work per block leaves the loads waiting). */
+static inline __attribute__((always_inline)) void qrows_kind(const fnb_job *j, int kind,
+                                                              int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        int t0 = 0;
+        for (; t0 + 8 <= j->T; t0 += 8) qtile_1x8(j, kind, r, t0);
+        if (t0 + 4 <= j->T) { qtile_1x4(j, kind, r, t0); t0 += 4; }
+        if (t0 + 2 <= j->T) { qtile_1x2(j, kind, r, t0); t0 += 2; }
+        if (t0 < j->T) qtile_1x1(j, kind, r, t0);
+    }
+}
+
 /* One specialised copy per weight kind (the switch in load_block folds away). */
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
+    if (j->xq) {  /* quantized activations: integer kinds only (fnb_q8_supported) */
+        switch (j->wkind) {
+        case FNB_I8ROW: qrows_kind(j, FNB_I8ROW, r0, r1); break;
+        case FNB_I8GRP: qrows_kind(j, FNB_I8GRP, r0, r1); break;
+        case FNB_I4GRP: qrows_kind(j, FNB_I4GRP, r0, r1); break;
+        }
+        return;
+    }
     switch (j->wkind) {
     case FNB_F32: rows_kind(j, FNB_F32, r0, r1); break;
     case FNB_BF16: rows_kind(j, FNB_BF16, r0, r1); break;

@@ -10,6 +10,13 @@
  *   FNB_I4GRP uint8 [N, K/2] nibbles (low = even k, u = q + 8), scale [N, K/G] (sdtype),
  *             w = (u - 8) * s[n, k/G]
  * Group kinds need K % G == 0 and G = 32 * 2^s (32, 64, 128, ...).
+ *
+ * Quantized activations (the "q8" kernels, only where the caller allows them): x is rounded
+ * per 32-input block to int8 with one fp32 scale (xq = round(x / d), d = max|x| / 127, as GGUF's
+ * Q8_0 does with an fp16 d), and each block's products are summed exactly in int32
+ * (AVX2 maddubs, AVX512-VNNI vpdpbusd), then scaled by d * the weight's scale and summed in
+ * fp32. Integer kinds only (I8ROW, I8GRP, I4GRP) and K % 32 == 0. For I4GRP every variant reads
+ * the 32 quantized inputs of a block as [16 even k][16 odd k] (fnb_quantize_q8's `permute`).
  */
 #ifndef FNB_KERNELS_H
 #define FNB_KERNELS_H
@@ -18,7 +25,7 @@
 enum { FNB_F32 = 0, FNB_BF16 = 1, FNB_F16 = 2, FNB_I8ROW = 3, FNB_I8GRP = 4, FNB_I4GRP = 5 };
 enum { FNB_DT_F32 = 0, FNB_DT_BF16 = 1, FNB_DT_F16 = 2 };  /* activation / scale / output dtypes */
 enum { FNB_ISA_REF = 0, FNB_ISA_GENERIC = 1, FNB_ISA_AVX2 = 2, FNB_ISA_AVX512 = 3,
-       FNB_ISA_COUNT = 4 };
+       FNB_ISA_AVX512VNNI = 4, FNB_ISA_COUNT = 5 };
 #define FNB_BLOCK 32  /* inputs per inner block; int4 activations are permuted per block */
 
 typedef struct {
@@ -35,6 +42,8 @@ typedef struct {
     void *y;          /* [T, ldy] in ydtype */
     int ydtype;
     int64_t ldy;
+    const int8_t *xq; /* quantized activations [T, K] (I4GRP: blocks permuted), or NULL */
+    const float *xs;  /* their scales [T, K / 32] */
 } fnb_job;
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
@@ -46,6 +55,8 @@ void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int thread
 void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute, float *dst);
 int fnb_group_shift(int wkind, int64_t group, int64_t K);
 float *fnb_scratch(int slot, int64_t floats);
+void fnb_quantize_q8(const float *x, int T, int64_t K, int permute, int8_t *q, float *d);
+int fnb_q8_supported(int wkind, int64_t K);
 void fnb_lock(void);
 void fnb_unlock(void);
 
@@ -95,6 +106,15 @@ static inline void fnb_store_dt(void *p, int dt, int64_t i, float v) {
     if (dt == FNB_DT_BF16) ((uint16_t *)p)[i] = fnb_f32_to_bf16(v);
     else if (dt == FNB_DT_F16) ((uint16_t *)p)[i] = fnb_f32_to_f16(v);
     else ((float *)p)[i] = v;
+}
+/* the position of input kk (0..31) of a block in the permuted int4 order: even k, then odd k */
+static inline int fnb_perm32(int kk) { return (kk & 1) * (FNB_BLOCK / 2) + kk / 2; }
+/* the weight scale of row r's 32-block b for the integer kinds (I8ROW: 1, scaled after the sum) */
+static inline float fnb_block_scale(const fnb_job *j, int64_t r, int64_t b) {
+    if (j->wkind == FNB_I8ROW) return 1.0f;
+    int64_t i = r * j->groups_per_row + (b >> j->group_shift);
+    if (j->wkind == FNB_I8GRP) return fnb_f16_to_f32(((const uint16_t *)j->scale)[i]);
+    return fnb_load_dt(j->scale, j->sdtype, i);
 }
 /* bytes of one row of data for a kind */
 static inline int64_t fnb_row_bytes(int wkind, int64_t K) {

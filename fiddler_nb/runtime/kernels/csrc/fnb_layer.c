@@ -10,6 +10,7 @@
  * same roundings as the per-expert path.
  */
 #include <math.h>
+#include <stddef.h>
 #include "fnb_kernels.h"
 
 #define MAX_EXPERTS 512  /* experts of one layer in one call (jobs live on the stack) */
@@ -25,25 +26,38 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
                     const void *const *w1, const void *const *s1, const void *const *w2,
                     const void *const *s2, const int64_t *counts, int64_t H, int64_t I,
                     const void *x, int xdtype, int64_t ldx, const float *route, void *y,
-                    int ydtype, int64_t ldy, int act_dtype) {
+                    int ydtype, int64_t ldy, int act_dtype, int q8) {
     fnb_rows_fn fn = fnb_variant(isa);
     int shift1 = fnb_group_shift(wkind, group, H), shift2 = fnb_group_shift(wkind, group, I);
-    if (!fn || shift1 < 0 || shift2 < 0 || n_experts < 0 || n_experts > MAX_EXPERTS) return -1;
+    if (!fn || shift1 < 0 || shift2 < 0 || n_experts < 0 || n_experts > MAX_EXPERTS ||
+        (q8 && (!fnb_q8_supported(wkind, H) || !fnb_q8_supported(wkind, I))))
+        return -1;
     if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
     int64_t P = 0;
     for (int e = 0; e < n_experts; e++) P += counts[e];
     if (P == 0) return 0;
-    const int permute = wkind == FNB_I4GRP && fnb_i4_permuted(isa);
+    /* float activations of int4 on AVX-512 are permuted; quantized ones always (fnb_kernels.h) */
+    const int permute = !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa);
+    const int qperm = wkind == FNB_I4GRP;
     fnb_lock();
     float *xf = fnb_scratch(0, P * H), *hf = fnb_scratch(1, P * 2 * I);
     float *af = fnb_scratch(2, P * I), *yf = fnb_scratch(3, P * H);
-    if (!xf || !hf || !af || !yf) { fnb_unlock(); return -2; }
+    int8_t *xq = q8 ? (int8_t *)fnb_scratch(4, P * H / 4 + 1) : NULL;
+    float *xs = q8 ? fnb_scratch(5, P * H / FNB_BLOCK + 1) : NULL;
+    int8_t *aq = q8 ? (int8_t *)fnb_scratch(6, P * I / 4 + 1) : NULL;
+    float *as = q8 ? fnb_scratch(7, P * I / FNB_BLOCK + 1) : NULL;
+    if (!xf || !hf || !af || !yf || (q8 && (!xq || !xs || !aq || !as))) {
+        fnb_unlock();
+        return -2;
+    }
     fnb_widen(x, xdtype, ldx, (int)P, H, permute, xf);
+    if (q8) fnb_quantize_q8(xf, (int)P, H, qperm, xq, xs);
     fnb_job jobs[MAX_EXPERTS];
     int64_t off = 0;
     for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
         fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
-                     xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I};
+                     xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I,
+                     q8 ? xq + off * H : NULL, q8 ? xs + off * (H / FNB_BLOCK) : NULL};
         jobs[e] = j;
         off += counts[e];
     }
@@ -59,10 +73,12 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
             a[at] = v;
         }
     }
+    if (q8) fnb_quantize_q8(af, (int)P, I, qperm, aq, as);
     off = 0;
     for (int e = 0; e < n_experts; e++) {  /* down of every expert */
         fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
-                     af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H};
+                     af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H,
+                     q8 ? aq + off * I : NULL, q8 ? as + off * (I / FNB_BLOCK) : NULL};
         jobs[e] = j;
         off += counts[e];
     }

@@ -8,12 +8,14 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include "fnb_kernels.h"
 
 void fnb_rows_generic(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
 void fnb_rows_avx2(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
 void fnb_rows_avx512(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
+void fnb_rows_avx512vnni(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
 
 /* ---- the plain scalar reference every variant is tested against --------------------------- */
 static float ref_weight(const fnb_job *j, int64_t r, int64_t k) {
@@ -36,9 +38,37 @@ static float ref_weight(const fnb_job *j, int64_t r, int64_t k) {
 
 /* Whether a variant reads int4 activations permuted within each 32-block (even k, then odd k):
  * AVX-512 widens 16 low and 16 high nibbles at once; the others read k in order. */
-int fnb_i4_permuted(int isa) { return isa == FNB_ISA_AVX512; }
+int fnb_i4_permuted(int isa) { return isa == FNB_ISA_AVX512 || isa == FNB_ISA_AVX512VNNI; }
+
+/* quantized activations: the exact sum of every block's integer products, scaled in double */
+static void ref_rows_q8(const fnb_job *j, int64_t r0, int64_t r1) {
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;
+    for (int64_t r = r0; r < r1; r++)
+        for (int t = 0; t < j->T; t++) {
+            double s = 0;
+            for (int64_t b = 0; b < nblk; b++) {
+                int64_t dot = 0;
+                for (int kk = 0; kk < FNB_BLOCK; kk++) {
+                    const int64_t k = b * FNB_BLOCK + kk;
+                    int w, qi = kk;
+                    if (j->wkind == FNB_I4GRP) {
+                        uint8_t byte = ((const uint8_t *)j->w)[(r * K + k) / 2];
+                        w = ((k & 1) ? (byte >> 4) : (byte & 0x0F)) - 8;
+                        qi = fnb_perm32(kk);
+                    } else {
+                        w = ((const int8_t *)j->w)[r * K + k];
+                    }
+                    dot += (int64_t)w * j->xq[(int64_t)t * K + b * FNB_BLOCK + qi];
+                }
+                s += (double)dot * fnb_block_scale(j, r, b) * j->xs[(int64_t)t * nblk + b];
+            }
+            if (j->wkind == FNB_I8ROW) s *= fnb_load_dt(j->scale, j->sdtype, r);
+            fnb_store_dt(j->y, j->ydtype, (int64_t)t * j->ldy + r, (float)s);
+        }
+}
 
 static void fnb_rows_ref(const fnb_job *j, int64_t r0, int64_t r1) {
+    if (j->xq) { ref_rows_q8(j, r0, r1); return; }
     for (int64_t r = r0; r < r1; r++)
         for (int t = 0; t < j->T; t++) {
             double s = 0;  /* double: the reference is the exact sum, up to one rounding */
@@ -67,6 +97,11 @@ fnb_rows_fn fnb_variant(int isa) {
             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
             __builtin_cpu_supports("f16c"))
             return fnb_rows_avx512;
+        return NULL;
+    case FNB_ISA_AVX512VNNI:
+        if (fnb_rows_avx512vnni && fnb_variant(FNB_ISA_AVX512) &&
+            __builtin_cpu_supports("avx512vnni"))
+            return fnb_rows_avx512vnni;
         return NULL;
 #endif
     default: return NULL;
@@ -218,10 +253,37 @@ int fnb_group_shift(int wkind, int64_t group, int64_t K) {
     return (FNB_BLOCK << shift) == group ? shift : -1;  /* blocks per group: a power of two */
 }
 
+/* x [T, K] fp32 -> q [T, K] int8 and d [T, K/32]: per 32-block d = max|x| / 127 and
+ * q = round(x / d) (ties to even), so |x - q d| <= d / 2; an all-zero block gets d = 0, q = 0.
+ * permute: each block's q stored [16 even k][16 odd k] (the int4 kernels' order). */
+void fnb_quantize_q8(const float *x, int T, int64_t K, int permute, int8_t *q, float *d) {
+    const int64_t nblk = K / FNB_BLOCK;
+    for (int64_t i = 0; i < (int64_t)T * nblk; i++) {
+        const float *xb = x + i * FNB_BLOCK;
+        int8_t *qb = q + i * FNB_BLOCK;
+        float amax = 0;
+        for (int kk = 0; kk < FNB_BLOCK; kk++) amax = fmaxf(amax, fabsf(xb[kk]));
+        const float di = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int kk = 0; kk < FNB_BLOCK; kk++) {
+            float v = nearbyintf(xb[kk] * inv);
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            qb[permute ? fnb_perm32(kk) : kk] = (int8_t)v;
+        }
+        d[i] = di;
+    }
+}
+
+/* 1 when the quantized-activation kernels run this kind and K */
+int fnb_q8_supported(int wkind, int64_t K) {
+    return (wkind == FNB_I8ROW || wkind == FNB_I8GRP || wkind == FNB_I4GRP) && K > 0 &&
+           K % FNB_BLOCK == 0;
+}
+
 /* growable per-thread scratch */
+#define SCRATCH_SLOTS 8
 float *fnb_scratch(int slot, int64_t floats) {
-    static __thread float *buf[4];
-    static __thread int64_t cap[4];
+    static __thread float *buf[SCRATCH_SLOTS];
+    static __thread int64_t cap[SCRATCH_SLOTS];
     if (cap[slot] < floats) {
         free(buf[slot]);
         buf[slot] = malloc(sizeof(float) * (size_t)floats + 64);
@@ -230,26 +292,46 @@ float *fnb_scratch(int slot, int64_t floats) {
     return buf[slot];
 }
 
-/* y [T, ldy] (ydtype) = x [T, ldx] (xdtype) @ W^T. Returns 0, or -1 for bad arguments / an ISA
- * this CPU or build lacks, -2 when out of memory. */
-int fnb_linear(int isa, int threads, int wkind, const void *w, const void *scale, int sdtype,
-               int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
-               int T, void *y, int ydtype, int64_t ldy) {
+static int linear_impl(int isa, int threads, int wkind, const void *w, const void *scale,
+                       int sdtype, int64_t group, int64_t N, int64_t K, const void *x, int xdtype,
+                       int64_t ldx, int T, void *y, int ydtype, int64_t ldy, int q8) {
     fnb_rows_fn fn = fnb_variant(isa);
     int shift = fnb_group_shift(wkind, group, K);
-    if (!fn || T < 0 || N < 0 || K < 0 || wkind < FNB_F32 || wkind > FNB_I4GRP || shift < 0)
+    if (!fn || T < 0 || N < 0 || K < 0 || wkind < FNB_F32 || wkind > FNB_I4GRP || shift < 0 ||
+        (q8 && !fnb_q8_supported(wkind, K)))
         return -1;
     if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
     if (T == 0 || N == 0) return 0;
     pthread_once(&fork_once, register_fork);
     pthread_mutex_lock(&call_mu);
     float *xbuf = fnb_scratch(0, (int64_t)T * K);
-    if (!xbuf) { pthread_mutex_unlock(&call_mu); return -2; }
-    fnb_widen(x, xdtype, ldx, T, K, wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
-    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy};
+    int8_t *xq = q8 ? (int8_t *)fnb_scratch(4, (int64_t)T * K / 4 + 1) : NULL;
+    float *xs = q8 ? fnb_scratch(5, (int64_t)T * K / FNB_BLOCK + 1) : NULL;
+    if (!xbuf || (q8 && (!xq || !xs))) { pthread_mutex_unlock(&call_mu); return -2; }
+    fnb_widen(x, xdtype, ldx, T, K, !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
+    if (q8) fnb_quantize_q8(xbuf, T, K, wkind == FNB_I4GRP, xq, xs);
+    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy,
+                 xq, xs};
     fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
     return 0;
+}
+
+/* y [T, ldy] (ydtype) = x [T, ldx] (xdtype) @ W^T. Returns 0, or -1 for bad arguments / an ISA
+ * this CPU or build lacks, -2 when out of memory. */
+int fnb_linear(int isa, int threads, int wkind, const void *w, const void *scale, int sdtype,
+               int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
+               int T, void *y, int ydtype, int64_t ldy) {
+    return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
+                       ydtype, ldy, 0);
+}
+
+/* fnb_linear with the activations quantized per 32-block to int8 (fnb_kernels.h) */
+int fnb_linear_q8(int isa, int threads, int wkind, const void *w, const void *scale, int sdtype,
+                  int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
+                  int T, void *y, int ydtype, int64_t ldy) {
+    return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
+                       ydtype, ldy, 1);
 }
 
 /* for fnb_layer.c: one call at a time through the pool */
