@@ -237,6 +237,15 @@ static inline __attribute__((always_inline)) void rows_kind(const fnb_job *j, in
 
 
 /* ---- quantized activations ---------------------------------------------------------------- */
+/* Scale modes, fixed per job so the inner loops do not branch on them: one (per-row int8,
+ * scaled after the sum), fp16 / bf16 / fp32 with one scale per block, or any (groups > 32) */
+enum { SM_ONE, SM_F16, SM_BF16, SM_F32, SM_ANY };
+static inline int scale_mode(const fnb_job *j) {
+    if (j->wkind == FNB_I8ROW) return SM_ONE;
+    if (j->group_shift) return SM_ANY;
+    if (j->wkind == FNB_I8GRP || j->sdtype == FNB_DT_F16) return SM_F16;
+    return j->sdtype == FNB_DT_BF16 ? SM_BF16 : SM_F32;
+}
 #if defined(FNB_USE_AVX512) || defined(FNB_USE_AVX2)
 /* the 32 weights of row r's block b as signed bytes (int4: [16 even k][16 odd k]) */
 static inline __attribute__((always_inline)) __m256i q_weights(const fnb_job *j, int kind,
@@ -276,10 +285,104 @@ static inline __attribute__((always_inline)) float q_scale(const fnb_job *j, int
          : j->sdtype == FNB_DT_F16 ? SCALE_F16(((const uint16_t *)j->scale)[i])
          : ((const float *)j->scale)[i];
 }
+/* the same for a fixed mode; srow: the row's first scale */
+static inline __attribute__((always_inline)) float q_scale_sm(const fnb_job *j, int kind, int sm,
+                                                               const void *srow, int64_t r,
+                                                               int64_t b) {
+    switch (sm) {
+    case SM_ONE: return 1.0f;
+    case SM_F16: return SCALE_F16(((const uint16_t *)srow)[b]);
+    case SM_BF16: return fnb_bf16_to_f32(((const uint16_t *)srow)[b]);
+    case SM_F32: return ((const float *)srow)[b];
+    default: return q_scale(j, kind, r, b);
+    }
+}
+static inline const void *scale_row(const fnb_job *j, int sm, int64_t r) {
+    const int64_t i = r * j->groups_per_row;
+    if (sm == SM_ONE || sm == SM_ANY) return j->scale;
+    return sm == SM_F32 ? (const void *)((const float *)j->scale + i)
+                        : (const void *)((const uint16_t *)j->scale + i);
+}
+#if defined(FNB_USE_VNNI)
+/* Two blocks per 512-bit vector: the 64 weights of blocks b, b + 1 as unsigned bytes w + offset
+ * (int8: w ^ 0x80; int4: the nibbles as stored, [16 even k][16 odd k] per block), so one
+ * vpdpbusd multiplies them by the signed activations and adds the correction vector (xc: lane
+ * 0 of each block's 8 lanes -offset * sum(q)): each block's 8 lanes then sum to sum_k w_k q_k. */
+static inline __attribute__((always_inline)) __m512i q_weights2(const fnb_job *j, int kind,
+                                                                 int64_t r, int64_t b) {
+    if (kind == FNB_I4GRP) {
+        __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(
+            (const uint8_t *)j->w + (uint64_t)(r * j->K + b * FNB_BLOCK) / 2)));
+        v = _mm512_shuffle_i64x2(v, v, 0x50);  /* 128-bit lanes [0, 0, 1, 1] */
+        v = _mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));  /* odd k: high */
+        return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+    }
+    return _mm512_xor_si512(_mm512_loadu_si512((const void *)((const int8_t *)j->w +
+                                                               r * j->K + b * FNB_BLOCK)),
+                            _mm512_set1_epi8((char)0x80));
+}
+/* the weight scales of blocks b, b + 1 in lanes 0, 1 */
+static inline __attribute__((always_inline)) __m128 q_scales2(const fnb_job *j, int kind, int sm,
+                                                               const void *srow, int64_t r,
+                                                               int64_t b) {
+    int32_t two;  /* two consecutive 16-bit scales */
+    switch (sm) {
+    case SM_ONE: return _mm_set1_ps(1.0f);
+    case SM_F16:
+        memcpy(&two, (const uint16_t *)srow + b, sizeof two);
+        return _mm_cvtph_ps(_mm_cvtsi32_si128(two));
+    case SM_BF16:
+        memcpy(&two, (const uint16_t *)srow + b, sizeof two);
+        return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_cvtsi32_si128(two)), 16));
+    case SM_F32:
+        return _mm_castpd_ps(_mm_load_sd((const double *)((const float *)srow + b)));
+    default:
+        return _mm_setr_ps(q_scale(j, kind, r, b), q_scale(j, kind, r, b + 1), 0.0f, 0.0f);
+    }
+}
 #define DEFINE_QTILE(R, TT)                                                                   \
 static inline __attribute__((always_inline)) void qtile_##R##x##TT(                          \
-        const fnb_job *j, int kind, int64_t r, int t0) {                                     \
+        const fnb_job *j, int kind, int sm, int64_t r, int t0) {                             \
     const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
+    const void *srow = scale_row(j, sm, r);                                                   \
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1); \
+    __m512 acc[TT];                                                                           \
+    float tail[TT];                                                                           \
+    UNROLL for (int t = 0; t < TT; t++) { acc[t] = _mm512_setzero_ps(); tail[t] = 0.0f; }     \
+    int64_t b = 0;                                                                            \
+    for (; b + 2 <= nblk; b += 2) {                                                           \
+        __m512i w = q_weights2(j, kind, r, b);                                                \
+        __m128 ws = q_scales2(j, kind, sm, srow, r, b);                                       \
+        UNROLL for (int t = 0; t < TT; t++) {                                                 \
+            const int64_t tk = (int64_t)(t0 + t) * K;                                         \
+            __m512i dot = _mm512_dpbusd_epi32(                                                \
+                _mm512_loadu_si512((const void *)(j->xc + tk / 4 + b * 8)), w,               \
+                _mm512_loadu_si512((const void *)(j->xq + tk + b * FNB_BLOCK)));             \
+            __m128 xs2 = _mm_castpd_ps(_mm_load_sd(                                           \
+                (const double *)(j->xs + (int64_t)(t0 + t) * nblk + b)));                    \
+            __m512 d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs2))); \
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[t]);                     \
+        }                                                                                     \
+    }                                                                                         \
+    if (b < nblk) {  /* an odd last block: one 256-bit step */                                \
+        __m256i w = q_weights(j, kind, r, b), aw = _mm256_sign_epi8(w, w);                    \
+        float ws = q_scale_sm(j, kind, sm, srow, r, b);                                       \
+        UNROLL for (int t = 0; t < TT; t++) {                                                 \
+            const int64_t tk = (int64_t)(t0 + t) * K;                                         \
+            __m256i q = _mm256_loadu_si256((const __m256i *)(j->xq + tk + b * FNB_BLOCK));    \
+            tail[t] = hsum256(_mm256_cvtepi32_ps(q_dot(aw, w, q))) *                          \
+                      (ws * j->xs[(int64_t)(t0 + t) * nblk + b]);                             \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int t = 0; t < TT; t++)                                                       \
+        put(j, kind, t0 + t, r, _mm512_reduce_add_ps(acc[t]) + tail[t]);                      \
+}
+#else
+#define DEFINE_QTILE(R, TT)                                                                   \
+static inline __attribute__((always_inline)) void qtile_##R##x##TT(                          \
+        const fnb_job *j, int kind, int sm, int64_t r, int t0) {                             \
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
+    const void *srow = scale_row(j, sm, r);                                                   \
     const int8_t *xq = j->xq + (int64_t)t0 * K;                                               \
     const float *xs = j->xs + (int64_t)t0 * nblk;                                             \
     __m256 acc[R][TT];                                                                        \
@@ -288,7 +391,7 @@ static inline __attribute__((always_inline)) void qtile_##R##x##TT(             
     for (int64_t b = 0; b < nblk; b++) {                                                      \
         UNROLL for (int i = 0; i < R; i++) {                                                  \
             __m256i w = q_weights(j, kind, r + i, b), aw = _mm256_sign_epi8(w, w);            \
-            float ws = q_scale(j, kind, r + i, b);                                            \
+            float ws = q_scale_sm(j, kind, sm, srow, r + i, b);                               \
             UNROLL for (int t = 0; t < TT; t++) {                                             \
                 __m256i q = _mm256_loadu_si256((const __m256i *)(xq + t * K + b * FNB_BLOCK)); \
                 __m256 d = _mm256_set1_ps(ws * xs[t * nblk + b]);                             \
@@ -300,6 +403,7 @@ static inline __attribute__((always_inline)) void qtile_##R##x##TT(             
     UNROLL for (int i = 0; i < R; i++)                                                        \
         UNROLL for (int t = 0; t < TT; t++) put(j, kind, t0 + t, r + i, hsum256(acc[i][t]));  \
 }
+#endif
 #else  /* generic: plain C, int32 per block */
 static inline int q_weight(const fnb_job *j, int kind, int64_t r, int64_t b, int kk) {
     if (kind == FNB_I4GRP) {  /* kk in the permuted order: 0..15 even k, 16..31 odd k */
@@ -309,7 +413,7 @@ static inline int q_weight(const fnb_job *j, int kind, int64_t r, int64_t b, int
     return ((const int8_t *)j->w)[r * j->K + b * FNB_BLOCK + kk];
 }
 #define DEFINE_QTILE(R, TT)                                                                   \
-static inline void qtile_##R##x##TT(const fnb_job *j, int kind, int64_t r, int t0) {          \
+static inline void qtile_##R##x##TT(const fnb_job *j, int kind, int sm, int64_t r, int t0) {  \
     const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
     for (int i = 0; i < R; i++)                                                               \
         for (int t = 0; t < TT; t++) {                                                        \
@@ -333,14 +437,25 @@ DEFINE_QTILE(1, 8)
 
 /* One row at a time against up to 8 tokens (one sequential weight stream per thread: measured
  * faster than 4-row tiles here, whose integer work per block leaves the loads waiting). */
-static inline __attribute__((always_inline)) void qrows_kind(const fnb_job *j, int kind,
-                                                              int64_t r0, int64_t r1) {
+static inline __attribute__((always_inline)) void qrows_sm(const fnb_job *j, int kind, int sm,
+                                                            int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         int t0 = 0;
-        for (; t0 + 8 <= j->T; t0 += 8) qtile_1x8(j, kind, r, t0);
-        if (t0 + 4 <= j->T) { qtile_1x4(j, kind, r, t0); t0 += 4; }
-        if (t0 + 2 <= j->T) { qtile_1x2(j, kind, r, t0); t0 += 2; }
-        if (t0 < j->T) qtile_1x1(j, kind, r, t0);
+        for (; t0 + 8 <= j->T; t0 += 8) qtile_1x8(j, kind, sm, r, t0);
+        if (t0 + 4 <= j->T) { qtile_1x4(j, kind, sm, r, t0); t0 += 4; }
+        if (t0 + 2 <= j->T) { qtile_1x2(j, kind, sm, r, t0); t0 += 2; }
+        if (t0 < j->T) qtile_1x1(j, kind, sm, r, t0);
+    }
+}
+/* one copy per scale mode the kind can have */
+static inline __attribute__((always_inline)) void qrows_kind(const fnb_job *j, int kind,
+                                                              int64_t r0, int64_t r1) {
+    switch (scale_mode(j)) {
+    case SM_ONE: if (kind == FNB_I8ROW) qrows_sm(j, kind, SM_ONE, r0, r1); break;
+    case SM_F16: if (kind != FNB_I8ROW) qrows_sm(j, kind, SM_F16, r0, r1); break;
+    case SM_BF16: if (kind == FNB_I4GRP) qrows_sm(j, kind, SM_BF16, r0, r1); break;
+    case SM_F32: if (kind == FNB_I4GRP) qrows_sm(j, kind, SM_F32, r0, r1); break;
+    default: if (kind != FNB_I8ROW) qrows_sm(j, kind, SM_ANY, r0, r1); break;
     }
 }
 

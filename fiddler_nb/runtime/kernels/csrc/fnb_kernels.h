@@ -16,7 +16,7 @@
  * Q8_0 does with an fp16 d), and each block's products are summed exactly in int32
  * (AVX2 maddubs, AVX512-VNNI vpdpbusd), then scaled by d * the weight's scale and summed in
  * fp32. Integer kinds only (I8ROW, I8GRP, I4GRP) and K % 32 == 0. For I4GRP every variant reads
- * the 32 quantized inputs of a block as [16 even k][16 odd k] (fnb_quantize_q8's `permute`).
+ * the 32 quantized inputs of a block as [16 even k][16 odd k] (fnb_quantize_q8 does that).
  */
 #ifndef FNB_KERNELS_H
 #define FNB_KERNELS_H
@@ -44,6 +44,9 @@ typedef struct {
     int64_t ldy;
     const int8_t *xq; /* quantized activations [T, K] (I4GRP: blocks permuted), or NULL */
     const float *xs;  /* their scales [T, K / 32] */
+    const int32_t *xc;  /* [T, K / 32, 8]: lane 0 of each block -offset * sum(xq of the block),
+                           lanes 1-7 zero (offset: 128 for int8 weights, 8 for int4; the
+                           avx512vnni kernels read unsigned weights w + offset) */
 } fnb_job;
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
@@ -55,7 +58,8 @@ void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int thread
 void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute, float *dst);
 int fnb_group_shift(int wkind, int64_t group, int64_t K);
 float *fnb_scratch(int slot, int64_t floats);
-void fnb_quantize_q8(const float *x, int T, int64_t K, int permute, int8_t *q, float *d);
+void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, float *d,
+                     int32_t *c);
 int fnb_q8_supported(int wkind, int64_t K);
 void fnb_lock(void);
 void fnb_unlock(void);

@@ -38,7 +38,6 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     if (P == 0) return 0;
     /* float activations of int4 on AVX-512 are permuted; quantized ones always (fnb_kernels.h) */
     const int permute = !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa);
-    const int qperm = wkind == FNB_I4GRP;
     fnb_lock();
     float *xf = fnb_scratch(0, P * H), *hf = fnb_scratch(1, P * 2 * I);
     float *af = fnb_scratch(2, P * I), *yf = fnb_scratch(3, P * H);
@@ -46,18 +45,21 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     float *xs = q8 ? fnb_scratch(5, P * H / FNB_BLOCK + 1) : NULL;
     int8_t *aq = q8 ? (int8_t *)fnb_scratch(6, P * I / 4 + 1) : NULL;
     float *as = q8 ? fnb_scratch(7, P * I / FNB_BLOCK + 1) : NULL;
-    if (!xf || !hf || !af || !yf || (q8 && (!xq || !xs || !aq || !as))) {
+    int32_t *xc = q8 ? (int32_t *)fnb_scratch(8, P * H / 4 + 1) : NULL;
+    int32_t *ac = q8 ? (int32_t *)fnb_scratch(9, P * I / 4 + 1) : NULL;
+    if (!xf || !hf || !af || !yf || (q8 && (!xq || !xs || !aq || !as || !xc || !ac))) {
         fnb_unlock();
         return -2;
     }
     fnb_widen(x, xdtype, ldx, (int)P, H, permute, xf);
-    if (q8) fnb_quantize_q8(xf, (int)P, H, qperm, xq, xs);
+    if (q8) fnb_quantize_q8(xf, (int)P, H, wkind, xq, xs, xc);
     fnb_job jobs[MAX_EXPERTS];
     int64_t off = 0;
     for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
         fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
                      xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I,
-                     q8 ? xq + off * H : NULL, q8 ? xs + off * (H / FNB_BLOCK) : NULL};
+                     q8 ? xq + off * H : NULL, q8 ? xs + off * (H / FNB_BLOCK) : NULL,
+                     q8 ? xc + off * (H / 4) : NULL};
         jobs[e] = j;
         off += counts[e];
     }
@@ -73,12 +75,13 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
             a[at] = v;
         }
     }
-    if (q8) fnb_quantize_q8(af, (int)P, I, qperm, aq, as);
+    if (q8) fnb_quantize_q8(af, (int)P, I, wkind, aq, as, ac);
     off = 0;
     for (int e = 0; e < n_experts; e++) {  /* down of every expert */
         fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
                      af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H,
-                     q8 ? aq + off * I : NULL, q8 ? as + off * (I / FNB_BLOCK) : NULL};
+                     q8 ? aq + off * I : NULL, q8 ? as + off * (I / FNB_BLOCK) : NULL,
+                     q8 ? ac + off * (I / 4) : NULL};
         jobs[e] = j;
         off += counts[e];
     }

@@ -255,21 +255,30 @@ int fnb_group_shift(int wkind, int64_t group, int64_t K) {
 
 /* x [T, K] fp32 -> q [T, K] int8 and d [T, K/32]: per 32-block d = max|x| / 127 and
  * q = round(x / d) (ties to even), so |x - q d| <= d / 2; an all-zero block gets d = 0, q = 0.
- * permute: each block's q stored [16 even k][16 odd k] (the int4 kernels' order). */
-void fnb_quantize_q8(const float *x, int T, int64_t K, int permute, int8_t *q, float *d) {
+ * For int4 weights each block's q is stored [16 even k][16 odd k] (the int4 kernels' order).
+ * c (or NULL): the correction vectors of fnb_job.xc for the weight kind. */
+void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, float *d,
+                     int32_t *c) {
     const int64_t nblk = K / FNB_BLOCK;
+    const int permute = wkind == FNB_I4GRP, offset = wkind == FNB_I4GRP ? 8 : 128;
     for (int64_t i = 0; i < (int64_t)T * nblk; i++) {
         const float *xb = x + i * FNB_BLOCK;
         int8_t *qb = q + i * FNB_BLOCK;
         float amax = 0;
+        int32_t sum = 0;
         for (int kk = 0; kk < FNB_BLOCK; kk++) amax = fmaxf(amax, fabsf(xb[kk]));
         const float di = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
         for (int kk = 0; kk < FNB_BLOCK; kk++) {
             float v = nearbyintf(xb[kk] * inv);
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
             qb[permute ? fnb_perm32(kk) : kk] = (int8_t)v;
+            sum += (int32_t)v;
         }
         d[i] = di;
+        if (c) {
+            memset(c + i * 8, 0, 8 * sizeof(int32_t));
+            c[i * 8] = -offset * sum;
+        }
     }
 }
 
@@ -280,7 +289,7 @@ int fnb_q8_supported(int wkind, int64_t K) {
 }
 
 /* growable per-thread scratch */
-#define SCRATCH_SLOTS 8
+#define SCRATCH_SLOTS 10
 float *fnb_scratch(int slot, int64_t floats) {
     static __thread float *buf[SCRATCH_SLOTS];
     static __thread int64_t cap[SCRATCH_SLOTS];
@@ -307,11 +316,12 @@ static int linear_impl(int isa, int threads, int wkind, const void *w, const voi
     float *xbuf = fnb_scratch(0, (int64_t)T * K);
     int8_t *xq = q8 ? (int8_t *)fnb_scratch(4, (int64_t)T * K / 4 + 1) : NULL;
     float *xs = q8 ? fnb_scratch(5, (int64_t)T * K / FNB_BLOCK + 1) : NULL;
-    if (!xbuf || (q8 && (!xq || !xs))) { pthread_mutex_unlock(&call_mu); return -2; }
+    int32_t *xc = q8 ? (int32_t *)fnb_scratch(8, (int64_t)T * K / 4 + 1) : NULL;
+    if (!xbuf || (q8 && (!xq || !xs || !xc))) { pthread_mutex_unlock(&call_mu); return -2; }
     fnb_widen(x, xdtype, ldx, T, K, !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
-    if (q8) fnb_quantize_q8(xbuf, T, K, wkind == FNB_I4GRP, xq, xs);
+    if (q8) fnb_quantize_q8(xbuf, T, K, wkind, xq, xs, xc);
     fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy,
-                 xq, xs};
+                 xq, xs, xc};
     fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
     return 0;
