@@ -35,3 +35,23 @@ def test_json_and_table(result, tmp_path):
     table = result.table()
     assert "| engine-int8 |" in table and "command: pytest" in table
     assert result.machine["isa"] in table
+
+
+def test_activation_quant_rows_measure_their_error():
+    from fiddler_nb.benchmarks.format_suite import has_q8_kernel
+    from fiddler_nb.runtime.formats.quant import ExpertFormat
+
+    if not has_q8_kernel(ExpertFormat("int8")):
+        pytest.skip("no native kernels here: no activation-quantizing rows")
+    res = run_format_suite(shape="tiny", layers=1, rounds=1, prefill=16, decode_tokens=3,
+                           formats=("bf16", "int8-g32"), probe_bytes=8 << 20,
+                           rotate_bytes=1 << 20, threads=1, command="pytest", progress=False,
+                           activation_quant=True)
+    assert set(res.rows) == {STOCK, "engine-bf16", "engine-int8-g32", "engine-int8-g32+q8"}
+    q8, exact = res.rows["engine-int8-g32+q8"], res.rows["engine-int8-g32"]
+    assert q8["activation_quant"] and not exact["activation_quant"]
+    # the measured choice: the q8 kernel where it was faster on this tiny matrix (timing decides)
+    assert q8["kernel"] in ("native-q8-int8g", "native-int8g") and exact["kernel"] == "native-int8g"
+    assert 0 <= q8["act_quant_logit_err"] < 0.05 and 0 < q8["act_quant_top1_agree"] <= 1
+    assert "act_quant_logit_err" not in exact
+    assert "| engine-int8-g32+q8 |" in res.table()

@@ -8,7 +8,11 @@ random_checkpoint.py), all experts on the CPU path, at `threads` threads:
     medians over rounds, ratios taken per round against stock, then the median);
   - host bytes of the experts per format, as a ratio to bf16;
   - kernel_bw_ratio per format: bytes of the format read per second by the kernel chosen for one
-    token (measure/kernel_choice.py), over the machine's read bandwidth (best read probe).
+    token (measure/kernel_choice.py), over the machine's read bandwidth (best read probe);
+  - with activation_quant, each int8 / int4 format a second time as '<format>+q8' (the same
+    engine with `set_activation_quant(True)`: kernels that round activations to int8 per 32
+    inputs), with its error against the exact run on the prefill prompt: the largest logit
+    difference over the logits' range, and how often the greedy token agrees.
 Stock transformers runs the bf16 engine's own model with transformers' experts implementation
 switched back, so both read the same weights. Nothing is printed inside timed regions.
 
@@ -46,6 +50,7 @@ DECODE_PROMPT = 16
 PREFILL_TOKENS = 128
 DECODE_TOKENS = 9  # 8 timed decode steps after the first token
 ROUNDS = 3
+Q8_SUFFIX = "+q8"  # a format run with activation quantization allowed
 
 
 @dataclass(frozen=True)
@@ -75,15 +80,17 @@ class FormatSuiteResult:
                  f"read bandwidth {self.read_gbps:.1f} GB/s (best read probe)",
                  f"command: {self.command}"] + ([s["busy_note"]] if s.get("busy_note") else []) + [
                  "", "| engine / format | decode tok/s | x stock | prefill tok/s | x stock | "
-                 "expert bytes x bf16 | kernel | kernel GB/s | kernel_bw_ratio |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "expert bytes x bf16 | kernel | kernel GB/s | kernel_bw_ratio | "
+                 "logit error (activation quant) | greedy agrees |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in self.rows.items():
-            kern = self.kernel["choice"].get(r.get("format", ""), {}).get("1", "-")
+            kern = r.get("kernel", "-")
             lines.append(
                 f"| {name} | {_iqr(r, 'decode')} | {r['decode_x_stock']:.2f} | "
                 f"{_iqr(r, 'prefill')} | {r['prefill_x_stock']:.2f} | "
                 f"{_f(r.get('bytes_x_bf16'))} | {kern} | {_f(r.get('kernel_gbps'), 1)} | "
-                f"{_f(r.get('kernel_bw_ratio'))} |")
+                f"{_f(r.get('kernel_bw_ratio'))} | {_f(r.get('act_quant_logit_err'), 4)} | "
+                f"{_f(r.get('act_quant_top1_agree'))} |")
         return "\n".join(lines)
 
 
@@ -103,7 +110,8 @@ def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
                      rounds: int = ROUNDS, prompt: int = DECODE_PROMPT,
                      prefill: int = PREFILL_TOKENS, decode_tokens: int = DECODE_TOKENS,
                      probe_bytes: int = PROBE_BYTES, rotate_bytes: int = ROTATE_BYTES,
-                     command: str | None = None, progress: bool = True) -> FormatSuiteResult:
+                     command: str | None = None, progress: bool = True,
+                     activation_quant: bool = False) -> FormatSuiteResult:
     """Measure the targets table (module docstring); returns it with machine and command."""
     from ..api import from_model
     from .random_checkpoint import build_random_model
@@ -136,7 +144,8 @@ def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
                     name=f"random-{shape}-{layers}L-{fmt.label()}")
                 engines[fmt.label()].set_kernels(kernels.kernel_choice())
                 bar.update(1)
-            samples = _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar)
+            q8 = [k for k, f in zip(engines, fmts) if activation_quant and has_q8_kernel(f)]
+            samples = _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar, q8)
             after = measure_cpu_bandwidth(probe_bytes)
             probes = {k: max(v, after.get(k, 0.0)) for k, v in probes.items()}
             bar.update(1)
@@ -144,6 +153,8 @@ def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
         torch.set_num_threads(old_threads)
     read = best_read_gbps(probes)
     rows = _rows(samples, engines, kernels, read)
+    for label in q8:
+        rows[f"engine-{label}{Q8_SUFFIX}"].update(activation_quant_error(engines[label], prefill))
     for eng in engines.values():
         eng.close()
     settings = dict(shape=shape, layers=layers, threads=threads or old_threads, rounds=rounds,
@@ -157,18 +168,43 @@ def run_format_suite(shape: str = "mixtral-8x7b", layers: int = 2,
                              _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
-def _contenders(engines: dict) -> dict:
-    """name -> (model, implementation to run it with). Stock is the bf16 engine's model with
-    transformers' own experts implementation."""
+def has_q8_kernel(fmt) -> bool:
+    """Whether an activation-quantizing native kernel runs this format here."""
+    from ..runtime.kernels.native import available, cpu_layout
+    from ..runtime.kernels.registry import NATIVE_Q8_KERNELS
+
+    return available() and cpu_layout(fmt).matrix_fmt in NATIVE_Q8_KERNELS
+
+
+def activation_quant_error(engine, tokens: int, seed: int = 1) -> dict[str, float]:
+    """The engine's logits on a random `tokens`-token prompt with and without activation
+    quantization: max |difference| / max |exact logit|, and the share of positions whose
+    greedy token agrees."""
+    ids = torch.randint(0, 256, (1, tokens), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        engine.set_activation_quant(False)
+        exact = engine.model(ids).logits.float()  # [1, T, V]
+        engine.set_activation_quant(True)
+        quant = engine.model(ids).logits.float()
+        engine.set_activation_quant(False)
+    return {"act_quant_logit_err": ((quant - exact).abs().max() / exact.abs().max()).item(),
+            "act_quant_top1_agree": (quant.argmax(-1) == exact.argmax(-1)).float().mean().item()}
+
+
+def _contenders(engines: dict, q8: list[str] = ()) -> dict:
+    """name -> (model, implementation to run it with, engine or None, activation quant).
+    Stock is the bf16 engine's model with transformers' own experts implementation."""
     bf16 = engines.get("bf16") or next(iter(engines.values()))
-    out = {STOCK: (bf16.model, bf16._previous_impl or "grouped_mm")}
-    out.update({f"engine-{k}": (e.model, "fiddler") for k, e in engines.items()})
+    out = {STOCK: (bf16.model, bf16._previous_impl or "grouped_mm", None, False)}
+    out.update({f"engine-{k}": (e.model, "fiddler", e, False) for k, e in engines.items()})
+    out.update({f"engine-{k}{Q8_SUFFIX}": (engines[k].model, "fiddler", engines[k], True)
+                for k in q8})
     return out
 
 
-def _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar) -> dict:
+def _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar, q8=()) -> dict:
     """contender -> {'decode': [tok/s per round], 'prefill': [...]} with a warm-up round."""
-    contenders = _contenders(engines)
+    contenders = _contenders(engines, q8)
     gen = torch.Generator().manual_seed(0)
     decode_ids = torch.randint(0, 256, (1, prompt), generator=gen)  # [1, T]
     prefill_ids = torch.randint(0, 256, (1, prefill), generator=gen)  # [1, P]
@@ -178,8 +214,10 @@ def _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar) -> dict:
     for r in range(rounds + 1):  # round 0 warms up
         order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
         for name in order:
-            model, impl = contenders[name]
+            model, impl, engine, quant = contenders[name]
             model.set_experts_implementation(impl)
+            if engine is not None:
+                engine.set_activation_quant(quant)
             timed = timed_generate(model, decode_ids, decode_tokens, cpu,
                                    min_new_tokens=decode_tokens, pad_token_id=0)
             with torch.inference_mode():
@@ -192,6 +230,7 @@ def _interleaved(engines, rounds, prompt, prefill, decode_tokens, bar) -> dict:
         bar.update(1 if r else 0)
     for eng in engines.values():
         eng.model.set_experts_implementation("fiddler")
+        eng.set_activation_quant(False)
     return out
 
 
@@ -212,13 +251,16 @@ def _rows(samples, engines, kernels, read_gbps) -> dict[str, dict[str, float]]:
                                                                           stock["prefill"])),
                "decode_samples": s["decode"], "prefill_samples": s["prefill"]}
         if name != STOCK:
-            label = name.removeprefix("engine-")
+            label = name.removeprefix("engine-").removesuffix(Q8_SUFFIX)
+            quant = name.endswith(Q8_SUFFIX)
             row["format"] = label
+            row["activation_quant"] = quant
             nbytes = engines[label].memory().host_experts_total
             row["expert_bytes"] = nbytes
             if bf16_bytes:
                 row["bytes_x_bf16"] = nbytes / bf16_bytes
-            row["kernel_gbps"] = kernels.gbps(label, 1)
+            row["kernel"] = (kernels.choice_q8 if quant else kernels.choice)[label]["1"]
+            row["kernel_gbps"] = kernels.gbps(label, 1, quant)
             row["kernel_bw_ratio"] = row["kernel_gbps"] / read_gbps
         rows[name] = row
     return rows

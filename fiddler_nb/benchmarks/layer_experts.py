@@ -8,7 +8,10 @@ per-expert path (torch's kernel per matrix: ATen GEMV for bf16, `_weight_int8pac
 `_weight_int4pack_mm_for_cpu`, dequantize + F.linear for group-wise int8). The experts run
 rotate so every call reads its weights from DRAM. Reported per format: the medians, the bytes
 read, and per round native / probe and torch / probe (fractions of the read bandwidth), and
-torch ms / native ms. Nothing is printed inside timed regions.
+torch ms / native ms. With activation_quant (int8 / int4 formats), the native layer call that
+rounds activations to int8 per 32 inputs runs in each round too, and its output's error
+against the exact native call is reported (relative RMS). Nothing is printed inside timed
+regions.
 
 Shape legend: H = hidden size, I = expert intermediate size, E = experts, k = top_k.
 """
@@ -29,7 +32,7 @@ from ..runtime.formats.quant import ExpertFormat, resolve_format
 from ..runtime.formats.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
 from ..runtime.kernels.native import library
 from ..runtime.kernels.native_layer import run_layer
-from ..runtime.kernels.registry import get_kernel
+from ..runtime.kernels.registry import NATIVE_Q8_KERNELS, get_kernel
 
 PROBE_BYTES = 512 << 20
 TORCH_KERNEL = {"float": "aten", "int8": "int8pack", "int8-group": "int8g-dequant",
@@ -48,6 +51,9 @@ class LayerExpertsResult:
     native_of_probe: float = 0.0  # median over rounds of (bytes / native time) / probe
     torch_of_probe: float = 0.0
     native_speedup: float = 0.0  # median of torch ms / native ms
+    q8_ms: list[float] = field(default_factory=list)  # activation-quantizing layer call
+    q8_of_probe: float | None = None
+    q8_rel_rms_error: float | None = None  # its output vs the exact native call's
     extra: dict = field(default_factory=dict)
 
 
@@ -70,8 +76,8 @@ def _torch_expert(x: torch.Tensor, gate_up: Matrix, down: Matrix) -> torch.Tenso
 
 def measure_layer_experts(label: str, hidden: int = 4096, inter: int = 14336, experts: int = 4,
                           top_k: int = 2, rounds: int = 5, act: torch.dtype = torch.bfloat16,
-                          probe_bytes: int = PROBE_BYTES, progress: bool = True
-                          ) -> LayerExpertsResult:
+                          probe_bytes: int = PROBE_BYTES, progress: bool = True,
+                          activation_quant: bool = False) -> LayerExpertsResult:
     """Interleaved rounds of probe / native layer call / torch per-expert path (module doc)."""
     fmt = resolve_format(label, None, (hidden, inter), (2 * inter, hidden))
     native_fmt = ExpertFormat(fmt.name, fmt.group_size, int4_layout="nibbles") if fmt.name == "int4" else fmt
@@ -89,8 +95,9 @@ def measure_layer_experts(label: str, hidden: int = 4096, inter: int = 14336, ex
     route = torch.full((top_k,), 1.0 / top_k)
     nbytes = top_k * (_bytes(native[0][0]) + _bytes(native[0][1]))
     probe_src = torch.rand(probe_bytes // 4)
-    probe, t_native, t_torch = [], [], []
+    probe, t_native, t_torch, t_q8 = [], [], [], []
     groups = [list(range(i, i + top_k)) for i in range(0, experts - top_k + 1, top_k)]
+    quant = activation_quant and native[0][0].fmt in NATIVE_Q8_KERNELS
     with torch.inference_mode():
         for r in range(rounds + 1):  # round 0: warm-up, discarded
             group = groups[r % len(groups)]
@@ -103,28 +110,46 @@ def measure_layer_experts(label: str, hidden: int = 4096, inter: int = 14336, ex
             for e in group:
                 _torch_expert(x, *torch_side[e])
             t3 = time.perf_counter()
+            if quant:
+                group = groups[r % len(groups)]
+                run_layer([native[e] for e in group], [1] * top_k, xs, route, act,
+                          quantize_activations=True)
+            t4 = time.perf_counter()
             if r:
                 probe.append(probe_bytes / (t1 - t0) / 1e9)
                 t_native.append((t2 - t1) * 1e3)
                 t_torch.append((t3 - t2) * 1e3)
+                t_q8.append((t4 - t3) * 1e3)
+        q8_err = None
+        if quant:
+            exact = run_layer(native[:top_k], [1] * top_k, xs, route, torch.float32).double()
+            approx = run_layer(native[:top_k], [1] * top_k, xs, route, torch.float32,
+                               quantize_activations=True).double()
+            q8_err = ((approx - exact).norm() / exact.norm()).item()
     gbps = lambda ms: nbytes / ms / 1e6  # noqa: E731
     return LayerExpertsResult(
         label if fmt.name != "int4" else fmt.label(), nbytes, probe, t_native, t_torch,
         TORCH_KERNEL[torch_side[0][0].fmt], library().best_isa(),
         statistics.median(gbps(n) / p for n, p in zip(t_native, probe)),
         statistics.median(gbps(t) / p for t, p in zip(t_torch, probe)),
-        statistics.median(t / n for t, n in zip(t_torch, t_native)))
+        statistics.median(t / n for t, n in zip(t_torch, t_native)),
+        t_q8 if quant else [],
+        statistics.median(gbps(q) / p for q, p in zip(t_q8, probe)) if quant else None,
+        q8_err)
 
 
 def table(results: Sequence[LayerExpertsResult]) -> str:
     """Markdown: per format, medians and the fractions of the read probe."""
     rows = ["| format | ISA | native ms | torch kernel | torch ms | probe GB/s | native / probe |"
-            " torch / probe | torch ms / native ms |", "|" + "---|" * 9]
+            " torch / probe | torch ms / native ms | int8-activation ms | its / probe | "
+            "its rel. RMS error |", "|" + "---|" * 12]
     for r in results:
+        q8 = (f"{statistics.median(r.q8_ms):.1f} | {r.q8_of_probe:.2f} | "
+              f"{r.q8_rel_rms_error:.2e}") if r.q8_ms else "- | - | -"
         rows.append(f"| {r.fmt} | {r.isa} | {statistics.median(r.native_ms):.1f} | "
                     f"{r.torch_kernel} | {statistics.median(r.torch_ms):.1f} | "
                     f"{statistics.median(r.probe_gbps):.1f} | {r.native_of_probe:.2f} | "
-                    f"{r.torch_of_probe:.2f} | {r.native_speedup:.2f} |")
+                    f"{r.torch_of_probe:.2f} | {r.native_speedup:.2f} | {q8} |")
     return "\n".join(rows)
 
 

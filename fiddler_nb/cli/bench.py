@@ -47,7 +47,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from ..benchmarks.layer_experts import measure_layer_experts, table
 
         torch.set_num_threads(args.threads or SUITE_THREADS)
-        rows = [measure_layer_experts(f, rounds=args.suite_repeats or 5)
+        rows = [measure_layer_experts(f, rounds=args.suite_repeats or 5,
+                                      activation_quant=args.allow_activation_quant)
                 for f in args.expert_dtype]
         print(table(rows))  # one layer's CPU experts at 1 token vs the read probe
         return 0
@@ -58,7 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                   formats=tuple(args.expert_dtype),
                                   threads=args.threads or SUITE_THREADS,
                                   rounds=args.suite_repeats or 3, probe_bytes=args.probe_mib << 20,
-                                  command=command)
+                                  command=command,
+                                  activation_quant=args.allow_activation_quant)
         if args.out:
             result.save(args.out)
         print(result.table())
@@ -156,6 +158,9 @@ def add_subcommands(sub) -> None:
     b.add_argument("--layer-experts", action="store_true",
                    help="--cpu-suite --expert-dtype: one Mixtral-shaped layer's CPU experts at 1 "
                         "token, native kernels vs torch's, as fractions of the read probe")
+    b.add_argument("--allow-activation-quant", action="store_true",
+                   help="--cpu-suite --expert-dtype: also run the int8 / int4 formats with CPU "
+                        "kernels that round activations to int8 per 32 inputs (speed and error)")
     b.add_argument("--out", default=None, help="write the JSON here")
     b.set_defaults(func=cmd_bench)
 

@@ -53,9 +53,11 @@ class KernelMeasurement:
                             f"measured ({self.cpu_capability}, {self.shape[0]}x{self.shape[1]})",
                             table_q8)
 
-    def gbps(self, fmt: str, bucket: int = 1) -> float:
-        """Bytes of the format read per second by the chosen kernel at `bucket` tokens."""
-        ms = self.ms[fmt][str(bucket)][self.choice[fmt][str(bucket)]]
+    def gbps(self, fmt: str, bucket: int = 1, activation_quant: bool = False) -> float:
+        """Bytes of the format read per second by the chosen kernel at `bucket` tokens (the
+        choice with activation-quantizing kernels allowed, with activation_quant)."""
+        choice = self.choice_q8 if activation_quant and self.choice_q8 else self.choice
+        ms = self.ms[fmt][str(bucket)][choice[fmt][str(bucket)]]
         return self.bytes_read[fmt] / ms / 1e6
 
     def to_dict(self) -> dict:

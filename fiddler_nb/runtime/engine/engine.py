@@ -19,7 +19,7 @@ from transformers import DynamicCache
 from ..model.adapters import MoELayer
 from ..model.config import EngineConfig
 from ..policies.execution import make_execution
-from ..errors import ContextLengthError, EngineClosedError, InputError
+from ..errors import ContextLengthError, EngineClosedError, InputError, OptionError
 from .experts import ExpertStore
 from ..kernels.registry import KernelChoice, quantizes_activations
 from .memory import MemoryReport, memory_report
@@ -103,6 +103,15 @@ class Engine:
         """Whether CPU kernels that round activations to int8 blocks may run (fnb.load's
         allow_activation_quant; faster for int8 / int4 weights, not exact)."""
         return self._open().store.activation_quant
+
+    def set_activation_quant(self, allow: bool) -> None:
+        """Allow (or stop) CPU kernels that round activations to int8 blocks, as
+        fnb.load(allow_activation_quant=) does; takes effect at the next forward."""
+        if not isinstance(allow, bool):
+            raise OptionError(f"set_activation_quant takes True or False, got {allow!r}")
+        store = self._open().store
+        store.activation_quant = allow
+        store.kernels = store.kernels.allowing_activation_quant(allow)
 
     def set_kernels(self, kernels: KernelChoice) -> None:
         """Use this kernel choice (the engine's allow_activation_quant setting stays)."""
