@@ -161,3 +161,51 @@ def test_findings_say_when_the_link_not_the_cpu_bounds_the_projection():
     assert "bound by the link" in text
     lat.cpu_path_ms = lambda n: 5.0
     assert "bound by the link" not in projection_finding(recs, "rtx-4090", "m", slow)
+
+
+def test_llama_side_by_side_runs_llama_bench_interleaved(mixtral_path, tmp_path, capsys):
+    """The --llama-bench path end to end with a stand-in binary that prints llama-bench's JSON
+    (the real one needs a llama.cpp build: docs/benchmarks.md)."""
+    import json
+    import stat
+
+    from fiddler_nb.cli.main import main
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"$@\" >> {calls}\n"
+                    "echo '[{\"n_prompt\": 128, \"n_gen\": 0, \"avg_ts\": 50.0},"
+                    " {\"n_prompt\": 0, \"n_gen\": 4, \"avg_ts\": 10.0}]'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    gguf = tmp_path / "m-q8_0.gguf"
+    gguf.write_bytes(b"GGUF")  # only llama-bench reads it here
+    out = tmp_path / "side.json"
+    rc = main(["bench", "--cpu-suite", "--model", str(mixtral_path), "--llama-bench", str(fake),
+               "--gguf", f"int8={gguf}", "--allow-activation-quant", "--suite-repeats", "2",
+               "--new-tokens", "4", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["int8 (from safetensors)", "int8 + int8 activations"]
+    for row in data["rows"]:
+        assert len(row["samples"]) == 2 and row["llama_decode_tps"] == 10.0
+        assert row["decode_ratio"] == pytest.approx(row["fnb_decode_tps"] / 10.0)
+    assert data["rows"][1]["load_kwargs"]["allow_activation_quant"] is True
+    assert len(calls.read_text().splitlines()) == 4  # one llama-bench run per round
+    assert "-t 1 -p 128 -n 4" in calls.read_text()
+    assert "| int8 + int8 activations |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--gguf", "int8=x.gguf"], "needs both --llama-bench and --gguf"),
+    (["--llama-bench", "/nonexistent/llama-bench", "--gguf", "int8=x.gguf", "--model", "m"],
+     "is not an executable"),
+    (["--llama-bench", "/bin/sh", "--gguf", "int3=x.gguf", "--model", "m"], "FORMAT is one of"),
+    (["--llama-bench", "/bin/sh", "--gguf", "x.gguf", "--model", "m"], "write FORMAT=FILE"),
+])
+def test_llama_side_by_side_bad_input(argv, match, capsys):
+    from fiddler_nb.cli.main import main
+
+    assert main(["bench", "--cpu-suite", *argv]) != 0
+    assert match in capsys.readouterr().err

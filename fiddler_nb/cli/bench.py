@@ -12,7 +12,7 @@ import sys
 
 from ..benchmarks.matrix import STRATEGIES
 from ..runtime.errors import OptionError
-from .engine_args import add_format_args
+from .engine_args import add_format_args, is_tiny
 
 SUITE_THREADS = 2  # --cpu-suite --expert-dtype without --threads: the 2-core reference
 
@@ -41,6 +41,8 @@ def _budgets(texts: list[str] | None, full_shape: str | None, layers: int,
 
 def cmd_bench(args: argparse.Namespace) -> int:
     command = "fiddler-nb " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.cpu_suite and (args.llama_bench or args.gguf):
+        return _llama_side_by_side(args, command)
     if args.cpu_suite and args.expert_dtype and args.layer_experts:
         import torch
 
@@ -64,6 +66,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.out:
             result.save(args.out)
         print(result.table())
+        from ..benchmarks.llama_compare import BUILD_HINT
+
+        print(BUILD_HINT)
         return 0
     if args.cpu_suite:
         from ..benchmarks.cpu_suite import run_cpu_suite
@@ -101,6 +106,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(records_table(records))
     if args.out:
         print(f"saved {save_records(records, args.out)}")
+    return 0
+
+
+def _llama_side_by_side(args: argparse.Namespace, command: str) -> int:
+    """--cpu-suite --llama-bench PATH --gguf FORMAT=FILE: fiddler_nb beside llama-bench."""
+    import json
+
+    from ..benchmarks.llama_compare import BUILD_HINT, parse_ggufs, run_llama_compare
+
+    if not args.llama_bench or not args.gguf:
+        raise OptionError("the llama.cpp side by side needs both --llama-bench and --gguf; "
+                          + BUILD_HINT)
+    if is_tiny(args.model):
+        raise OptionError("--llama-bench needs --model: the safetensors checkpoint the GGUF "
+                          "files were converted from")
+    result = run_llama_compare(args.model, args.llama_bench, parse_ggufs(args.gguf),
+                               rounds=args.suite_repeats or 3,
+                               threads=args.threads or SUITE_THREADS,
+                               new_tokens=args.new_tokens, direct=args.gguf_direct,
+                               activation_quant=args.allow_activation_quant, command=command,
+                               on_line=lambda line: print(json.dumps(line), flush=True))
+    if args.out:
+        result.save(args.out)
+    print(result.table())
     return 0
 
 
@@ -161,6 +190,14 @@ def add_subcommands(sub) -> None:
     b.add_argument("--allow-activation-quant", action="store_true",
                    help="--cpu-suite --expert-dtype: also run the int8 / int4 formats with CPU "
                         "kernels that round activations to int8 per 32 inputs (speed and error)")
+    b.add_argument("--llama-bench", default=None, metavar="PATH",
+                   help="--cpu-suite: llama.cpp's llama-bench, run interleaved with fiddler_nb "
+                        "on --gguf files of --model's weights")
+    b.add_argument("--gguf", action="append", default=[], metavar="FORMAT=FILE",
+                   help="with --llama-bench: FORMAT bf16 / int8 (Q8_0) / int4 (Q4_0) and the "
+                        "GGUF file of the same weights (repeat for several)")
+    b.add_argument("--gguf-direct", action="store_true",
+                   help="with --llama-bench: also load each GGUF file itself in fiddler_nb")
     b.add_argument("--out", default=None, help="write the JSON here")
     b.set_defaults(func=cmd_bench)
 
