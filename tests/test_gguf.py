@@ -104,10 +104,28 @@ def test_quantization_changes_logits_far_more_than_tolerance(gguf_files, stock_m
 
 
 def test_bf16_activations_say_what_they_round(gguf_files):
+    path, _ = gguf_files("mixtral", "Q4_1")  # zero points: torch's int4 pack, scales in bf16
+    engine = fnb.load(path, device="cpu", dtype="bfloat16", execution="cpu")
+    assert engine.expert_dtype == "gguf-q4_1"
+    assert any("rounded to bf16" in n for n in engine.notes)
+    assert engine.generate("Hello", max_new_tokens=3).token_ids.shape[1] == 3
+
+
+def test_q4_0_runs_in_the_native_nibble_layout_with_the_files_scales(gguf_files):
+    """Q4_0 has no zero points: with the native kernels its experts are the file's nibbles and
+    fp16 scales (nothing rounded in bf16), and its Q8_0 / Q4_0 dense weights stay in blocks."""
+    from fiddler_nb.runtime.kernels import native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
     path, _ = gguf_files("mixtral", "Q4_0")
     engine = fnb.load(path, device="cpu", dtype="bfloat16", execution="cpu")
-    assert engine.expert_dtype == "gguf-q4_0"
-    assert any("rounded to bf16" in n for n in engine.notes)
+    store = engine._state.store
+    assert store.storage.fmt.matrix_fmt == "int4-blocks"
+    layer = store.layers[0].module
+    scale = getattr(layer, store.storage.cpu_names()[1])
+    assert scale.dtype == torch.float16
+    assert not any("rounded to" in n for n in engine.notes)
     assert engine.generate("Hello", max_new_tokens=3).token_ids.shape[1] == 3
 
 
@@ -124,9 +142,14 @@ def test_memory_and_bytes_in_the_files_format(gguf_files):
     report = engine.memory()
     assert report.expert_format == "gguf-q4_0"
     assert set(report.host_expert_bytes) == {"gguf-q4_0"}
-    hidden, inter = 64, 128  # tiny mixtral: gate+up [2I, H] and down [H, I], int4 + (s, z) fp32
+    hidden, inter = 64, 128  # tiny mixtral: gate+up [2I, H] and down [H, I]
     weights = 3 * hidden * inter
-    assert engine.expert_bytes == weights // 2 + 3 * hidden * inter // 32 * 2 * 4
+    from fiddler_nb.runtime.kernels import native
+
+    if native.available():  # the file's own bytes: 16 of nibbles + an fp16 scale per 32
+        assert engine.expert_bytes == weights // 32 * 18
+    else:  # torch's int4 pack with (scale, zero) in fp32
+        assert engine.expert_bytes == weights // 2 + weights // 32 * 2 * 4
     assert "gguf-q4_0" in repr(engine)
 
 

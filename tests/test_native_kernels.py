@@ -11,6 +11,8 @@ Outputs in bf16 / fp16 add one rounding of the result (2^-8 / 2^-11 relative).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -74,6 +76,39 @@ def test_every_variant_matches_the_reference(fmt, act):
             _check(got, x, m, f"{isa} {fmt.label()} {act} T={tokens}")
 
 
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f.is_quantized],
+                         ids=lambda f: f.matrix_fmt + "-" + f.label())
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16, torch.float16])
+def test_native_dequantization_is_the_references_weights(fmt, act):
+    """Bit for bit the weights dequantize_matrix gives (q * scale in fp32, one rounding), in
+    every variant: the many-token kernel (dequantize + oneDNN) is the reference's GEMM."""
+    n_out, k_in = _shape_for(fmt)
+    m = _matrix(fmt, n_out, k_in, act)
+    want = dequantize_matrix(m, act)
+    old = os.environ.get("FIDDLER_NB_ISA")
+    try:
+        for isa in ["ref"] + _variants():
+            os.environ["FIDDLER_NB_ISA"] = isa
+            native._isa_code.cache_clear()
+            got = native.native_dequantize(m, act)
+            assert got.dtype == act and torch.equal(got, want), isa
+    finally:
+        os.environ.pop("FIDDLER_NB_ISA", None) if old is None else \
+            os.environ.__setitem__("FIDDLER_NB_ISA", old)
+        native._isa_code.cache_clear()
+    x = torch.randn(70, k_in).to(act)
+    old_chunk = native.DEQUANT_CHUNK_BYTES
+    try:  # chunks of rows (a tail chunk too) give F.linear's result up to the GEMM's sum order
+        for chunk in (old_chunk, 16 * k_in * x.element_size()):
+            native.DEQUANT_CHUNK_BYTES = chunk
+            got = native.native_dequant_linear(x, m)
+            want_y = torch.nn.functional.linear(x, want)
+            assert got.shape == want_y.shape and got.dtype == act
+            _check(got, x.float(), Matrix("float", want.float()), f"chunked {chunk}")
+    finally:
+        native.DEQUANT_CHUNK_BYTES = old_chunk
+
+
 def test_strided_rows_and_threads():
     """A non-contiguous activation view and many threads give the same result as one thread."""
     m = _matrix(quant.ExpertFormat("bf16"), 1024, 512, torch.bfloat16)  # > the serial size
@@ -95,7 +130,7 @@ def test_kernel_choice_defaults_to_native_then_onednn():
     assert default_kernel("int8-group", 64, torch.bfloat16) == "native-int8g"
     assert default_kernel("int4-blocks", 8, torch.bfloat16) == "native-int4"
     assert default_kernel("float", 128, torch.bfloat16) == "onednn"  # prefill: oneDNN's GEMM
-    assert default_kernel("int8", 128, torch.bfloat16) == "int8-dequant"
+    assert default_kernel("int8", 128, torch.bfloat16) == "native-dequant-int8"  # + oneDNN
     m = _matrix(quant.ExpertFormat("int8"), 8, 64, torch.float32)
     assert DEFAULT_CHOICE.kernel_for("int8", m, torch.zeros(1, 64)).name == "native-int8"
 

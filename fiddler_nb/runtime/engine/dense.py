@@ -6,7 +6,9 @@ for few tokens, oneDNN for prefill, per the engine's kernel choice). `dense_dtyp
 compresses them: "bf16" (a cast), "int8" (one scale per output channel) or "int4" (group-wise,
 the layout the CPU kernels here read); None keeps the checkpoint's dtype. Routers that are not
 `nn.Linear` and the embeddings stay as they are. Compressed weights stay compressed after
-`engine.close()` (like compressed experts); float ones get their own forward back.
+`engine.close()` (like compressed experts); float ones get their own forward back. A GGUF
+file's Q8_0 / Q4_0 linears arrive already in their blocks (engine/gguf_dense.py) and are routed
+as they are, unless `dense_dtype` asks for another format.
 
 Shape legend: n = tokens (all batch rows), N = out features, K = in features.
 """
@@ -24,7 +26,7 @@ from ..formats.quant import (DEFAULT_INT4_GROUP, FLOAT_DTYPES, INT4_N_MULTIPLE,
                              int4_scales_and_zeros, pack_int4_cpu, pack_nibbles, quantize_int4,
                              quantize_int8)
 from ..kernels.native import available as native_available
-from ..kernels.registry import linear
+from ..kernels.registry import dequantize_matrix, linear
 
 DENSE_DTYPES = ("bf16", "int8", "int4")
 
@@ -50,7 +52,11 @@ def route_dense_linears(model: nn.Module, store, dense_dtype: str | None) -> int
     for module in model.modules():
         if type(module) is not nn.Linear or module.weight.device.type != "cpu":
             continue
-        matrix, label = _matrix(module.weight.data, dense_dtype)
+        kept = module.__dict__.pop("_fnb_file_matrix", None)  # a GGUF file's own blocks
+        if kept is not None and dense_dtype is not None:  # compress as asked, from its values
+            module.weight.data = dequantize_matrix(kept[0], module.weight.dtype)
+            kept = None
+        matrix, label = kept or _matrix(module.weight.data, dense_dtype)
         if matrix is None:
             continue
         if matrix.fmt != "float" and module.weight.data_ptr() not in tied:

@@ -30,6 +30,8 @@ from ..formats.storage import NIBBLES_SUFFIX, SCALE_SUFFIX, ExpertStorage, conve
 from ..model.adapters import MoELayer
 from ..model.gguf_file import (TensorEntry, dense_tensor_names, expert_tensor_name,
                                open_checkpoint, tensor_processor, transformers_config)
+from . import gguf_dense
+from ..kernels.native import available as native_available
 from .skeleton import build_skeleton, finish, set_expert_tensors, set_tensor
 
 # Activation dtype when none is given: both hold GGUF's fp16 block scales exactly (bf16 does
@@ -127,6 +129,10 @@ class GGUFSource:
         if plan is not None and plan.kind in ("int4", "int8-group", "mxfp4"):
             name = {"int4": "int4", "int8-group": "int8", "mxfp4": MXFP4}[plan.kind]
             notes = []
+            if plan.gguf_type == "Q4_0" and native_available():  # no zero points: the native
+                # kernels' nibble layout with the file's fp16 scales, exact in any dtype
+                return ExpertFormat(name, gguf_blocks.GROUP, source=plan.label,
+                                    int4_layout="nibbles"), False, notes
             exact = self.dtype == torch.float32 or (plan.gguf_type == "Q4_0"
                                                     and self.dtype == torch.float16)
             if plan.kind == "int4" and not exact:
@@ -142,9 +148,13 @@ class GGUFSource:
         """Fill the skeleton: non-experts on the fast device, experts in host memory."""
         model = self.skeleton
         processor = tensor_processor(self.ckpt.architecture, self.config)
+        kept: dict[str, int] = {}
         for hf_name, (gguf_name, entry) in self.dense.items():
-            w = processor.process(_dequantize(entry), gguf_name).weights
             param = model.get_parameter(hf_name)
+            if self._keep_in_blocks(model, hf_name, gguf_name, entry, processor, param.shape):
+                kept[entry.gguf_type] = kept.get(entry.gguf_type, 0) + 1
+                continue
+            w = processor.process(_dequantize(entry), gguf_name).weights
             tensor = torch.from_numpy(w.copy()).reshape(param.shape)
             set_tensor(model, hf_name, tensor.to(device=self.device, dtype=self.dtype))
         on_gpu = self.device.type == "cuda"
@@ -162,11 +172,37 @@ class GGUFSource:
                     tensors[matrix + "_bias"] = self._join(biases, dim=1).to(self.dtype)
             set_expert_tensors(layer.module, tensors)
         finish(model, self.device, self.ckpt.name)
+        if kept:
+            self.notes.append("non-expert weights kept in the file's blocks: " + ", ".join(
+                f"{n} {t}" for t, n in sorted(kept.items())) + " (the rest dequantized to "
+                f"{dtype_label(self.dtype)})")
         if self.errors:
             self.notes.append(f"conversion error vs the file's values: relative RMS "
                               f"{sum(self.errors) / len(self.errors):.2e} on average, "
                               f"{max(self.errors):.2e} worst matrix")
         return model
+
+    def _keep_in_blocks(self, model: nn.Module, hf_name: str, gguf_name: str,
+                        entry: TensorEntry, processor, shape) -> bool:
+        """On a CPU-only engine, a Q8_0 / Q4_0 linear or embedding weight stays in its blocks
+        (engine/gguf_dense.py); True when it did."""
+        owner_name, _, leaf = hf_name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        if self.device.type != "cpu" or leaf != "weight" or \
+                type(owner) not in (nn.Linear, nn.Embedding) or \
+                (tied and type(owner) is nn.Embedding):
+            return False
+        found = gguf_dense.kept_matrix(entry, gguf_name, processor, tuple(shape))
+        if found is None:
+            return False
+        matrix, label = found
+        set_tensor(model, hf_name, torch.empty(0, dtype=self.dtype))
+        if type(owner) is nn.Embedding:
+            gguf_dense.keep_embedding(owner, matrix, self.dtype)
+        else:
+            owner._fnb_file_matrix = (matrix, label)  # engine/dense.py routes it
+        return True
 
     def _join(self, parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
         """Gate and up rows as the model fuses them: stacked (Mixtral, Qwen) or interleaved
@@ -198,6 +234,8 @@ class GGUFSource:
             return {"": join(list(blocks)), SCALE_SUFFIX: join(list(scales))}
         decoded = [gguf_blocks.decode_int4(t.gguf_type, r, k) for t, r in raws]
         q, scale, zero = (join(list(x)) for x in zip(*decoded))  # [N, K], [N, K/32] x 2
+        if self.fmt.matrix_fmt == "int4-blocks":  # Q4_0: the file's nibbles and fp16 scales
+            return {"": pack_nibbles(q), SCALE_SUFFIX: scale.to(torch.float16).contiguous()}
         out = {"": pack_int4_cpu(q),
                SCALE_SUFFIX: torch.stack([scale.t(), zero.t()], -1).to(self.dtype).contiguous()}
         if on_gpu:

@@ -82,12 +82,27 @@ class MemoryReport:
                        ("host: pinned", self.pinned_host_bytes / MIB)]
 
 
+def _compressed_dense_bytes(model: nn.Module) -> int:
+    """Bytes of dense weights held outside their parameters: compressed linears
+    (engine/dense.py) and GGUF embeddings kept in the file's blocks (engine/gguf_dense.py)."""
+    total = 0
+    for module in model.modules():
+        for key in ("_fnb_dense", "_fnb_file_rows"):
+            held = module.__dict__.get(key)
+            if held is not None and held[0].fmt != "float":
+                m = held[0]
+                total += tensor_bytes(m.data) + (tensor_bytes(m.scale) if m.scale is not None
+                                                 else 0)
+    return total
+
+
 def memory_report(model: nn.Module, store: ExpertStore) -> MemoryReport:
     label = store.storage.fmt.label()
     host = sum(tensor_bytes(getattr(layer.module, n))
                for layer in store.layers for n in store.storage.host_names())
     inside = {id(p) for m in model.modules() if is_experts_module(m) for p in m.parameters()}
     non_expert = sum(tensor_bytes(p) for p in model.parameters() if id(p) not in inside)
+    non_expert += _compressed_dense_bytes(model)
     pinned = sum(tensor_bytes(getattr(layer.module, n)) for layer in store.layers
                  for n in store.storage.host_names() if getattr(layer.module, n).is_pinned())
     return MemoryReport(

@@ -18,13 +18,14 @@ Shape legend: n = tokens, N = output channels, K = input channels, G = group siz
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 
 import torch
 
 from ..formats.matrix import Matrix
 from .native_build import ISA_NAMES, NativeLibrary, load_library
-from .registry import NATIVE_KERNELS, NATIVE_Q8_KERNELS, register
+from .registry import NATIVE_DEQUANT_KERNELS, NATIVE_KERNELS, NATIVE_Q8_KERNELS, register
 
 F32, BF16, F16, I8ROW, I8GRP, I4GRP = range(6)  # fnb_kernels.h weight kinds
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -103,6 +104,62 @@ def _kind_of(m: Matrix) -> tuple[int, torch.Tensor | None, int, int]:
 
 
 
+def native_dequantize(m: Matrix, dtype: torch.dtype, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """w [N, K] in `dtype` of an int8 / int8-group / int4-blocks matrix: q * scale in fp32,
+    rounded once to dtype (the same numbers as registry.dequantize_matrix), on the library's
+    threads; into `out` ([N, K], contiguous) when given."""
+    lib = library()
+    kind, scale, sdtype, group = _kind_of(m)
+    n_out = m.data.shape[0]
+    k_in = m.data.shape[1] * (2 if kind == I4GRP else 1)
+    out_dtype = dtype if dtype in DTYPE_CODES else torch.float32
+    w = m.data if m.data.is_contiguous() else m.data.contiguous()
+    y = out if out is not None and out.dtype == out_dtype else \
+        torch.empty((n_out, k_in), dtype=out_dtype)  # [N, K]
+    rc = lib.lib.fnb_dequantize(_isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA")),
+                                torch.get_num_threads(), kind, w.data_ptr(), scale.data_ptr(),
+                                sdtype, group, n_out, k_in, y.data_ptr(), DTYPE_CODES[out_dtype])
+    if rc != 0:
+        raise NativeKernelError(f"fnb_dequantize refused {m.fmt} {tuple(m.data.shape)} "
+                                f"(code {rc})")
+    return y if out_dtype == dtype else y.to(dtype)
+
+
+DEQUANT_CHUNK_BYTES = 8 << 20  # rows dequantized per GEMM: stays in a 32 MiB+ last-level cache
+_chunk = threading.local()  # one reused buffer per thread (no page faults per call)
+
+
+def _chunk_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    buf = getattr(_chunk, dtype.__repr__(), None)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype)
+        setattr(_chunk, dtype.__repr__(), buf)
+    return buf[:numel]
+
+
+def native_dequant_linear(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """y [n, N] = x @ W^T for many tokens: W dequantized by the native kernel into the
+    activations' dtype (the reference's weights, exactly) a chunk of rows at a time into one
+    reused buffer, each chunk multiplied by oneDNN's GEMM while it is still in cache."""
+    dtype = x.dtype if x.dtype in DTYPE_CODES else torch.float32
+    x = x.to(dtype)
+    n_out = m.data.shape[0]
+    k_in = x.shape[-1]
+    rows = max(1, DEQUANT_CHUNK_BYTES // (k_in * x.element_size()))
+    if rows >= n_out:
+        return torch.nn.functional.linear(x, native_dequantize(m, dtype))
+    rows = max(64, rows // 64 * 64)
+    y_t = torch.empty((n_out, x.shape[0]), dtype=dtype)  # [N, n]
+    buf = _chunk_buffer(rows * k_in, dtype)
+    for r0 in range(0, n_out, rows):
+        r1 = min(n_out, r0 + rows)
+        part = Matrix(m.fmt, m.data[r0:r1], m.scale[r0:r1], m.group_size)
+        w = native_dequantize(part, dtype, buf[:(r1 - r0) * k_in].view(r1 - r0, k_in))
+        torch.mm(w, x.t(), out=y_t[r0:r1])  # [rows, n]
+    return y_t.t()
+
+
 def native_linear_q8(x: torch.Tensor, m: Matrix) -> torch.Tensor:
     """native_linear with the activations quantized to int8 blocks (not exact: the error of
     rounding x to 8 bits per 32 inputs, measured in the CPU suite)."""
@@ -113,6 +170,8 @@ for _fmt, _name in NATIVE_KERNELS.items():
     register(_name, _fmt, available)(native_linear)
 for _fmt, _name in NATIVE_Q8_KERNELS.items():
     register(_name, _fmt, available, quantizes_activations=True)(native_linear_q8)
+for _fmt, _name in NATIVE_DEQUANT_KERNELS.items():
+    register(_name, _fmt, available)(native_dequant_linear)
 
 
 def cpu_layout(fmt):

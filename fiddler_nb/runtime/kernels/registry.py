@@ -171,6 +171,9 @@ NATIVE_KERNELS = {"float": "native-float", "int8": "native-int8", "int8-group": 
 # ... and the ones that quantize the activations to int8 blocks (integer dot products)
 NATIVE_Q8_KERNELS = {"int8": "native-q8-int8", "int8-group": "native-q8-int8g",
                      "int4-blocks": "native-q8-int4"}
+# ... and the native dequantization into the activations' dtype + oneDNN (many tokens)
+NATIVE_DEQUANT_KERNELS = {"int8": "native-dequant-int8", "int8-group": "native-dequant-int8g",
+                          "int4-blocks": "native-dequant-int4"}
 NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
 TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
                  "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2,
@@ -184,7 +187,8 @@ def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype,
     activations where the format has one); else ATen for one bf16 token (oneDNN's bf16 GEMV was
     slower on every machine we measured; DESIGN.md §6) and oneDNN for more; torch's packed
     kernels for few int8 / int4 tokens, dequantize + oneDNN for many (prefill: what stock
-    transformers' speed comes from)."""
+    transformers' speed comes from; the native dequantization where it runs, torch's is
+    several times slower)."""
     native = NATIVE_KERNELS.get(matrix_fmt)
     if activation_quant and matrix_fmt in NATIVE_Q8_KERNELS:
         native = NATIVE_Q8_KERNELS[matrix_fmt]
@@ -192,6 +196,9 @@ def default_kernel(matrix_fmt: str, n: int, dtype: torch.dtype,
         return native
     if matrix_fmt == "float":
         return "aten" if n == 1 and dtype == torch.bfloat16 else "onednn"
+    dequant = NATIVE_DEQUANT_KERNELS.get(matrix_fmt)
+    if n > NATIVE_MAX_TOKENS and dequant in _KERNELS and _KERNELS[dequant].available():
+        return dequant
     few, many = TORCH_DEFAULT[matrix_fmt]
     return few if n <= NATIVE_MAX_TOKENS else many
 

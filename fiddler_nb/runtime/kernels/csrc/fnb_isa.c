@@ -460,7 +460,90 @@ static inline __attribute__((always_inline)) void qrows_kind(const fnb_job *j, i
 }
 
 /* One specialised copy per weight kind (the switch in load_block folds away). */
+/* Dequantize rows r0..r1 into y [N, K] (ydtype): the same weight vectors the products use
+ * (load_block: q * scale in fp32), rounded once to ydtype (round to nearest even; the scales
+ * are finite, so no NaN handling), exactly what formats/quant.py's dequantization gives. */
+#if defined(FNB_USE_AVX512)
+static inline void store_vec(const fnb_job *j, int64_t at, vf v) {
+    if (j->ydtype == FNB_DT_F32) { _mm512_storeu_ps((float *)j->y + at, v); return; }
+    __m256i h;
+    if (j->ydtype == FNB_DT_F16) {
+        h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+        __m512i u = _mm512_castps_si512(v);
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+        h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+    }
+    _mm256_storeu_si256((__m256i *)((uint16_t *)j->y + at), h);
+}
+#elif defined(FNB_USE_AVX2)
+static inline void store_vec(const fnb_job *j, int64_t at, vf v) {
+    if (j->ydtype == FNB_DT_F32) { _mm256_storeu_ps((float *)j->y + at, v); return; }
+    __m128i h;
+    if (j->ydtype == FNB_DT_F16) {
+        h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+        __m256i u = _mm256_castps_si256(v);
+        __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd,
+                                                                   _mm256_set1_epi32(0x7FFF))), 16);
+        h = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+    }
+    _mm_storeu_si128((__m128i *)((uint16_t *)j->y + at), h);
+}
+#else
+static inline void store_vec(const fnb_job *j, int64_t at, vf v) {
+    for (int i = 0; i < VL; i++) fnb_store_dt(j->y, j->ydtype, at + i, v[i]);
+}
+#endif
+
+static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j, int kind,
+                                                                int64_t r0, int64_t r1) {
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;
+    for (int64_t r = r0; r < r1; r++) {
+        const float rs = kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f;
+        for (int64_t b = 0; b < nblk; b++) {
+            vf w[NB];
+#if !defined(FNB_USE_AVX512) && !defined(FNB_USE_AVX2)
+            if (kind == FNB_I4GRP) {  /* (u - 8) * s in one rounding (no fused multiply-add) */
+                const uint8_t *p = (const uint8_t *)j->w + (r * K + b * FNB_BLOCK) / 2;
+                const float s = fnb_block_scale(j, r, b);
+                for (int i = 0; i < FNB_BLOCK; i++)
+                    w[i / VL][i % VL] = (float)(((p[i / 2] >> (4 * (i & 1))) & 0x0F) - 8) * s;
+            } else
+#endif
+            load_block(j, kind, r, b, w);
+            if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
+#if defined(FNB_USE_AVX512)
+            if (kind == FNB_I4GRP) {  /* [even k][odd k] -> k in order */
+                const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21,
+                                                     6, 22, 7, 23);
+                const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13,
+                                                     29, 14, 30, 15, 31);
+                vf even = w[0], odd = w[1];
+                w[0] = _mm512_permutex2var_ps(even, lo, odd);
+                w[1] = _mm512_permutex2var_ps(even, hi, odd);
+            }
+#endif
+            UNROLL for (int v = 0; v < NB; v++) store_vec(j, r * j->ldy + b * FNB_BLOCK + v * VL,
+                                                          w[v]);
+        }
+        for (int64_t k = nblk * FNB_BLOCK; k < K; k++)  /* per-row int8's tail */
+            fnb_store_dt(j->y, j->ydtype, r * j->ldy + k,
+                         (float)((const int8_t *)j->w)[r * K + k] * rs);
+    }
+}
+
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
+    if (j->dequant) {
+        switch (j->wkind) {
+        case FNB_I8ROW: dequant_kind(j, FNB_I8ROW, r0, r1); break;
+        case FNB_I8GRP: dequant_kind(j, FNB_I8GRP, r0, r1); break;
+        case FNB_I4GRP: dequant_kind(j, FNB_I4GRP, r0, r1); break;
+        }
+        return;
+    }
     if (j->xq) {  /* quantized activations: integer kinds only (fnb_q8_supported) */
         switch (j->wkind) {
         case FNB_I8ROW: qrows_kind(j, FNB_I8ROW, r0, r1); break;

@@ -47,6 +47,7 @@ typedef struct {
     const int32_t *xc;  /* [T, K / 32, 8]: lane 0 of each block -offset * sum(xq of the block),
                            lanes 1-7 zero (offset: 128 for int8 weights, 8 for int4; the
                            avx512vnni kernels read unsigned weights w + offset) */
+    int dequant;      /* 1: no product; write the weights themselves, y [N, K] in ydtype */
 } fnb_job;
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);

@@ -69,6 +69,15 @@ static void ref_rows_q8(const fnb_job *j, int64_t r0, int64_t r1) {
 
 static void fnb_rows_ref(const fnb_job *j, int64_t r0, int64_t r1) {
     if (j->xq) { ref_rows_q8(j, r0, r1); return; }
+    if (j->dequant) {
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t k = 0; k < j->K; k++) {
+                float w = ref_weight(j, r, k);
+                if (j->wkind == FNB_I8ROW) w *= fnb_load_dt(j->scale, j->sdtype, r);
+                fnb_store_dt(j->y, j->ydtype, r * j->ldy + k, w);
+            }
+        return;
+    }
     for (int64_t r = r0; r < r1; r++)
         for (int t = 0; t < j->T; t++) {
             double s = 0;  /* double: the reference is the exact sum, up to one rounding */
@@ -342,6 +351,26 @@ int fnb_linear_q8(int isa, int threads, int wkind, const void *w, const void *sc
                   int T, void *y, int ydtype, int64_t ldy) {
     return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
                        ydtype, ldy, 1);
+}
+
+/* y [N, K] (ydtype) = the weights of an integer kind (I8ROW, I8GRP, I4GRP), rows split across
+ * threads. Returns 0, or -1 for bad arguments. */
+int fnb_dequantize(int isa, int threads, int wkind, const void *w, const void *scale, int sdtype,
+                   int64_t group, int64_t N, int64_t K, void *y, int ydtype) {
+    fnb_rows_fn fn = fnb_variant(isa);
+    int shift = fnb_group_shift(wkind, group, K);
+    if (!fn || N < 0 || K < 0 || shift < 0 ||
+        (wkind != FNB_I8ROW && wkind != FNB_I8GRP && wkind != FNB_I4GRP))
+        return -1;
+    if (wkind == FNB_I8ROW) group = 1;
+    if (N == 0 || K == 0) return 0;
+    pthread_once(&fork_once, register_fork);
+    pthread_mutex_lock(&call_mu);
+    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, NULL, 0, y, ydtype, K,
+                 NULL, NULL, NULL, 1};
+    fnb_run_parallel(fn, &j, 1, threads);
+    pthread_mutex_unlock(&call_mu);
+    return 0;
 }
 
 /* for fnb_layer.c: one call at a time through the pool */
