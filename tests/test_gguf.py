@@ -288,3 +288,39 @@ def test_loading_holds_the_model_once(tmp_path):
     # one expert: measured peak 31 MB for 22.6 MB of tensors (2026-12-01)
     one_expert = 3 * 256 * 1024 * 4
     assert added <= 1.1 * tensors + 4 * one_expert, (added, tensors)
+
+
+@pytest.mark.parametrize("arch,dense,experts", [
+    ("mixtral", "Q8_0", "Q4_0"), ("mixtral", "Q4_0", "Q8_0"), ("qwen2_moe", "Q8_0", "Q8_0"),
+    ("qwen3_moe", "Q4_0", "Q4_K"), ("gpt_oss", "Q8_0", "MXFP4")])
+def test_dense_weights_stay_in_the_files_blocks(arch, dense, experts, tmp_path, stock_model):
+    """A CPU-only engine keeps Q8_0 / Q4_0 linears and embeddings as the file has them (rows
+    permuted like llama's Q / K heads where transformers permutes them): same tokens and logits
+    as stock on the file's values, the note says so, and their bytes are the file's."""
+    from fiddler_nb.runtime.kernels import native
+
+    if dense == "Q4_0" and not native.available():
+        pytest.skip("Q4_0 dense blocks need the native kernels")
+    path = fnb.make_tiny_gguf(tmp_path / "m.gguf", arch, experts, dense_type=dense)
+    ref = stock_model(str(fnb.write_gguf_reference(path, tmp_path / "ref")))
+    engine = fnb.load(path, device="cpu", expert_budget=0, placement="none", execution="cpu")
+    assert any(f"kept in the file's blocks" in n and dense in n for n in engine.notes)
+    kept = [m for m in engine.model.modules()
+            if "_fnb_dense" in m.__dict__ and m._fnb_dense[0].fmt != "float"]
+    assert kept and all(m.weight.numel() == 0 for m in kept)  # no float copy held
+    failures = sweep_against(engine, ref, ("cpu",), LOGIT_ATOL)
+    assert not failures, f"{arch} dense {dense}: " + "; ".join(failures)
+    floats = sum(p.numel() * 4 for n, p in ref.named_parameters() if "experts" not in n)
+    assert engine.memory().non_expert_bytes < 0.5 * floats  # blocks, not float32
+
+
+def test_other_quantized_dense_types_are_converted_with_their_error(tmp_path, stock_model):
+    path = fnb.make_tiny_gguf(tmp_path / "m.gguf", "mixtral", "Q8_0", dense_type="Q6_K")
+    engine = fnb.load(path, device="cpu", execution="cpu")
+    note = next(n for n in engine.notes if "non-expert weights converted to int8-g32" in n)
+    assert "Q6_K" in note and "relative RMS error" in note
+    ref = stock_model(str(fnb.write_gguf_reference(path, tmp_path / "ref")))
+    inputs = engine.encode(PROMPTS)
+    got, want = (_tokens_and_logits(m, inputs)[1] for m in (engine.model, ref))
+    err = (got - want).abs().max().item()
+    assert 0 < err < 0.05 * want.abs().max().item()  # 8-bit requantization of 6-bit values

@@ -64,7 +64,7 @@ def dequantized_gguf_model(path: str | Path, dtype: torch.dtype | None = None):
 
     dtype = dtype or torch.float32
     source = GGUFSource(Path(path).expanduser(), torch.device("cpu"), dtype,
-                        expert_dtype=dtype_label(dtype))
+                        expert_dtype=dtype_label(dtype), dense_blocks=False)
     return source.load_model(), source
 
 

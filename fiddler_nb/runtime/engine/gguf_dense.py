@@ -6,9 +6,12 @@ CPU (lm_head alone is a fifth of a 2-layer Mixtral's decode bytes) and held in m
 Q8_0 linear becomes a group-wise int8 `Matrix` with the file's int8 values and fp16 scales, a
 Q4_0 one the native kernels' nibble layout with the file's fp16 scales (both exact: the same
 numbers the `gguf` package's dequantization gives); they run through the engine's kernel choice
-like the experts (engine/dense.py). A Q8_0 / Q4_0 embedding table stays in its blocks too and is
-dequantized row by row at lookup. Other types, tied embeddings and GPU engines take the
-dequantized path.
+like the experts (engine/dense.py). Other quantized types (the Q6_K lm_head and Q4_K / Q5_K
+layers llama-quantize's mixes use) become group-wise int8 with 32 inputs per fp16 scale, the
+nearest format we keep, with the error against the file's values measured (the caller states
+it in eng.notes): dequantized to float32 they would be 4-5x llama.cpp's bytes per token. An
+embedding table stays in its blocks too and is dequantized row by row at lookup. Float tensors,
+tied embeddings and GPU engines take the dequantized path.
 
 transformers' tensor processors may permute rows (llama's Q / K heads): the permutation is
 found by running the processor on the row numbers, and applied to whole rows of blocks (a
@@ -27,26 +30,30 @@ from torch import nn
 
 from ..formats import gguf_blocks
 from ..formats.matrix import Matrix
-from ..formats.quant import pack_nibbles
+from ..formats.quant import dequantize_int8_grouped, pack_nibbles, quantize_int8_grouped
 from ..kernels.native import available as native_available
 from ..model.gguf_file import TensorEntry
 
-KEPT = ("Q8_0", "Q4_0")  # non-expert types kept in their blocks (others are dequantized)
+KEPT = ("Q8_0", "Q4_0")  # non-expert types kept in their blocks exactly
+CONVERTED_LABEL = "int8-g32"  # what other quantized non-expert types become
 
 
-def kept_matrix(entry: TensorEntry, gguf_name: str, processor, shape: tuple[int, ...]
-                ) -> tuple[Matrix, str] | None:
-    """(the tensor as a stored matrix, its format label) when it stays in its blocks, else
-    None. shape: the parameter's (N, K)."""
-    if len(shape) != 2 or entry.gguf_type not in KEPT:
+def kept_matrix(entry: TensorEntry, gguf_name: str, processor, shape: tuple[int, ...],
+                errors: list[float]) -> tuple[Matrix, str] | None:
+    """(the tensor as a stored matrix, its format label), or None to dequantize it to the
+    activation dtype (float types; shapes the kernels cannot hold). shape: the parameter's
+    (N, K). A converted tensor appends its relative RMS error to `errors`."""
+    if len(shape) != 2 or entry.gguf_type in gguf_blocks.FLOATS:
         return None
-    if entry.gguf_type == "Q4_0" and not native_available():
-        return None  # torch's int4 pack would need a repack with zero points: dequantize
     n, k = shape
-    perm = _row_permutation(processor, gguf_name, n)
-    if perm is None or k % gguf_blocks.GROUP:
+    if k % gguf_blocks.GROUP:
         return None
-    raw = torch.from_numpy(np.ascontiguousarray(entry.data)).view(torch.uint8).reshape(n, -1)
+    if entry.gguf_type not in KEPT or (entry.gguf_type == "Q4_0" and not native_available()):
+        return _converted(entry, gguf_name, processor, n, k, errors)
+    perm = _row_permutation(processor, gguf_name, n)
+    if perm is None:
+        return _converted(entry, gguf_name, processor, n, k, errors)
+    raw = torch.from_numpy(np.array(entry.data)).view(torch.uint8).reshape(n, -1)  # a copy
     if entry.gguf_type == "Q8_0":
         q, scale = gguf_blocks.decode_q8_0(raw, k)  # [N, K] int8, [N, K/32] fp16
         return Matrix("int8-group", q[perm].contiguous(), scale[perm].contiguous(),
@@ -54,6 +61,21 @@ def kept_matrix(entry: TensorEntry, gguf_name: str, processor, shape: tuple[int,
     q, scale, _ = gguf_blocks.decode_int4("Q4_0", raw, k)  # zero points 0 for Q4_0
     return Matrix("int4-blocks", pack_nibbles(q[perm]).contiguous(),
                   scale[perm].to(torch.float16).contiguous(), gguf_blocks.GROUP), "gguf-q4_0"
+
+
+def _converted(entry: TensorEntry, gguf_name: str, processor, n: int, k: int,
+               errors: list[float]) -> tuple[Matrix, str]:
+    """The file's values (the `gguf` package's dequantization, transformers' processor) as
+    group-wise int8 with fp16 scales per 32 inputs; the error appended to `errors`."""
+    raw = torch.from_numpy(np.array(entry.data)).view(torch.uint8).reshape(n, -1)  # a copy
+    values = gguf_blocks.dequantize_raw(entry.gguf_type, raw, k).numpy()
+    w = torch.from_numpy(np.ascontiguousarray(
+        processor.process(values, gguf_name).weights, dtype=np.float32)).reshape(n, k)
+    q, scale = quantize_int8_grouped(w, gguf_blocks.GROUP)
+    matrix = Matrix("int8-group", q, scale, gguf_blocks.GROUP)
+    errors.append(gguf_blocks.conversion_error(w, dequantize_int8_grouped(q, scale,
+                                                                          torch.float32)))
+    return matrix, CONVERTED_LABEL
 
 
 def _row_permutation(processor, gguf_name: str, n: int) -> torch.Tensor | None:

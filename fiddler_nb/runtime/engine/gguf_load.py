@@ -47,8 +47,9 @@ class GGUFSource:
     """A checked GGUF model, ready to load (nothing placed yet)."""
 
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype | None,
-                 expert_dtype=None, group_size: int | None = None):
+                 expert_dtype=None, group_size: int | None = None, dense_blocks: bool = True):
         self.ckpt = open_checkpoint(path)
+        self.dense_blocks = dense_blocks  # CPU-only: quantized linears stay quantized
         self.device = device
         self.dtype = dtype or DEFAULT_DTYPES.get(device.type, torch.float32)
         self.config = transformers_config(self.ckpt)
@@ -149,9 +150,11 @@ class GGUFSource:
         model = self.skeleton
         processor = tensor_processor(self.ckpt.architecture, self.config)
         kept: dict[str, int] = {}
+        dense_errors: list[float] = []
         for hf_name, (gguf_name, entry) in self.dense.items():
             param = model.get_parameter(hf_name)
-            if self._keep_in_blocks(model, hf_name, gguf_name, entry, processor, param.shape):
+            if self._keep_in_blocks(model, hf_name, gguf_name, entry, processor, param.shape,
+                                    dense_errors):
                 kept[entry.gguf_type] = kept.get(entry.gguf_type, 0) + 1
                 continue
             w = processor.process(_dequantize(entry), gguf_name).weights
@@ -173,9 +176,17 @@ class GGUFSource:
             set_expert_tensors(layer.module, tensors)
         finish(model, self.device, self.ckpt.name)
         if kept:
-            self.notes.append("non-expert weights kept in the file's blocks: " + ", ".join(
-                f"{n} {t}" for t, n in sorted(kept.items())) + " (the rest dequantized to "
-                f"{dtype_label(self.dtype)})")
+            exact = {t: n for t, n in kept.items() if t in gguf_dense.KEPT}
+            other = {t: n for t, n in kept.items() if t not in gguf_dense.KEPT}
+            if exact:
+                self.notes.append("non-expert weights kept in the file's blocks: " + ", ".join(
+                    f"{n} {t}" for t, n in sorted(exact.items())))
+            if other:
+                self.notes.append(
+                    "non-expert weights converted to " + gguf_dense.CONVERTED_LABEL + ": " +
+                    ", ".join(f"{n} {t}" for t, n in sorted(other.items())) +
+                    f" (relative RMS error vs the file's values {max(dense_errors):.2e} worst; "
+                    "float32 would read ~4x the bytes per token)")
         if self.errors:
             self.notes.append(f"conversion error vs the file's values: relative RMS "
                               f"{sum(self.errors) / len(self.errors):.2e} on average, "
@@ -183,17 +194,17 @@ class GGUFSource:
         return model
 
     def _keep_in_blocks(self, model: nn.Module, hf_name: str, gguf_name: str,
-                        entry: TensorEntry, processor, shape) -> bool:
-        """On a CPU-only engine, a Q8_0 / Q4_0 linear or embedding weight stays in its blocks
-        (engine/gguf_dense.py); True when it did."""
+                        entry: TensorEntry, processor, shape, errors: list[float]) -> bool:
+        """On a CPU-only engine, a quantized linear or embedding weight stays in its blocks
+        (Q8_0 / Q4_0) or becomes int8-g32 (engine/gguf_dense.py); True when it did."""
         owner_name, _, leaf = hf_name.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
         tied = getattr(model.config, "tie_word_embeddings", False)
-        if self.device.type != "cpu" or leaf != "weight" or \
+        if not self.dense_blocks or self.device.type != "cpu" or leaf != "weight" or \
                 type(owner) not in (nn.Linear, nn.Embedding) or \
                 (tied and type(owner) is nn.Embedding):
             return False
-        found = gguf_dense.kept_matrix(entry, gguf_name, processor, tuple(shape))
+        found = gguf_dense.kept_matrix(entry, gguf_name, processor, tuple(shape), errors)
         if found is None:
             return False
         matrix, label = found

@@ -47,7 +47,7 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
     if expert_type not in GGMLQuantizationType.__members__:
         raise OptionError(f"unknown GGUF type {expert_type!r}")
     sizes = {}
-    if expert_type in K_QUANTS:
+    if expert_type in K_QUANTS or dense_type in K_QUANTS:
         wide = "intermediate_size" if arch == "mixtral" else "moe_intermediate_size"
         sizes = {"hidden_size": K_QUANT_SIZE, wide: K_QUANT_SIZE}
     config = tiny_config(arch, **{**sizes, **config_overrides})
@@ -61,6 +61,7 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
     _write_metadata(writer, gguf_arch, config)
     _write_tokenizer(writer)
     state = model.state_dict()
+    rng = np.random.default_rng(seed)
     for gguf_name, hf_name in dense_tensor_names(model, gguf_arch).items():
         if hf_name not in state or (gguf_name == "output.weight" and config.tie_word_embeddings):
             continue
@@ -71,8 +72,7 @@ def make_tiny_gguf(path: str | Path, arch: str = "mixtral", expert_type: str = "
             w = _permute(w, heads)
         if gguf_name.endswith("ffn_gate_inp_shexp.weight"):
             w = w.reshape(-1)  # llama.cpp stores the shared-expert gate 1-D
-        _add(writer, gguf_name, w, dense_type if w.ndim == 2 else "F32")
-    rng = np.random.default_rng(seed)
+        _add(writer, gguf_name, w, dense_type if w.ndim == 2 else "F32", rng)
     for layer, name in _expert_modules(model):
         module = model.get_submodule(name)
         for which, w in _expert_matrices(module).items():
