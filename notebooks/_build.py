@@ -254,6 +254,27 @@ NOTEBOOKS["08_compressed_experts"] = [
        "reserve)."),
     code("eng = fnb.load(S.model_path(), expert_dtype='int8')\nprint(eng)\n"
          "print(eng.memory().table())"),
+    md("**Faster, not exact: int8 activations.** llama.cpp multiplies Q8_0 / Q4_0 weights by "
+       "activations rounded to 8 bits per 32 inputs (integer dot products). "
+       "`fnb.load(..., allow_activation_quant=True)` (or `eng.set_activation_quant(True)`) lets "
+       "our CPU kernels do the same for int8 / int4 experts; the '+q8' points below show what "
+       "it adds to each format's error. It is never the default."),
+    code("q8_points = compare_formats(S.model_path(), formats=(None, 'int8', 'int4'),\n"
+         "                            prompts=[S.prompt()], new_tokens=S.new_tokens,\n"
+         "                            activation_quant=True)\n"
+         "[(p.expert_format, round(p.rel_expert_error, 4), p.top1_agreement) for p in q8_points]"),
+    md("**Your own file.** A GGUF file (or MXFP4 gpt-oss checkpoint) loads as it is. Its reference "
+       "is the file's own values dequantized by the `gguf` package (`gguf_reference`, written "
+       "once next to the file); bf16 / int8 / int4 of that reference sit beside the file's own "
+       "format. Set `FIDDLER_NB_GGUF=/path/model.gguf` to use yours; without it a tiny Mixtral "
+       "Q4_0 file is made here."),
+    code("import os\nfrom fiddler_nb.benchmarks.format_compare import gguf_reference\n"
+         "gguf = os.environ.get('FIDDLER_NB_GGUF') or fnb.make_tiny_gguf(\n"
+         "    nbmode.output_dir() / 'nb08' / 'tiny-q4_0.gguf', 'mixtral', 'Q4_0', dense_type='Q8_0')\n"
+         "file_points = compare_formats(gguf_reference(gguf), formats=('int8', 'int4'),\n"
+         "                              prompts=[S.prompt()], new_tokens=S.new_tokens,\n"
+         "                              activation_quant=True, files=[gguf])\n"
+         "plots.format_tradeoff(file_points, title='your file beside our formats')"),
 ]
 
 

@@ -56,3 +56,31 @@ def test_activation_quant_rows_measure_their_error():
     assert 0 <= q8["act_quant_logit_err"] < 0.05 and 0 < q8["act_quant_top1_agree"] <= 1
     assert "act_quant_logit_err" not in exact
     assert "| engine-int8-g32+q8 |" in res.table()
+
+
+def test_compare_formats_with_int8_activations_and_a_users_file(tmp_path):
+    """Notebook 08's comparison: '+q8' points beside the exact ones (more error, never less
+    than zero), and a GGUF file measured against its own reference (its values: ~0 error)."""
+    import fiddler_nb as fnb
+    from fiddler_nb.benchmarks.format_compare import compare_formats, gguf_reference
+    from fiddler_nb.benchmarks.format_suite import has_q8_kernel
+    from fiddler_nb.runtime.formats.quant import ExpertFormat
+
+    gguf = fnb.make_tiny_gguf(tmp_path / "m.gguf", "mixtral", "Q8_0", dense_type="Q8_0")
+    ref = gguf_reference(gguf)
+    assert (ref / "config.json").is_file() and gguf_reference(gguf) == ref  # written once
+    points = compare_formats(ref, formats=("int8",), new_tokens=2, activation_quant=True,
+                             files=[gguf])
+    names = [p.expert_format for p in points]
+    q8 = has_q8_kernel(ExpertFormat("int8"))
+    assert names == ["fp32", "int8"] + (["int8+q8"] if q8 else []) + ["gguf-q8_0"] + \
+        (["gguf-q8_0+q8"] if q8 else [])
+    by = {p.expert_format: p for p in points}
+    assert by["fp32"].rel_expert_error == 0 and by["fp32"].top1_agreement == 1
+    assert by["gguf-q8_0"].rel_expert_error < 1e-5  # the file's own values: exact
+    assert by["gguf-q8_0"].source == str(gguf)
+    assert 1e-4 < by["int8"].rel_expert_error < 0.05
+    if q8:
+        assert by["int8+q8"].activation_quant and by["int8+q8"].rel_expert_error > \
+            by["int8"].rel_expert_error * 0.5
+        assert 1e-4 < by["gguf-q8_0+q8"].rel_expert_error < 0.05

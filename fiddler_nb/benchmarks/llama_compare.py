@@ -2,8 +2,9 @@
 same weights, in interleaved rounds (`fiddler-nb bench --cpu-suite --llama-bench PATH --gguf
 FORMAT=FILE ...`).
 
-For each `--gguf FORMAT=FILE` (FORMAT: bf16, int8 = Q8_0's layout, int4 = Q4_0's group; FILE:
-the same checkpoint through llama.cpp's convert_hf_to_gguf.py + llama-quantize), fiddler_nb
+For each `--gguf FORMAT=FILE` (FORMAT: bf16, int8 = Q8_0's layout, int4 = Q4_0's group, or
+`file` for a file compared as it is, e.g. a Q4_K_M mix; FILE: the same checkpoint through
+llama.cpp's convert_hf_to_gguf.py + llama-quantize), fiddler_nb
 loads the safetensors checkpoint quantizing its experts and dense weights to the same bits
 (`CONTENDERS`), optionally a second time with activation quantization allowed (llama.cpp's own
 method for Q8_0 / Q4_0: activations rounded to 8 bits per 32 inputs) and, with `direct`, the
@@ -41,6 +42,7 @@ CONTENDERS = {
     "int4": dict(expert_dtype="int4", group_size=32, dense_dtype="int4"),  # Q4_0's group
 }
 QUANTIZED = ("int8", "int4")  # the formats that activation quantization applies to
+FILE_ONLY = "file"  # --gguf file=PATH: only the file itself, no safetensors contender
 DECODE_PROMPT, PREFILL_TOKENS = 16, 128
 VOCAB_MARGIN = 1000  # prompt ids drawn below vocab_size - margin (never special tokens)
 BUILD_HINT = ("llama.cpp side by side: pass --llama-bench PATH/llama-bench --gguf int8=FILE "
@@ -84,30 +86,31 @@ class LlamaCompareResult:
         return "\n".join(lines)
 
 
-def check_inputs(llama_bench: str, ggufs: dict[str, str]) -> str:
+def check_inputs(llama_bench: str, ggufs: list[tuple[str, str]]) -> str:
     """The llama-bench path to run; a clear error for a missing binary, file or format."""
     binary = shutil.which(llama_bench) or (llama_bench if Path(llama_bench).is_file() else None)
     if binary is None:
         raise OptionError(f"--llama-bench {llama_bench!r} is not an executable; " + BUILD_HINT)
     if not ggufs:
         raise OptionError("--llama-bench needs at least one --gguf FORMAT=FILE; " + BUILD_HINT)
-    for key, path in ggufs.items():
-        if key not in CONTENDERS:
-            raise OptionError(f"--gguf {key}=...: FORMAT is one of {', '.join(CONTENDERS)}")
+    for key, path in ggufs:
+        if key not in CONTENDERS and key != FILE_ONLY:
+            raise OptionError(f"--gguf {key}=...: FORMAT is one of {', '.join(CONTENDERS)} "
+                              f"or {FILE_ONLY}")
         if not Path(path).is_file():
             raise OptionError(f"--gguf {key}={path}: no such file")
     return binary
 
 
-def parse_ggufs(items: list[str]) -> dict[str, str]:
-    """['int8=a.gguf', ...] -> {'int8': 'a.gguf', ...}"""
-    out = {}
+def parse_ggufs(items: list[str]) -> list[tuple[str, str]]:
+    """['int8=a.gguf', ...] -> [('int8', 'a.gguf'), ...]"""
+    out = []
     for item in items:
         key, sep, path = item.partition("=")
         if not sep or not path:
             raise OptionError(f"--gguf {item!r}: write FORMAT=FILE, FORMAT one of "
-                              f"{', '.join(CONTENDERS)}")
-        out[key] = path
+                              f"{', '.join(CONTENDERS)} or {FILE_ONLY}")
+        out.append((key, path))
     return out
 
 
@@ -159,29 +162,31 @@ def stock_round(path: str, new: int) -> tuple[float, float]:
     return new / (total - first), p128.shape[1] / prefill
 
 
-def contenders(checkpoint: str, ggufs: dict[str, str], direct: bool,
+def contenders(checkpoint: str, ggufs: list[tuple[str, str]], direct: bool,
                activation_quant: bool) -> list[tuple[str, str, dict, str]]:
     """(name, path to load, fnb.load keywords, GGUF file to compare with) per contender."""
     out = []
-    for key, gguf in ggufs.items():
-        out.append((f"{key} (from safetensors)", checkpoint, CONTENDERS[key], gguf))
-        if activation_quant and key in QUANTIZED:
-            out.append((f"{key} + int8 activations", checkpoint,
-                        dict(CONTENDERS[key], allow_activation_quant=True), gguf))
-        if direct:
-            out.append((f"{key} (the GGUF file)", gguf, {}, gguf))
+    for key, gguf in ggufs:
+        if key != FILE_ONLY:
+            out.append((f"{key} (from safetensors)", checkpoint, CONTENDERS[key], gguf))
             if activation_quant and key in QUANTIZED:
-                out.append((f"{key} (the GGUF file) + int8 activations", gguf,
+                out.append((f"{key} + int8 activations", checkpoint,
+                            dict(CONTENDERS[key], allow_activation_quant=True), gguf))
+        if direct or key == FILE_ONLY:
+            name = f"{Path(gguf).name} as it is"
+            out.append((name, gguf, {}, gguf))
+            if activation_quant and key != "bf16":
+                out.append((f"{name} + int8 activations", gguf,
                             dict(allow_activation_quant=True), gguf))
     return out
 
 
-def run_llama_compare(checkpoint: str, llama_bench: str, ggufs: dict[str, str],
+def run_llama_compare(checkpoint: str, llama_bench: str, ggufs: list[tuple[str, str]],
                       rounds: int = 3, threads: int = 2, new_tokens: int = 32,
                       direct: bool = False, activation_quant: bool = False, command: str = "",
                       on_line: Callable[[dict], None] | None = None) -> LlamaCompareResult:
     """Measure every contender against llama-bench on its file (module docstring)."""
-    import fiddler_nb as fnb
+    from ..api import load
 
     binary = check_inputs(llama_bench, ggufs)
     emit = on_line or (lambda line: None)
@@ -197,7 +202,7 @@ def run_llama_compare(checkpoint: str, llama_bench: str, ggufs: dict[str, str],
         emit({"engine": "stock transformers bf16", **stock})
         for name, path, kwargs, gguf in contenders(checkpoint, ggufs, direct, activation_quant):
             t = time.perf_counter()
-            eng = fnb.load(path, device="cpu", threads=threads, expert_budget=0, **kwargs)
+            eng = load(path, device="cpu", threads=threads, expert_budget=0, **kwargs)
             load_s, expert_dtype = time.perf_counter() - t, eng.expert_dtype
             emit({"contender": name, "load_s": load_s, "expert_dtype": expert_dtype,
                   "notes": list(eng.notes)})
@@ -217,7 +222,7 @@ def run_llama_compare(checkpoint: str, llama_bench: str, ggufs: dict[str, str],
         torch.set_num_threads(old)
     load = before.finished(machine_load())
     settings = dict(threads=threads, rounds=rounds, new_tokens=new_tokens,
-                    checkpoint=checkpoint, ggufs=ggufs, llama_bench=binary,
+                    checkpoint=checkpoint, ggufs=[list(g) for g in ggufs], llama_bench=binary,
                     torch=torch.__version__, conditions=load.to_dict(), busy_note=load.note([]))
     return LlamaCompareResult(rows, stock, facts, settings, command,
                               _dt.datetime.now().astimezone().isoformat(timespec="seconds"))

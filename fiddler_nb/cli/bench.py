@@ -195,7 +195,8 @@ def add_subcommands(sub) -> None:
                         "on --gguf files of --model's weights")
     b.add_argument("--gguf", action="append", default=[], metavar="FORMAT=FILE",
                    help="with --llama-bench: FORMAT bf16 / int8 (Q8_0) / int4 (Q4_0) and the "
-                        "GGUF file of the same weights (repeat for several)")
+                        "GGUF file of the same weights, or file=FILE for a file compared as it "
+                        "is (e.g. Q4_K_M); repeat for several")
     b.add_argument("--gguf-direct", action="store_true",
                    help="with --llama-bench: also load each GGUF file itself in fiddler_nb")
     b.add_argument("--out", default=None, help="write the JSON here")
