@@ -310,6 +310,8 @@ def test_dense_weights_stay_in_the_files_blocks(arch, dense, experts, tmp_path, 
     assert kept and all(m.weight.numel() == 0 for m in kept)  # no float copy held
     failures = sweep_against(engine, ref, ("cpu",), LOGIT_ATOL)
     assert not failures, f"{arch} dense {dense}: " + "; ".join(failures)
+    assert engine.vocab_size == ref.config.vocab_size  # from the kept table's rows
+    assert engine.generate("Hello", max_new_tokens=2).token_ids.shape[1] == 2
     floats = sum(p.numel() * 4 for n, p in ref.named_parameters() if "experts" not in n)
     assert engine.memory().non_expert_bytes < 0.5 * floats  # blocks, not float32
 

@@ -139,7 +139,10 @@ class Engine:
     def vocab_size(self) -> int | None:
         """Rows of the input embedding: the valid token ids are 0..vocab_size-1."""
         embeddings = self.model.get_input_embeddings() if self.model is not None else None
-        return int(embeddings.weight.shape[0]) if embeddings is not None else None
+        if embeddings is None:
+            return None
+        rows = getattr(embeddings, "num_embeddings", None)  # kept GGUF tables hold no weight
+        return int(rows) if isinstance(rows, int) else int(embeddings.weight.shape[0])
 
     @property
     def max_context(self) -> int | None:

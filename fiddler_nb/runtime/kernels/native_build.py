@@ -36,8 +36,9 @@ X86_VARIANTS = {  # variant -> its flags (fnb_isa.c compiled once each)
     "avx2": ("-DFNB_USE_AVX2", "-mavx2", "-mfma", "-mf16c"),
     "avx512": ("-DFNB_USE_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma",
                "-mf16c"),
-    "avx512vnni": ("-DFNB_USE_AVX512", "-DFNB_USE_VNNI", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                   "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"),
+    "avx512vnni": ("-DFNB_USE_AVX512", "-DFNB_USE_VNNI", "-DFNB_USE_BF16DOT", "-mavx512f",
+                   "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx512bf16", "-mavx2", "-mfma",
+                   "-mf16c"),
 }
 ISA_NAMES = ("ref", "generic", "avx2", "avx512", "avx512vnni")  # fnb_kernels.h FNB_ISA_* order
 COMPILE_TIMEOUT_S = 300  # a busy 2-core box builds the variants in well under a minute

@@ -1,8 +1,9 @@
 /* One SIMD variant of the row kernels, compiled once per ISA with its own flags and name:
  *   -DFNB_VARIANT=avx2   -mavx2 -mfma -mf16c         (8 fp32 lanes)
  *   -DFNB_VARIANT=avx512 -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma -mf16c  (16 lanes)
- *   -DFNB_VARIANT=avx512vnni  the avx512 flags + -mavx512vnni (-DFNB_USE_VNNI: vpdpbusd for
- *                          the quantized-activation kernels; the rest as avx512)
+ *   -DFNB_VARIANT=avx512vnni  the avx512 flags + -mavx512vnni -mavx512bf16 (-DFNB_USE_VNNI:
+ *                          vpdpbusd for the quantized-activation kernels; -DFNB_USE_BF16DOT:
+ *                          vdpbf16ps for bf16 weights x bf16 activations; the rest as avx512)
  *   -DFNB_VARIANT=generic (no flags: GCC vector extensions, auto-vectorised for the target)
  * The pool (fnb_pool.c) picks a variant at run time from the CPU's features.
  *
@@ -460,6 +461,62 @@ static inline __attribute__((always_inline)) void qrows_kind(const fnb_job *j, i
 }
 
 /* One specialised copy per weight kind (the switch in load_block folds away). */
+
+/* ---- bf16 weights x bf16 activations: vdpbf16ps (AVX512-BF16) ------------------------------ */
+#if defined(FNB_USE_BF16DOT)
+/* Products of two bf16 numbers are exact in fp32, so this is the weight-only kernel's math
+ * (x_k w_k summed in fp32, another order; the instruction treats denormals as zero) without
+ * widening either operand: 32 weights per instruction. */
+#define DEFINE_HTILE(R, TT)                                                                   \
+static inline __attribute__((always_inline)) void htile_##R##x##TT(                          \
+        const fnb_job *j, int64_t r, int t0) {                                               \
+    const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
+    __m512 acc[R][TT];                                                                        \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
+        acc[i][t] = _mm512_setzero_ps();                                                      \
+    for (int64_t b = 0; b < nblk; b++) {                                                      \
+        __m512bh x[TT];                                                                       \
+        UNROLL for (int t = 0; t < TT; t++)                                                   \
+            x[t] = (__m512bh)_mm512_loadu_si512((const void *)(j->xh + (int64_t)(t0 + t) * K + \
+                                                               b * FNB_BLOCK));              \
+        UNROLL for (int i = 0; i < R; i++) {                                                  \
+            __m512bh w = (__m512bh)_mm512_loadu_si512((const void *)(                          \
+                (const uint16_t *)j->w + (r + i) * K + b * FNB_BLOCK));                       \
+            UNROLL for (int t = 0; t < TT; t++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], w, x[t]); \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int i = 0; i < R; i++)                                                        \
+        UNROLL for (int t = 0; t < TT; t++) {                                                 \
+            float tail = 0;                                                                   \
+            for (int64_t k = nblk * FNB_BLOCK; k < K; k++)                                    \
+                tail += fnb_bf16_to_f32(((const uint16_t *)j->w)[(r + i) * K + k]) *           \
+                        fnb_bf16_to_f32(j->xh[(int64_t)(t0 + t) * K + k]);                    \
+            put(j, FNB_BF16, t0 + t, r + i, _mm512_reduce_add_ps(acc[i][t]) + tail);          \
+        }                                                                                     \
+}
+DEFINE_HTILE(4, 1)
+DEFINE_HTILE(4, 2)
+DEFINE_HTILE(1, 1)
+DEFINE_HTILE(1, 2)
+DEFINE_HTILE(1, 4)
+DEFINE_HTILE(1, 8)
+
+static void hrows(const fnb_job *j, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    if (j->T <= 2)
+        for (; r + 4 <= r1; r += 4) {
+            if (j->T == 1) htile_4x1(j, r, 0); else htile_4x2(j, r, 0);
+        }
+    for (; r < r1; r++) {
+        int t0 = 0;
+        for (; t0 + 8 <= j->T; t0 += 8) htile_1x8(j, r, t0);
+        if (t0 + 4 <= j->T) { htile_1x4(j, r, t0); t0 += 4; }
+        if (t0 + 2 <= j->T) { htile_1x2(j, r, t0); t0 += 2; }
+        if (t0 < j->T) htile_1x1(j, r, t0);
+    }
+}
+#endif
+
 /* Dequantize rows r0..r1 into y [N, K] (ydtype): the same weight vectors the products use
  * (load_block: q * scale in fp32), rounded once to ydtype (round to nearest even; the scales
  * are finite, so no NaN handling), exactly what formats/quant.py's dequantization gives. */
@@ -536,6 +593,9 @@ static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j,
 }
 
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
+#if defined(FNB_USE_BF16DOT)
+    if (j->xh && j->wkind == FNB_BF16) { hrows(j, r0, r1); return; }
+#endif
     if (j->dequant) {
         switch (j->wkind) {
         case FNB_I8ROW: dequant_kind(j, FNB_I8ROW, r0, r1); break;

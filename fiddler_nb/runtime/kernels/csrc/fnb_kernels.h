@@ -48,6 +48,8 @@ typedef struct {
                            lanes 1-7 zero (offset: 128 for int8 weights, 8 for int4; the
                            avx512vnni kernels read unsigned weights w + offset) */
     int dequant;      /* 1: no product; write the weights themselves, y [N, K] in ydtype */
+    const uint16_t *xh; /* FNB_BF16 weights with bf16 activations [T, K] on a CPU with
+                           AVX512-BF16 (fnb_bf16_dot): vdpbf16ps on both as stored, else NULL */
 } fnb_job;
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
@@ -62,6 +64,8 @@ float *fnb_scratch(int slot, int64_t floats);
 void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, float *d,
                      int32_t *c);
 int fnb_q8_supported(int wkind, int64_t K);
+int fnb_bf16_dot(int isa, int wkind);
+void fnb_to_bf16(const float *x, int64_t n, uint16_t *dst);
 void fnb_lock(void);
 void fnb_unlock(void);
 

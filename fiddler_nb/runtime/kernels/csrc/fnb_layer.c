@@ -53,13 +53,20 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     }
     fnb_widen(x, xdtype, ldx, (int)P, H, permute, xf);
     if (q8) fnb_quantize_q8(xf, (int)P, H, wkind, xq, xs, xc);
+    /* bf16 weights and activations on AVX512-BF16: both operands as bf16 (exact: x came in
+     * bf16, the SiLU products are rounded to it below) */
+    const int hdot = act_dtype == FNB_DT_BF16 && fnb_bf16_dot(isa, wkind);
+    uint16_t *xh = hdot ? (uint16_t *)fnb_scratch(10, P * H / 2 + 1) : NULL;
+    uint16_t *ah = hdot ? (uint16_t *)fnb_scratch(11, P * I / 2 + 1) : NULL;
+    if (hdot && (!xh || !ah)) { fnb_unlock(); return -2; }
+    if (hdot) fnb_to_bf16(xf, P * H, xh);
     fnb_job jobs[MAX_EXPERTS];
     int64_t off = 0;
     for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
         fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
                      xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I,
                      q8 ? xq + off * H : NULL, q8 ? xs + off * (H / FNB_BLOCK) : NULL,
-                     q8 ? xc + off * (H / 4) : NULL};
+                     q8 ? xc + off * (H / 4) : NULL, 0, hdot ? xh + off * H : NULL};
         jobs[e] = j;
         off += counts[e];
     }
@@ -76,12 +83,13 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
         }
     }
     if (q8) fnb_quantize_q8(af, (int)P, I, wkind, aq, as, ac);
+    if (hdot) fnb_to_bf16(af, P * I, ah);
     off = 0;
     for (int e = 0; e < n_experts; e++) {  /* down of every expert */
         fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
                      af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H,
                      q8 ? aq + off * I : NULL, q8 ? as + off * (I / FNB_BLOCK) : NULL,
-                     q8 ? ac + off * (I / 4) : NULL};
+                     q8 ? ac + off * (I / 4) : NULL, 0, hdot ? ah + off * I : NULL};
         jobs[e] = j;
         off += counts[e];
     }

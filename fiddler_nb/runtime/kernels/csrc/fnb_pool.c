@@ -291,6 +291,22 @@ void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, flo
     }
 }
 
+/* 1 when bf16 weights meet bf16 activations in vdpbf16ps on this ISA and CPU */
+int fnb_bf16_dot(int isa, int wkind) {
+#if defined(__x86_64__) || defined(__i386__)
+    return wkind == FNB_BF16 && isa == FNB_ISA_AVX512VNNI && fnb_variant(isa) &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    (void)isa; (void)wkind;
+    return 0;
+#endif
+}
+
+/* fp32 values that are bf16 numbers (widened bf16 activations, rounded products) -> bf16 */
+void fnb_to_bf16(const float *x, int64_t n, uint16_t *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = fnb_f32_to_bf16(x[i]);
+}
+
 /* 1 when the quantized-activation kernels run this kind and K */
 int fnb_q8_supported(int wkind, int64_t K) {
     return (wkind == FNB_I8ROW || wkind == FNB_I8GRP || wkind == FNB_I4GRP) && K > 0 &&
@@ -298,7 +314,7 @@ int fnb_q8_supported(int wkind, int64_t K) {
 }
 
 /* growable per-thread scratch */
-#define SCRATCH_SLOTS 10
+#define SCRATCH_SLOTS 12
 float *fnb_scratch(int slot, int64_t floats) {
     static __thread float *buf[SCRATCH_SLOTS];
     static __thread int64_t cap[SCRATCH_SLOTS];
@@ -329,8 +345,15 @@ static int linear_impl(int isa, int threads, int wkind, const void *w, const voi
     if (!xbuf || (q8 && (!xq || !xs || !xc))) { pthread_mutex_unlock(&call_mu); return -2; }
     fnb_widen(x, xdtype, ldx, T, K, !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
     if (q8) fnb_quantize_q8(xbuf, T, K, wkind, xq, xs, xc);
+    uint16_t *xh = NULL;  /* bf16 x bf16: the activations as they came, contiguous */
+    if (xdtype == FNB_DT_BF16 && fnb_bf16_dot(isa, wkind)) {
+        xh = (uint16_t *)fnb_scratch(10, (int64_t)T * K / 2 + 1);
+        if (!xh) { pthread_mutex_unlock(&call_mu); return -2; }
+        for (int t = 0; t < T; t++)
+            memcpy(xh + (int64_t)t * K, (const uint16_t *)x + (int64_t)t * ldx, 2 * (size_t)K);
+    }
     fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy,
-                 xq, xs, xc};
+                 xq, xs, xc, 0, xh};
     fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
     return 0;
