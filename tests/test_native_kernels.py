@@ -270,11 +270,17 @@ def _q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("fmt", Q8_FORMATS, ids=lambda f: f.label())
-def test_activation_quant_kernels_match_their_reference_and_bound(fmt):
-    n_out, k_in = 37, 288 if (fmt.group_size or 32) == 32 else 256  # 9 blocks: an odd last one
+@pytest.mark.parametrize("wide", [False, True], ids=["K<8192", "K>=8192"])
+def test_activation_quant_kernels_match_their_reference_and_bound(fmt, wide):
+    """Both tilings: one row per tile, and (K >= 8192, one or two tokens) rows sharing each
+    activation load; 13 rows leave a remainder after the 4-row tiles."""
+    if wide:  # 257 blocks (an odd last one) where the group allows it
+        n_out, k_in, token_counts = 13, 8224 if (fmt.group_size or 32) == 32 else 8320, (1, 2, 3)
+    else:  # 9 blocks: an odd last one
+        n_out, k_in, token_counts = 37, 288 if (fmt.group_size or 32) == 32 else 256, TOKENS
     m = _matrix(fmt, n_out, k_in, torch.float32)
     w = dequantize_matrix(m, torch.float32).double()  # [N, K]
-    for tokens in TOKENS:
+    for tokens in token_counts:
         x = torch.randn(tokens, k_in) * torch.logspace(-1, 1, k_in)  # [n, K] uneven blocks
         xq, d = _q8(x)
         ref = native.native_linear(x, m, "ref", quantize_activations=True)

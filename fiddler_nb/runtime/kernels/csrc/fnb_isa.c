@@ -345,39 +345,55 @@ static inline __attribute__((always_inline)) __m128 q_scales2(const fnb_job *j, 
 static inline __attribute__((always_inline)) void qtile_##R##x##TT(                          \
         const fnb_job *j, int kind, int sm, int64_t r, int t0) {                             \
     const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
-    const void *srow = scale_row(j, sm, r);                                                   \
+    const void *srow[R];                                                                      \
+    UNROLL for (int i = 0; i < R; i++) srow[i] = scale_row(j, sm, r + i);                     \
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1); \
-    __m512 acc[TT];                                                                           \
-    float tail[TT];                                                                           \
-    UNROLL for (int t = 0; t < TT; t++) { acc[t] = _mm512_setzero_ps(); tail[t] = 0.0f; }     \
+    __m512 acc[R][TT];                                                                        \
+    float tail[R][TT];                                                                        \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) {                  \
+        acc[i][t] = _mm512_setzero_ps(); tail[i][t] = 0.0f; }                                 \
     int64_t b = 0;                                                                            \
-    for (; b + 2 <= nblk; b += 2) {                                                           \
-        __m512i w = q_weights2(j, kind, r, b);                                                \
-        __m128 ws = q_scales2(j, kind, sm, srow, r, b);                                       \
+    for (; b + 2 <= nblk; b += 2) {  /* the activations loaded once for all R rows */         \
+        __m512i q[TT], c[TT];                                                                 \
+        __m128 xs2[TT];                                                                       \
         UNROLL for (int t = 0; t < TT; t++) {                                                 \
             const int64_t tk = (int64_t)(t0 + t) * K;                                         \
-            __m512i dot = _mm512_dpbusd_epi32(                                                \
-                _mm512_loadu_si512((const void *)(j->xc + tk / 4 + b * 8)), w,               \
-                _mm512_loadu_si512((const void *)(j->xq + tk + b * FNB_BLOCK)));             \
-            __m128 xs2 = _mm_castpd_ps(_mm_load_sd(                                           \
+            q[t] = _mm512_loadu_si512((const void *)(j->xq + tk + b * FNB_BLOCK));           \
+            c[t] = _mm512_loadu_si512((const void *)(j->xc + tk / 4 + b * 8));               \
+            xs2[t] = _mm_castpd_ps(_mm_load_sd(                                               \
                 (const double *)(j->xs + (int64_t)(t0 + t) * nblk + b)));                    \
-            __m512 d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs2))); \
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[t]);                     \
+        }                                                                                     \
+        UNROLL for (int i = 0; i < R; i++) {                                                  \
+            __m512i w = q_weights2(j, kind, r + i, b);                                        \
+            __m128 ws = q_scales2(j, kind, sm, srow[i], r + i, b);                            \
+            UNROLL for (int t = 0; t < TT; t++) {                                             \
+                __m512i dot = _mm512_dpbusd_epi32(c[t], w, q[t]);                             \
+                __m512 d = _mm512_permutexvar_ps(spread,                                      \
+                                                 _mm512_castps128_ps512(_mm_mul_ps(ws, xs2[t]))); \
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[i][t]);           \
+            }                                                                                 \
         }                                                                                     \
     }                                                                                         \
     if (b < nblk) {  /* an odd last block: one 256-bit step */                                \
-        __m256i w = q_weights(j, kind, r, b), aw = _mm256_sign_epi8(w, w);                    \
-        float ws = q_scale_sm(j, kind, sm, srow, r, b);                                       \
-        UNROLL for (int t = 0; t < TT; t++) {                                                 \
-            const int64_t tk = (int64_t)(t0 + t) * K;                                         \
-            __m256i q = _mm256_loadu_si256((const __m256i *)(j->xq + tk + b * FNB_BLOCK));    \
-            tail[t] = hsum256(_mm256_cvtepi32_ps(q_dot(aw, w, q))) *                          \
-                      (ws * j->xs[(int64_t)(t0 + t) * nblk + b]);                             \
+        UNROLL for (int i = 0; i < R; i++) {                                                  \
+            __m256i w = q_weights(j, kind, r + i, b), aw = _mm256_sign_epi8(w, w);            \
+            float ws = q_scale_sm(j, kind, sm, srow[i], r + i, b);                            \
+            UNROLL for (int t = 0; t < TT; t++) {                                             \
+                const int64_t tk = (int64_t)(t0 + t) * K;                                     \
+                __m256i qb = _mm256_loadu_si256((const __m256i *)(j->xq + tk + b * FNB_BLOCK)); \
+                tail[i][t] = hsum256(_mm256_cvtepi32_ps(q_dot(aw, w, qb))) *                  \
+                             (ws * j->xs[(int64_t)(t0 + t) * nblk + b]);                      \
+            }                                                                                 \
         }                                                                                     \
     }                                                                                         \
-    UNROLL for (int t = 0; t < TT; t++)                                                       \
-        put(j, kind, t0 + t, r, _mm512_reduce_add_ps(acc[t]) + tail[t]);                      \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
+        put(j, kind, t0 + t, r + i, _mm512_reduce_add_ps(acc[i][t]) + tail[i][t]);            \
 }
+/* Rows per tile for one or two tokens when a token's quantized activations and corrections
+ * (2 K bytes) outgrow a third of a 32-48 KiB L1: each activation load then serves 4 rows (2 for
+ * two tokens). Smaller K keeps one row per tile (measured faster: one weight stream). */
+#define FNB_QROWS 4
+#define FNB_QROWS_MIN_K 8192
 #else
 #define DEFINE_QTILE(R, TT)                                                                   \
 static inline __attribute__((always_inline)) void qtile_##R##x##TT(                          \
@@ -435,12 +451,23 @@ DEFINE_QTILE(1, 1)
 DEFINE_QTILE(1, 2)
 DEFINE_QTILE(1, 4)
 DEFINE_QTILE(1, 8)
+#if defined(FNB_QROWS)
+DEFINE_QTILE(4, 1)
+DEFINE_QTILE(2, 2)
+#endif
 
 /* One row at a time against up to 8 tokens (one sequential weight stream per thread: measured
  * faster than 4-row tiles here, whose integer work per block leaves the loads waiting). */
 static inline __attribute__((always_inline)) void qrows_sm(const fnb_job *j, int kind, int sm,
                                                             int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
+    int64_t r = r0;
+#if defined(FNB_QROWS)
+    if (j->K >= FNB_QROWS_MIN_K) {
+        if (j->T == 1) for (; r + 4 <= r1; r += 4) qtile_4x1(j, kind, sm, r, 0);
+        if (j->T == 2) for (; r + 2 <= r1; r += 2) qtile_2x2(j, kind, sm, r, 0);
+    }
+#endif
+    for (; r < r1; r++) {
         int t0 = 0;
         for (; t0 + 8 <= j->T; t0 += 8) qtile_1x8(j, kind, sm, r, t0);
         if (t0 + 4 <= j->T) { qtile_1x4(j, kind, sm, r, t0); t0 += 4; }
