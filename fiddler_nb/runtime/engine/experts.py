@@ -20,7 +20,7 @@ import torch
 
 from ..model.adapters import MoELayer
 from ..errors import BudgetError
-from ..kernels.native_layer import layer_kernel, layer_runs, layer_support, run_layer
+from ..kernels.native_layer import layer_kernel, layer_support, run_layer
 from ..kernels.registry import (DEFAULT_CHOICE, KernelChoice, Matrix, linear,
                                 quantizes_activations)
 from ..formats.quant import ExpertFormat, dtype_label
@@ -226,20 +226,22 @@ class ExpertStore:
         return run_expert(self.layers[layer], x, weights, self.storage,
                           on_device and self.is_cuda, self.kernels)
 
-    def runs_layer_natively(self, counts: list[int], dtype: torch.dtype) -> bool:
-        """Whether experts with these token counts run in one native call (run_cpu_layer)."""
-        return not self.layer_call_blocker and layer_runs(
-            self.kernels, self.storage.fmt.label(), self.storage.fmt.matrix_fmt, counts, dtype)
+    def layer_call_kernel(self, counts: list[int], dtype: torch.dtype) -> str | None:
+        """The native kernel experts with these token counts run with in one native call
+        (run_cpu_layer), or None when they go one by one."""
+        if self.layer_call_blocker:
+            return None
+        fmt = self.storage.fmt
+        return layer_kernel(self.kernels, fmt.label(), fmt.matrix_fmt, counts, dtype)
 
     def run_cpu_layer(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor,
-                      route: torch.Tensor, out_dtype: torch.dtype, pin: bool) -> torch.Tensor:
-        """One layer's CPU experts in one native call: x [P, H] grouped by expert (counts),
-        route [P] -> the weighted outputs [P, H] in out_dtype."""
+                      route: torch.Tensor, out_dtype: torch.dtype, pin: bool,
+                      kernel: str) -> torch.Tensor:
+        """One layer's CPU experts in one native call with `kernel` (layer_call_kernel): x [P, H]
+        grouped by expert (counts), route [P] -> the weighted outputs [P, H] in out_dtype."""
         mats = [self.storage.matrices(self.cpu_weights(layer, e), False)[:2] for e in experts]
-        fmt = self.storage.fmt
-        name = layer_kernel(self.kernels, fmt.label(), fmt.matrix_fmt, counts, x.dtype)
         return run_layer(mats, counts, x, route, out_dtype, pin,
-                         quantize_activations=quantizes_activations(name or ""))
+                         quantize_activations=quantizes_activations(kernel))
 
     def resident_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
         slots = self._slots[layer]

@@ -53,7 +53,7 @@ def kept_matrix(entry: TensorEntry, gguf_name: str, processor, shape: tuple[int,
     perm = _row_permutation(processor, gguf_name, n)
     if perm is None:
         return _converted(entry, gguf_name, processor, n, k, errors)
-    raw = torch.from_numpy(np.array(entry.data)).view(torch.uint8).reshape(n, -1)  # a copy
+    raw = _raw_rows(entry, n)
     if entry.gguf_type == "Q8_0":
         q, scale = gguf_blocks.decode_q8_0(raw, k)  # [N, K] int8, [N, K/32] fp16
         return Matrix("int8-group", q[perm].contiguous(), scale[perm].contiguous(),
@@ -63,12 +63,16 @@ def kept_matrix(entry: TensorEntry, gguf_name: str, processor, shape: tuple[int,
                   scale[perm].to(torch.float16).contiguous(), gguf_blocks.GROUP), "gguf-q4_0"
 
 
+def _raw_rows(entry: TensorEntry, n: int) -> torch.Tensor:
+    """The tensor's blocks [N, bytes of a row] uint8, copied out of the memory map."""
+    return torch.from_numpy(np.array(entry.data)).view(torch.uint8).reshape(n, -1)
+
+
 def _converted(entry: TensorEntry, gguf_name: str, processor, n: int, k: int,
                errors: list[float]) -> tuple[Matrix, str]:
     """The file's values (the `gguf` package's dequantization, transformers' processor) as
     group-wise int8 with fp16 scales per 32 inputs; the error appended to `errors`."""
-    raw = torch.from_numpy(np.array(entry.data)).view(torch.uint8).reshape(n, -1)  # a copy
-    values = gguf_blocks.dequantize_raw(entry.gguf_type, raw, k).numpy()
+    values = gguf_blocks.dequantize_raw(entry.gguf_type, _raw_rows(entry, n), k).numpy()
     w = torch.from_numpy(np.ascontiguousarray(
         processor.process(values, gguf_name).weights, dtype=np.float32)).reshape(n, k)
     q, scale = quantize_int8_grouped(w, gguf_blocks.GROUP)

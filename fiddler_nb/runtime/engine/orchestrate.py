@@ -149,9 +149,10 @@ class LayerRuntime:
             ready.synchronize()
         mark = st.tracer.start("cpu") if st.tracer else None
         cpu_counts = [counts[e] for e in on_cpu]
-        if st.store.runs_layer_natively(cpu_counts, x_host.dtype):  # one call, GIL released
+        kernel = st.store.layer_call_kernel(cpu_counts, x_host.dtype)
+        if kernel is not None:  # one native call, GIL released
             y_host = st.store.run_cpu_layer(idx, on_cpu, cpu_counts, x_host, w_host, out.dtype,
-                                            pin=ready is not None)  # [P, H]
+                                            pin=ready is not None, kernel=kernel)  # [P, H]
             for n in cpu_counts:
                 st.stats.add(idx, "cpu", n)
         else:

@@ -61,6 +61,11 @@ def _isa_code(lib_path: str, forced: str | None) -> int:
     return ISA_NAMES.index(lib.best_isa())
 
 
+def current_isa() -> int:
+    """The variant code the kernels run: FIDDLER_NB_ISA, or the best this CPU runs."""
+    return _isa_code(library().path, os.environ.get("FIDDLER_NB_ISA"))
+
+
 def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None,
                   quantize_activations: bool = False) -> torch.Tensor:
     """y [n, N] = x [n, K] @ W^T for a stored matrix, in x's dtype. isa: a variant name
@@ -78,7 +83,7 @@ def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None,
     k_in = x.shape[1]
     w = m.data if m.data.is_contiguous() else m.data.contiguous()
     y = torch.empty((x.shape[0], n_out), dtype=x.dtype)  # [n, N]
-    code = ISA_NAMES.index(isa) if isa else _isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA"))
+    code = ISA_NAMES.index(isa) if isa else current_isa()
     entry = lib.lib.fnb_linear
     if quantize_activations and lib.lib.fnb_q8_supported(kind, k_in):
         entry = lib.lib.fnb_linear_q8
@@ -117,7 +122,7 @@ def native_dequantize(m: Matrix, dtype: torch.dtype, out: torch.Tensor | None = 
     w = m.data if m.data.is_contiguous() else m.data.contiguous()
     y = out if out is not None and out.dtype == out_dtype else \
         torch.empty((n_out, k_in), dtype=out_dtype)  # [N, K]
-    rc = lib.lib.fnb_dequantize(_isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA")),
+    rc = lib.lib.fnb_dequantize(current_isa(),
                                 torch.get_num_threads(), kind, w.data_ptr(), scale.data_ptr(),
                                 sdtype, group, n_out, k_in, y.data_ptr(), DTYPE_CODES[out_dtype])
     if rc != 0:

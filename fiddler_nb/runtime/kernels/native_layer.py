@@ -15,14 +15,13 @@ Shape legend: P = pairs run here, H = hidden size, I = expert intermediate size,
 from __future__ import annotations
 
 import ctypes
-import os
 
 import torch
 from torch import nn
 
 from ..formats.matrix import Matrix
 from ..model.adapters import ExpertLayout
-from .native import DTYPE_CODES, NativeKernelError, _isa_code, _kind_of, library
+from .native import DTYPE_CODES, NativeKernelError, _kind_of, current_isa, library
 from .registry import NATIVE_KERNELS, NATIVE_Q8_KERNELS, KernelChoice
 
 _SILU_NAMES = ("SiLU", "SiLUActivation")  # torch's and transformers' own
@@ -62,12 +61,6 @@ def layer_kernel(choice: KernelChoice, fmt_label: str, matrix_fmt: str, counts: 
         else None
 
 
-def layer_runs(choice: KernelChoice, fmt_label: str, matrix_fmt: str, counts: list[int],
-               dtype: torch.dtype) -> bool:
-    """Whether the kernel choice runs every one of these token counts natively."""
-    return layer_kernel(choice, fmt_label, matrix_fmt, counts, dtype) is not None
-
-
 def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.Tensor,
               route: torch.Tensor, out_dtype: torch.dtype, pin: bool = False,
               quantize_activations: bool = False) -> torch.Tensor:
@@ -95,7 +88,7 @@ def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.
     weights = route.float().contiguous()  # [P]
     y = torch.empty(x.shape, dtype=out_dtype, pin_memory=pin)  # [P, H]
     rc = lib.lib.fnb_moe_experts(
-        _isa_code(lib.path, os.environ.get("FIDDLER_NB_ISA")), torch.get_num_threads(), kind,
+        current_isa(), torch.get_num_threads(), kind,
         sdtype, group, n, *ptrs,
         c_counts, hidden, inter, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
         weights.data_ptr(), y.data_ptr(), DTYPE_CODES[out_dtype], y.stride(0),
