@@ -21,7 +21,7 @@ from fiddler_nb.runtime.formats.storage import convert_weight
 from fiddler_nb.runtime.kernels import native
 from fiddler_nb.runtime.kernels.native_build import ISA_NAMES, load_library
 from fiddler_nb.runtime.kernels.registry import (DEFAULT_CHOICE, Matrix, default_kernel,
-                                                 dequantize_matrix)
+                                                 dequantize_matrix, get_kernel)
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"native kernels unavailable: {native.unavailable_reason()}")
@@ -109,6 +109,57 @@ def test_native_dequantization_is_the_references_weights(fmt, act):
         native.DEQUANT_CHUNK_BYTES = old_chunk
 
 
+# ---- many-token kernels: panels x register tiles ---------------------------------------------
+# Shapes past one step of inputs (512 fp32 / 1024 bf16: partial sums carried between steps, a
+# short last step), past one panel of rows (several panels, a tail panel and single rows) and a
+# K with a tail past the last 32-block (not tiled: the per-row kernels run it).
+TILE_SHAPES = ((90, 1152), (37, 256))
+TILE_TOKENS = (1, 2, 5, 6, 7, 13, 25)  # 6- and 2-token tiles and a single token left over
+
+
+def _tile_reference_weights(m: Matrix, isa: str, act: torch.dtype, mode: int) -> Matrix:
+    """The weights a tile kernel multiplies: the exact ones, or (bf16 panels where the CPU and
+    variant run vdpbf16ps) rounded to bf16 as dequantize_matrix rounds them."""
+    lib = native.library().lib
+    kind = native._kind_of(m)[0]
+    k_in = m.data.shape[1] * (2 if m.fmt == "int4-blocks" else 1)
+    tiled = k_in % 32 == 0  # else the per-row kernels run it
+    if tiled and act == torch.bfloat16 and lib.fnb_bf16_dot(ISA_NAMES.index(isa), kind, mode):
+        return Matrix("float", dequantize_matrix(m, torch.bfloat16).float())
+    return m
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.matrix_fmt + "-" + f.label())
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
+def test_tile_kernels_match_the_reference(fmt, act):
+    """fp32 panels: the exact weights (REL, as the per-row kernels); bf16 panels: the weights
+    rounded to bf16 (products of two bf16 numbers are exact in fp32, so the same REL on the
+    sums), in every variant, over several steps, panels and token tiles."""
+    x_dtype = fmt.float_dtype or act
+    for n_out, k_in in TILE_SHAPES + ((37, 300),) * (fmt.group_size is None):
+        if k_in % (fmt.group_size or 1):
+            continue
+        m = _matrix(fmt, n_out, k_in, act)
+        for tokens in TILE_TOKENS:
+            x = torch.randn(tokens, k_in).to(x_dtype)
+            for isa in _variants():
+                for mode in (native.TILE_F32, native.TILE_BF16):
+                    got = native.native_linear(x, m, isa, tile=mode)
+                    assert got.dtype == x_dtype and got.shape == (tokens, n_out)
+                    ref = _tile_reference_weights(m, isa, x_dtype, mode)
+                    _check(got, x, ref, f"{isa} tile {mode} {fmt.label()} {act} {n_out}x{k_in} "
+                                        f"T={tokens}")
+
+
+def test_tile_kernels_are_registered_and_bf16_panels_only_where_they_run():
+    from fiddler_nb.runtime.kernels.registry import (NATIVE_BF16_TILE_KERNELS,
+                                                     NATIVE_TILE_KERNELS, candidates)
+
+    for fmt, name in NATIVE_TILE_KERNELS.items():
+        assert name in candidates(fmt)
+        assert (NATIVE_BF16_TILE_KERNELS[fmt] in candidates(fmt)) == native.bf16_dot_available()
+
+
 def test_strided_rows_and_threads():
     """A non-contiguous activation view and many threads give the same result as one thread."""
     m = _matrix(quant.ExpertFormat("bf16"), 1024, 512, torch.bfloat16)  # > the serial size
@@ -180,6 +231,49 @@ def test_layer_call_matches_the_per_expert_path(fmt, mixtral_path, monkeypatch):
     assert len(calls) == engine.num_layers
     tol = 1e-5 if layer_logits.dtype == torch.float32 else 2e-2  # bf16: order of fp32 sums
     assert (layer_logits.float() - expert_logits.float()).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("fmt", [None, "bf16", "int8", "int8-g32", "int4"])
+@pytest.mark.parametrize("tile", ["native-tile", "native-bf16tile"])
+def test_tile_kernels_in_the_layer_call_and_per_expert(fmt, tile, mixtral_path, monkeypatch):
+    """With the tile kernels chosen for every token count, the layer call runs them and gives
+    the per-expert path's logits, and both stay within the exactness tolerance of the default
+    native kernels (fp32 panels: exact weights; bf16 panels: the weights a bf16 reference
+    holds, so bf16 tolerance)."""
+    import fiddler_nb as fnb
+    from fiddler_nb.runtime.engine import experts as experts_mod
+    from fiddler_nb.runtime.kernels.registry import (NATIVE_BF16_TILE_KERNELS,
+                                                     NATIVE_TILE_KERNELS, TOKEN_BUCKETS,
+                                                     KernelChoice)
+
+    dtype = "bfloat16" if fmt in ("bf16", "int8-g32", "int4") else None
+    engine = fnb.load(mixtral_path, device="cpu", expert_dtype=fmt, execution="cpu",
+                      expert_budget=0, dtype=dtype)
+    inputs = engine.encode(["The quick brown fox jumps over the lazy dog", "Hello"])
+    with torch.inference_mode():
+        default_logits = engine.model(**inputs).logits
+    store = engine._state.store
+    label, matrix_fmt = store.storage.fmt.label(), store.storage.fmt.matrix_fmt
+    kernels = NATIVE_TILE_KERNELS if tile == "native-tile" else NATIVE_BF16_TILE_KERNELS
+    name = kernels[matrix_fmt]
+    if not get_kernel(name).available():
+        pytest.skip(f"{name} does not run on this CPU")
+    engine.set_kernels(KernelChoice({label: {b: name for b in TOKEN_BUCKETS}}, source="test"))
+    calls = []
+    real = experts_mod.run_layer
+    monkeypatch.setattr(experts_mod, "run_layer",
+                        lambda *a, **k: calls.append(k.get("tile")) or real(*a, **k))
+    with torch.inference_mode():
+        layer_logits = engine.model(**inputs).logits
+    assert len(calls) == engine.num_layers and all(calls)  # every layer, tiled
+    monkeypatch.setattr(store, "layer_call_blocker", "test: per-expert path")
+    with torch.inference_mode():
+        expert_logits = engine.model(**inputs).logits
+    assert len(calls) == engine.num_layers
+    bf16 = layer_logits.dtype == torch.bfloat16
+    tol = 2e-2 if bf16 else 1e-5
+    assert (layer_logits.float() - expert_logits.float()).abs().max().item() <= tol
+    assert (layer_logits.float() - default_logits.float()).abs().max().item() <= tol
 
 
 def test_architectures_the_layer_call_cannot_run_say_so_once(tiny_checkpoints):

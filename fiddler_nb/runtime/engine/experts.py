@@ -20,7 +20,7 @@ import torch
 
 from ..model.adapters import MoELayer
 from ..errors import BudgetError
-from ..kernels.native_layer import layer_kernel, layer_support, run_layer
+from ..kernels.native_layer import layer_kernel, layer_support, run_layer, tile_mode
 from ..kernels.registry import (DEFAULT_CHOICE, KernelChoice, Matrix, linear,
                                 quantizes_activations)
 from ..formats.quant import ExpertFormat, dtype_label
@@ -241,7 +241,8 @@ class ExpertStore:
         grouped by expert (counts), route [P] -> the weighted outputs [P, H] in out_dtype."""
         mats = [self.storage.matrices(self.cpu_weights(layer, e), False)[:2] for e in experts]
         return run_layer(mats, counts, x, route, out_dtype, pin,
-                         quantize_activations=quantizes_activations(kernel))
+                         quantize_activations=quantizes_activations(kernel),
+                         tile=tile_mode(kernel))
 
     def resident_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, ...]:
         slots = self._slots[layer]

@@ -25,9 +25,11 @@ import torch
 
 from ..formats.matrix import Matrix
 from .native_build import ISA_NAMES, NativeLibrary, load_library
-from .registry import NATIVE_DEQUANT_KERNELS, NATIVE_KERNELS, NATIVE_Q8_KERNELS, register
+from .registry import (NATIVE_BF16_TILE_KERNELS, NATIVE_DEQUANT_KERNELS, NATIVE_KERNELS,
+                       NATIVE_Q8_KERNELS, NATIVE_TILE_KERNELS, register)
 
 F32, BF16, F16, I8ROW, I8GRP, I4GRP = range(6)  # fnb_kernels.h weight kinds
+TILE_NONE, TILE_F32, TILE_BF16 = range(3)  # fnb_kernels.h FNB_TILE_*
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 FLOAT_KINDS = {torch.float32: F32, torch.bfloat16: BF16, torch.float16: F16}
 
@@ -67,11 +69,13 @@ def current_isa() -> int:
 
 
 def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None,
-                  quantize_activations: bool = False) -> torch.Tensor:
+                  quantize_activations: bool = False, tile: int = TILE_NONE) -> torch.Tensor:
     """y [n, N] = x [n, K] @ W^T for a stored matrix, in x's dtype. isa: a variant name
     (ISA_NAMES); None: FIDDLER_NB_ISA or the best this CPU runs. quantize_activations: x rounded
     per 32-block to int8 first and integer dot products (int8 / int4 matrices whose K is a
-    multiple of 32; others run weight-only)."""
+    multiple of 32; others run weight-only). tile: TILE_F32 / TILE_BF16, the many-token kernels
+    (panels of rows widened once, register tiles over the tokens; TILE_BF16: bf16 activations on
+    AVX512-BF16 meet the weights rounded to bf16, as the dequantizing kernels round them)."""
     lib = library()
     out_dtype = x.dtype
     if x.dtype not in DTYPE_CODES:
@@ -87,10 +91,13 @@ def native_linear(x: torch.Tensor, m: Matrix, isa: str | None = None,
     entry = lib.lib.fnb_linear
     if quantize_activations and lib.lib.fnb_q8_supported(kind, k_in):
         entry = lib.lib.fnb_linear_q8
+    extra = ()
+    if tile and entry is lib.lib.fnb_linear:
+        entry, extra = lib.lib.fnb_linear_tile, (tile,)
     rc = entry(code, torch.get_num_threads(), kind, w.data_ptr(),
-                            scale.data_ptr() if scale is not None else None, sdtype, group,
-                            n_out, k_in, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
-                            x.shape[0], y.data_ptr(), DTYPE_CODES[y.dtype], n_out)
+               scale.data_ptr() if scale is not None else None, sdtype, group,
+               n_out, k_in, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
+               x.shape[0], y.data_ptr(), DTYPE_CODES[y.dtype], n_out, *extra)
     if rc != 0:
         raise NativeKernelError(f"fnb_linear refused {m.fmt} {tuple(m.data.shape)} with x "
                                 f"{tuple(x.shape)} on ISA {isa or lib.best_isa()} (code {rc})")
@@ -175,8 +182,28 @@ for _fmt, _name in NATIVE_KERNELS.items():
     register(_name, _fmt, available)(native_linear)
 for _fmt, _name in NATIVE_Q8_KERNELS.items():
     register(_name, _fmt, available, quantizes_activations=True)(native_linear_q8)
+def native_tile_linear(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """native_linear for many tokens, fp32 panels (exact)."""
+    return native_linear(x, m, tile=TILE_F32)
+
+
+def native_bf16_tile_linear(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """native_linear for many tokens, bf16 panels x bf16 activations (vdpbf16ps)."""
+    return native_linear(x, m, tile=TILE_BF16)
+
+
+def bf16_dot_available() -> bool:
+    """Whether this CPU runs the bf16 panels (AVX512-BF16, the avx512vnni variant)."""
+    lib = library()
+    return lib.lib is not None and bool(lib.lib.fnb_bf16_dot(current_isa(), BF16, TILE_BF16))
+
+
 for _fmt, _name in NATIVE_DEQUANT_KERNELS.items():
     register(_name, _fmt, available)(native_dequant_linear)
+for _fmt, _name in NATIVE_TILE_KERNELS.items():
+    register(_name, _fmt, available)(native_tile_linear)
+for _fmt, _name in NATIVE_BF16_TILE_KERNELS.items():
+    register(_name, _fmt, bf16_dot_available)(native_bf16_tile_linear)
 
 
 def cpu_layout(fmt):

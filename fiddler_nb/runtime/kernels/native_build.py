@@ -190,6 +190,9 @@ def _declare(lib: ctypes.CDLL) -> None:
                                i64, c_int, ptr, c_int, i64]
     lib.fnb_linear.restype = c_int
     lib.fnb_linear_q8.argtypes, lib.fnb_linear_q8.restype = lib.fnb_linear.argtypes, c_int
+    lib.fnb_linear_tile.argtypes = [*lib.fnb_linear.argtypes, c_int]
+    lib.fnb_linear_tile.restype = c_int
+    lib.fnb_bf16_dot.argtypes, lib.fnb_bf16_dot.restype = [c_int, c_int, c_int], c_int
     lib.fnb_q8_supported.argtypes, lib.fnb_q8_supported.restype = [c_int, i64], c_int
     lib.fnb_dequantize.argtypes = [c_int, c_int, c_int, ptr, ptr, c_int, i64, i64, i64, ptr,
                                    c_int]
@@ -197,5 +200,5 @@ def _declare(lib: ctypes.CDLL) -> None:
     pp = ctypes.POINTER(ctypes.c_void_p)
     lib.fnb_moe_experts.argtypes = [c_int, c_int, c_int, c_int, i64, c_int, pp, pp, pp, pp,
                                     ctypes.POINTER(i64), i64, i64, ptr, c_int, i64, ptr, ptr,
-                                    c_int, i64, c_int, c_int]
+                                    c_int, i64, c_int, c_int, c_int]
     lib.fnb_moe_experts.restype = c_int

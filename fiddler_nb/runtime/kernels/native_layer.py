@@ -21,8 +21,10 @@ from torch import nn
 
 from ..formats.matrix import Matrix
 from ..model.adapters import ExpertLayout
-from .native import DTYPE_CODES, NativeKernelError, _kind_of, current_isa, library
-from .registry import NATIVE_KERNELS, NATIVE_Q8_KERNELS, KernelChoice
+from .native import (DTYPE_CODES, TILE_BF16, TILE_F32, TILE_NONE, NativeKernelError, _kind_of,
+                     current_isa, library)
+from .registry import (NATIVE_BF16_TILE_KERNELS, NATIVE_KERNELS, NATIVE_Q8_KERNELS,
+                       NATIVE_TILE_KERNELS, KernelChoice)
 
 _SILU_NAMES = ("SiLU", "SiLUActivation")  # torch's and transformers' own
 
@@ -57,16 +59,26 @@ def layer_kernel(choice: KernelChoice, fmt_label: str, matrix_fmt: str, counts: 
     if len(names) != 1:
         return None
     name = names.pop()
-    return name if name in (NATIVE_KERNELS.get(matrix_fmt), NATIVE_Q8_KERNELS.get(matrix_fmt)) \
-        else None
+    return name if name in (NATIVE_KERNELS.get(matrix_fmt), NATIVE_Q8_KERNELS.get(matrix_fmt),
+                            NATIVE_TILE_KERNELS.get(matrix_fmt),
+                            NATIVE_BF16_TILE_KERNELS.get(matrix_fmt)) else None
+
+
+def tile_mode(kernel: str) -> int:
+    """The fnb_job.tile value a layer-call kernel name runs with."""
+    if kernel in NATIVE_TILE_KERNELS.values():
+        return TILE_F32
+    return TILE_BF16 if kernel in NATIVE_BF16_TILE_KERNELS.values() else TILE_NONE
 
 
 def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.Tensor,
               route: torch.Tensor, out_dtype: torch.dtype, pin: bool = False,
-              quantize_activations: bool = False) -> torch.Tensor:
+              quantize_activations: bool = False, tile: int = TILE_NONE) -> torch.Tensor:
     """y [P, H] = route[p] * down_e(silu(gate_e(x_p)) * up_e(x_p)) for pairs grouped by expert
     (counts[i] rows of x for experts[i] = (gate_up [2I, H], down [H, I])). quantize_activations:
-    x and the SiLU product rounded per 32-block to int8 (the 'native-q8-*' kernels)."""
+    x and the SiLU product rounded per 32-block to int8 (the 'native-q8-*' kernels). tile:
+    TILE_F32 / TILE_BF16 for the many-token kernels (tile_mode of 'native-tile-*' /
+    'native-bf16tile-*')."""
     lib = library()
     first, down = experts[0]
     act = first.data.dtype if first.fmt == "float" else x.dtype
@@ -92,7 +104,7 @@ def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.
         sdtype, group, n, *ptrs,
         c_counts, hidden, inter, x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(0),
         weights.data_ptr(), y.data_ptr(), DTYPE_CODES[out_dtype], y.stride(0),
-        DTYPE_CODES[act], q8)
+        DTYPE_CODES[act], q8, tile)
     if rc != 0:
         raise NativeKernelError(f"fnb_moe_experts refused {n} {first.fmt} experts "
                                 f"({hidden}x{inter}, code {rc})")

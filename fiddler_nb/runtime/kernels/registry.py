@@ -174,6 +174,16 @@ NATIVE_Q8_KERNELS = {"int8": "native-q8-int8", "int8-group": "native-q8-int8g",
 # ... and the native dequantization into the activations' dtype + oneDNN (many tokens)
 NATIVE_DEQUANT_KERNELS = {"int8": "native-dequant-int8", "int8-group": "native-dequant-int8g",
                           "int4-blocks": "native-dequant-int4"}
+# ... and the many-token kernels: panels of rows widened once per call to fp32, register tiles
+# over the tokens (exact: the weight-only kernels' numbers) ...
+NATIVE_TILE_KERNELS = {"float": "native-tile-float", "int8": "native-tile-int8",
+                       "int8-group": "native-tile-int8g", "int4-blocks": "native-tile-int4"}
+# ... or to bf16 panels multiplied by bf16 activations with vdpbf16ps (AVX512-BF16 CPUs; integer
+# weights rounded to bf16 as the dequantizing kernels and a bf16 reference round them). Which of
+# the two is faster depends on the CPU (vdpbf16ps runs at half the fp32 FMA rate on some)
+NATIVE_BF16_TILE_KERNELS = {"float": "native-bf16tile-float", "int8": "native-bf16tile-int8",
+                            "int8-group": "native-bf16tile-int8g",
+                            "int4-blocks": "native-bf16tile-int4"}
 NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
 TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
                  "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2,

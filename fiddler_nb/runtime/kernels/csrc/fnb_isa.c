@@ -619,7 +619,208 @@ static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j,
     }
 }
 
+/* ---- many tokens: a panel of rows widened once, then register tiles over the tokens -------
+ * (job->tile, the 'native-tile' kernels.) The worker widens PANEL_BYTES of its rows at a time
+ * into a thread-local panel -- fp32 (exact: the weight-only kernels' numbers), or rounded to
+ * bf16 (round to nearest even: the weights a bf16 reference holds, as the dequantizing kernels
+ * give them) when bf16 activations meet vdpbf16ps -- and multiplies them by every token in
+ * tiles of 4 rows x 6 tokens (4 x 3 with 16 registers) whose accumulators stay in registers,
+ * so each weight is converted once per call and each load feeds 4 or 6 multiply-adds.
+ * Panel and activations are step-major (fnb_kernels.h, fnb_tile_step): one step's inputs of
+ * every row (token) lie together, so a step's rows stay in L1 while every token tile re-reads
+ * them (rows K apart would share a few L1 sets and evict each other). */
+#define PANEL_BYTES (192 << 10)  /* L2-sized */
+#define PT_R 4
+
+#if defined(FNB_USE_AVX512)
+static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
+#elif defined(FNB_USE_AVX2)
+static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
+#else
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+#endif
+
+/* rows r0..r1 of the job's weights -> panel, step-major ([K / step][r1 - r0][step]): fp32 in
+ * the order the fp32 activations have (permuted int4 blocks too), or bf16 in natural k order */
+static inline __attribute__((always_inline)) void fill_panel(const fnb_job *j, int kind,
+                                                              int64_t r0, int64_t r1, void *panel,
+                                                              int bf16) {
+    const int64_t K = j->K, nblk = K / FNB_BLOCK, step = fnb_tile_step(bf16), P = r1 - r0;
+    fnb_job dst = *j;  /* store_vec writes bf16 through a job's y / ydtype */
+    dst.y = panel; dst.ydtype = FNB_DT_BF16;
+    for (int64_t r = r0; r < r1; r++) {
+        const float rs = kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f;
+        for (int64_t b = 0; b < nblk; b++) {
+            const int64_t k = b * FNB_BLOCK;
+            const int64_t at = (k / step) * P * step + (r - r0) * step + k % step;
+            vf w[NB];
+            load_block(j, kind, r, b, w);
+            if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
+            if (!bf16) {
+                UNROLL for (int v = 0; v < NB; v++) vstore((float *)panel + at + v * VL, w[v]);
+                continue;
+            }
+#if defined(FNB_USE_AVX512)
+            if (kind == FNB_I4GRP) {  /* [even k][odd k] -> k in order (bf16 x is in order) */
+                const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21,
+                                                     6, 22, 7, 23);
+                const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13,
+                                                     29, 14, 30, 15, 31);
+                vf even = w[0], odd = w[1];
+                w[0] = _mm512_permutex2var_ps(even, lo, odd);
+                w[1] = _mm512_permutex2var_ps(even, hi, odd);
+            }
+#endif
+            UNROLL for (int v = 0; v < NB; v++) store_vec(&dst, at + v * VL, w[v]);
+        }
+    }
+}
+
+/* R panel rows x TT tokens over one step of n inputs, fp32 multiply-adds: wp / x the step's
+ * first row / token (row stride `step`). The accumulators start at zero (first) or from `part`
+ * (vector partial sums: PART_LANES floats per row and token, row stride T) and end as outputs
+ * of rows r.. (last) or back in `part`. */
+#define PART_LANES 16
+#define TILE_ARGS int64_t step, int64_t n, int64_t r, int t0, float *part, int first, int last
+#define DEFINE_PTILE(R, TT)                                                                   \
+static inline __attribute__((always_inline)) void ptile_##R##x##TT(                          \
+        const fnb_job *j, const float *wp, const float *x, TILE_ARGS) {                      \
+    const int64_t T = j->T;                                                                   \
+    vf acc[R][TT];                                                                            \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
+        acc[i][t] = first ? VZERO() : VLOAD(part + (i * T + t) * PART_LANES);                 \
+    for (int64_t k = 0; k < n; k += VL) {                                                     \
+        vf w[R];                                                                              \
+        UNROLL for (int i = 0; i < R; i++) w[i] = VLOAD(wp + i * step + k);                   \
+        UNROLL for (int t = 0; t < TT; t++) {                                                 \
+            vf xv = VLOAD(x + t * step + k);                                                  \
+            UNROLL for (int i = 0; i < R; i++) acc[i][t] = VFMA(w[i], xv, acc[i][t]);         \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) {                  \
+        if (last) fnb_store_dt(j->y, j->ydtype, (int64_t)(t0 + t) * j->ldy + r + i,           \
+                               VHSUM(acc[i][t]));                                             \
+        else vstore(part + (i * T + t) * PART_LANES, acc[i][t]);                              \
+    }                                                                                         \
+}
+/* (literal sizes: token pasting happens before a macro argument would expand) */
+#if defined(FNB_USE_AVX512)
+DEFINE_PTILE(4, 6)
+DEFINE_PTILE(1, 6)
+#else
+DEFINE_PTILE(4, 3)
+DEFINE_PTILE(1, 3)
+#endif
+DEFINE_PTILE(4, 2)
+DEFINE_PTILE(4, 1)
+DEFINE_PTILE(1, 2)
+DEFINE_PTILE(1, 1)
+
+#if defined(FNB_USE_BF16DOT)
+/* the same with bf16 panel rows and bf16 activations: 32 products per vdpbf16ps */
+#define DEFINE_BTILE(R, TT)                                                                   \
+static inline __attribute__((always_inline)) void btile_##R##x##TT(                          \
+        const fnb_job *j, const uint16_t *wp, const uint16_t *x, TILE_ARGS) {                \
+    const int64_t T = j->T;                                                                   \
+    __m512 acc[R][TT];                                                                        \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
+        acc[i][t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + (i * T + t) * PART_LANES); \
+    for (int64_t k = 0; k < n; k += FNB_BLOCK) {                                              \
+        __m512bh w[R];                                                                        \
+        UNROLL for (int i = 0; i < R; i++)                                                    \
+            w[i] = (__m512bh)_mm512_loadu_si512((const void *)(wp + i * step + k));           \
+        UNROLL for (int t = 0; t < TT; t++) {                                                 \
+            __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + t * step + k));     \
+            UNROLL for (int i = 0; i < R; i++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], w[i], xv); \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) {                  \
+        if (last) fnb_store_dt(j->y, j->ydtype, (int64_t)(t0 + t) * j->ldy + r + i,           \
+                               _mm512_reduce_add_ps(acc[i][t]));                              \
+        else _mm512_storeu_ps(part + (i * T + t) * PART_LANES, acc[i][t]);                    \
+    }                                                                                         \
+}
+DEFINE_BTILE(4, 6)
+DEFINE_BTILE(1, 6)
+DEFINE_BTILE(4, 2)
+DEFINE_BTILE(4, 1)
+DEFINE_BTILE(1, 2)
+DEFINE_BTILE(1, 1)
+#define TILE_CALL(R, TT, bf, wp, xp, ...) do {                                                 \
+    if (bf) btile_##R##x##TT(j, (const uint16_t *)(wp), (const uint16_t *)(xp), __VA_ARGS__); \
+    else ptile_##R##x##TT(j, (const float *)(wp), (const float *)(xp), __VA_ARGS__); } while (0)
+#else
+#define TILE_CALL(R, TT, bf, wp, xp, ...)                                                      \
+    ptile_##R##x##TT(j, (const float *)(wp), (const float *)(xp), __VA_ARGS__)
+#endif
+
+/* every token against panel rows p0..p1, one step of inputs at a time (the step's slice of
+ * the panel stays in L1 while each token tile re-reads it) */
+static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j, int bf,
+                                                                const void *panel, float *part,
+                                                                int64_t p0, int64_t p1) {
+    const int64_t K = j->K, T = j->T, P = p1 - p0, esize = bf ? 2 : 4;
+    const int64_t step = fnb_tile_step(bf);
+    const char *xs = bf ? (const char *)j->xh : (const char *)j->x;
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
+        const int64_t n = k0 + step < K ? step : K - k0;
+        const int first = k0 == 0, last = k0 + n == K;
+        const char *wstep = (const char *)panel + (k0 / step) * P * step * esize;
+        const char *xstep = xs + (k0 / step) * T * step * esize;
+#define ROWS_OF(TT) do {                                                                       \
+        int64_t r = p0;                                                                       \
+        for (; r + 4 <= p1; r += 4)                                                           \
+            TILE_CALL(4, TT, bf, wstep + (r - p0) * step * esize, xstep + t0 * step * esize,  \
+                      step, n, r, t0, part + ((r - p0) * T + t0) * PART_LANES, first, last);  \
+        for (; r < p1; r++)                                                                   \
+            TILE_CALL(1, TT, bf, wstep + (r - p0) * step * esize, xstep + t0 * step * esize,  \
+                      step, n, r, t0, part + ((r - p0) * T + t0) * PART_LANES, first, last);  \
+    } while (0)
+        int t0 = 0;
+#if defined(FNB_USE_AVX512)
+        for (; t0 + 6 <= T; t0 += 6) ROWS_OF(6);
+#else
+        for (; t0 + 3 <= T; t0 += 3) ROWS_OF(3);
+#endif
+        for (; t0 + 2 <= T; t0 += 2) ROWS_OF(2);
+        if (t0 < T) ROWS_OF(1);
+#undef ROWS_OF
+    }
+}
+
+static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, int kind,
+                                                             int64_t r0, int64_t r1) {
+    const int64_t K = j->K, T = j->T;
+#if defined(FNB_USE_BF16DOT)
+    const int bf = j->xh != NULL && j->tile == FNB_TILE_BF16;
+#else
+    const int bf = 0;
+#endif
+    int64_t rows = PANEL_BYTES / (K * (bf ? 2 : 4)) / PT_R * PT_R;
+    if (rows < PT_R) rows = PT_R;
+    const int64_t step = fnb_tile_step(bf), nsteps = (K + step - 1) / step;
+    float *panel = fnb_scratch(12, (nsteps * rows * step * (bf ? 2 : 4)) / 4 + 1);
+    float *part = fnb_scratch(13, rows * T * PART_LANES);
+    if (!panel || !part) { fnb_fail(); return; }
+    for (int64_t p0 = r0; p0 < r1; p0 += rows) {
+        const int64_t p1 = p0 + rows < r1 ? p0 + rows : r1;
+        fill_panel(j, kind, p0, p1, panel, bf);
+        panel_tokens(j, bf, panel, part, p0, p1);
+    }
+}
+
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
+    if (j->tile && !j->xq && !j->dequant && j->K % FNB_BLOCK == 0) {
+        switch (j->wkind) {
+        case FNB_F32: tile_kind(j, FNB_F32, r0, r1); break;
+        case FNB_BF16: tile_kind(j, FNB_BF16, r0, r1); break;
+        case FNB_F16: tile_kind(j, FNB_F16, r0, r1); break;
+        case FNB_I8ROW: tile_kind(j, FNB_I8ROW, r0, r1); break;
+        case FNB_I8GRP: tile_kind(j, FNB_I8GRP, r0, r1); break;
+        case FNB_I4GRP: tile_kind(j, FNB_I4GRP, r0, r1); break;
+        }
+        return;
+    }
 #if defined(FNB_USE_BF16DOT)
     if (j->xh && j->wkind == FNB_BF16) { hrows(j, r0, r1); return; }
 #endif

@@ -24,6 +24,7 @@
 
 enum { FNB_F32 = 0, FNB_BF16 = 1, FNB_F16 = 2, FNB_I8ROW = 3, FNB_I8GRP = 4, FNB_I4GRP = 5 };
 enum { FNB_DT_F32 = 0, FNB_DT_BF16 = 1, FNB_DT_F16 = 2 };  /* activation / scale / output dtypes */
+enum { FNB_TILE_NONE = 0, FNB_TILE_F32 = 1, FNB_TILE_BF16 = 2 };  /* fnb_job.tile */
 enum { FNB_ISA_REF = 0, FNB_ISA_GENERIC = 1, FNB_ISA_AVX2 = 2, FNB_ISA_AVX512 = 3,
        FNB_ISA_AVX512VNNI = 4, FNB_ISA_COUNT = 5 };
 #define FNB_BLOCK 32  /* inputs per inner block; int4 activations are permuted per block */
@@ -49,23 +50,35 @@ typedef struct {
                            avx512vnni kernels read unsigned weights w + offset) */
     int dequant;      /* 1: no product; write the weights themselves, y [N, K] in ydtype */
     const uint16_t *xh; /* FNB_BF16 weights with bf16 activations [T, K] on a CPU with
-                           AVX512-BF16 (fnb_bf16_dot): vdpbf16ps on both as stored, else NULL */
+                           AVX512-BF16 (fnb_bf16_dot): vdpbf16ps on both as stored, else NULL;
+                           with tile FNB_TILE_BF16, for integer kinds too (bf16 panels) */
+    int tile;         /* many tokens: panels of widened rows x register tiles (fnb_isa.c), fp32
+                         (FNB_TILE_F32) or bf16 where xh is set (FNB_TILE_BF16); 0: none.
+                         x (or xh) then step-major: [K / step][T][step] (fnb_pack_steps) */
 } fnb_job;
+
+/* inputs per step of the tile kernels: 2 KiB of a row (512 fp32, 1024 bf16), so a step's slice of
+ * a panel and a token tile fit in L1 together */
+#define FNB_TILE_STEP_BYTES 2048
+static inline int64_t fnb_tile_step(int bf16) { return FNB_TILE_STEP_BYTES / (bf16 ? 2 : 4); }
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
 
 /* fnb_pool.c, for fnb_layer.c */
 fnb_rows_fn fnb_variant(int isa);
 int fnb_i4_permuted(int isa);
-void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads);
+int fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads);
 void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int permute, float *dst);
 int fnb_group_shift(int wkind, int64_t group, int64_t K);
 float *fnb_scratch(int slot, int64_t floats);
 void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, float *d,
                      int32_t *c);
 int fnb_q8_supported(int wkind, int64_t K);
-int fnb_bf16_dot(int isa, int wkind);
+int fnb_bf16_dot(int isa, int wkind, int tile);
 void fnb_to_bf16(const float *x, int64_t n, uint16_t *dst);
+void fnb_pack_steps(const void *x, int64_t esize, int T, int64_t K, int64_t step, void *dst);
+int64_t fnb_packed_elems(int T, int64_t K, int64_t step);
+void fnb_fail(void);
 void fnb_lock(void);
 void fnb_unlock(void);
 

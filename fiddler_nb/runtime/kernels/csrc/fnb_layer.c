@@ -21,23 +21,43 @@ static inline float rd(float v, int dt) {  /* round to the activation dtype and 
     return v;
 }
 
+/* The tile kernels read each expert's rows step-major (fnb_pack_steps): src [P, K] (fp32, or
+ * bf16 with bf) -> dst, the e-th expert's rows from (rows before it) * per_row elements on. */
+static void pack_experts(const void *src, int bf, const int64_t *counts, int n, int64_t K,
+                         void *dst) {
+    const int64_t esize = bf ? 2 : 4, step = fnb_tile_step(bf);
+    const int64_t per_row = fnb_packed_elems(1, K, step);
+    int64_t off = 0;
+    for (int e = 0; e < n; e++) {
+        fnb_pack_steps((const char *)src + off * K * esize, esize, (int)counts[e], K, step,
+                       (char *)dst + off * per_row * esize);
+        off += counts[e];
+    }
+}
+
 /* Returns 0, -1 for bad arguments, -2 when out of memory. y [P, ldy] in ydtype. */
 int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, int n_experts,
                     const void *const *w1, const void *const *s1, const void *const *w2,
                     const void *const *s2, const int64_t *counts, int64_t H, int64_t I,
                     const void *x, int xdtype, int64_t ldx, const float *route, void *y,
-                    int ydtype, int64_t ldy, int act_dtype, int q8) {
+                    int ydtype, int64_t ldy, int act_dtype, int q8, int tile) {
     fnb_rows_fn fn = fnb_variant(isa);
     int shift1 = fnb_group_shift(wkind, group, H), shift2 = fnb_group_shift(wkind, group, I);
     if (!fn || shift1 < 0 || shift2 < 0 || n_experts < 0 || n_experts > MAX_EXPERTS ||
+        tile < FNB_TILE_NONE || tile > FNB_TILE_BF16 ||
         (q8 && (!fnb_q8_supported(wkind, H) || !fnb_q8_supported(wkind, I))))
         return -1;
     if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
     int64_t P = 0;
     for (int e = 0; e < n_experts; e++) P += counts[e];
     if (P == 0) return 0;
-    /* float activations of int4 on AVX-512 are permuted; quantized ones always (fnb_kernels.h) */
-    const int permute = !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa);
+    /* bf16 weights (or, with FNB_TILE_BF16, integer ones in bf16 panels) and activations on
+     * AVX512-BF16: both operands as bf16 (exact: x came in bf16, the SiLU products are rounded
+     * to it below) */
+    const int hdot = !q8 && act_dtype == FNB_DT_BF16 && fnb_bf16_dot(isa, wkind, tile);
+    /* float activations of int4 on AVX-512 are permuted (not for bf16 panels, which are in
+     * order); quantized ones always (fnb_kernels.h) */
+    const int permute = !q8 && !hdot && wkind == FNB_I4GRP && fnb_i4_permuted(isa);
     fnb_lock();
     float *xf = fnb_scratch(0, P * H), *hf = fnb_scratch(1, P * 2 * I);
     float *af = fnb_scratch(2, P * I), *yf = fnb_scratch(3, P * H);
@@ -53,24 +73,35 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     }
     fnb_widen(x, xdtype, ldx, (int)P, H, permute, xf);
     if (q8) fnb_quantize_q8(xf, (int)P, H, wkind, xq, xs, xc);
-    /* bf16 weights and activations on AVX512-BF16: both operands as bf16 (exact: x came in
-     * bf16, the SiLU products are rounded to it below) */
-    const int hdot = act_dtype == FNB_DT_BF16 && fnb_bf16_dot(isa, wkind);
     uint16_t *xh = hdot ? (uint16_t *)fnb_scratch(10, P * H / 2 + 1) : NULL;
     uint16_t *ah = hdot ? (uint16_t *)fnb_scratch(11, P * I / 2 + 1) : NULL;
     if (hdot && (!xh || !ah)) { fnb_unlock(); return -2; }
     if (hdot) fnb_to_bf16(xf, P * H, xh);
+    /* tile kernels (K a multiple of 32 in both matrices): x / a step-major per expert */
+    const int tiled = tile && H % FNB_BLOCK == 0 && I % FNB_BLOCK == 0 ? tile : FNB_TILE_NONE;
+    const int64_t step = fnb_tile_step(hdot);
+    const int64_t row_h = tiled ? fnb_packed_elems(1, H, step) : H;
+    const int64_t row_i = tiled ? fnb_packed_elems(1, I, step) : I;
+    const int64_t esize = hdot ? 2 : 4;
+    char *xpk = tiled ? (char *)fnb_scratch(14, (P * row_h * esize) / 4 + 1) : NULL;
+    char *apk = tiled ? (char *)fnb_scratch(15, (P * row_i * esize) / 4 + 1) : NULL;
+    if (tiled && (!xpk || !apk)) { fnb_unlock(); return -2; }
+    if (tiled) pack_experts(hdot ? (const void *)xh : (const void *)xf, hdot, counts, n_experts,
+                            H, xpk);
     fnb_job jobs[MAX_EXPERTS];
     int64_t off = 0;
     for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
+        const float *xe = tiled && !hdot ? (const float *)(xpk + off * row_h * esize) : xf + off * H;
+        const uint16_t *he = !hdot ? NULL : tiled ? (const uint16_t *)(xpk + off * row_h * esize)
+                                                  : xh + off * H;
         fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
-                     xf + off * H, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I,
+                     xe, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I,
                      q8 ? xq + off * H : NULL, q8 ? xs + off * (H / FNB_BLOCK) : NULL,
-                     q8 ? xc + off * (H / 4) : NULL, 0, hdot ? xh + off * H : NULL};
+                     q8 ? xc + off * (H / 4) : NULL, 0, he, tiled};
         jobs[e] = j;
         off += counts[e];
     }
-    fnb_run_parallel(fn, jobs, n_experts, threads);
+    if (fnb_run_parallel(fn, jobs, n_experts, threads)) { fnb_unlock(); return -2; }
     for (int64_t p = 0; p < P; p++) {  /* silu(gate) * up, in the activation dtype's steps */
         const float *g = hf + p * 2 * I, *u = g + I;
         float *a = af + p * I;
@@ -84,16 +115,21 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     }
     if (q8) fnb_quantize_q8(af, (int)P, I, wkind, aq, as, ac);
     if (hdot) fnb_to_bf16(af, P * I, ah);
+    if (tiled) pack_experts(hdot ? (const void *)ah : (const void *)af, hdot, counts, n_experts,
+                            I, apk);
     off = 0;
     for (int e = 0; e < n_experts; e++) {  /* down of every expert */
+        const float *ae = tiled && !hdot ? (const float *)(apk + off * row_i * esize) : af + off * I;
+        const uint16_t *he = !hdot ? NULL : tiled ? (const uint16_t *)(apk + off * row_i * esize)
+                                                  : ah + off * I;
         fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
-                     af + off * I, (int)counts[e], yf + off * H, FNB_DT_F32, H,
+                     ae, (int)counts[e], yf + off * H, FNB_DT_F32, H,
                      q8 ? aq + off * I : NULL, q8 ? as + off * (I / FNB_BLOCK) : NULL,
-                     q8 ? ac + off * (I / 4) : NULL, 0, hdot ? ah + off * I : NULL};
+                     q8 ? ac + off * (I / 4) : NULL, 0, he, tiled};
         jobs[e] = j;
         off += counts[e];
     }
-    fnb_run_parallel(fn, jobs, n_experts, threads);
+    if (fnb_run_parallel(fn, jobs, n_experts, threads)) { fnb_unlock(); return -2; }
     for (int64_t p = 0; p < P; p++)  /* weighted by the routing weight */
         for (int64_t c = 0; c < H; c++)
             fnb_store_dt(y, ydtype, p * ldy + c, rd(yf[p * H + c], act_dtype) * route[p]);

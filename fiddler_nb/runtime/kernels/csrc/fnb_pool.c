@@ -192,9 +192,14 @@ static void reset_after_fork(void) {
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void register_fork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
 
-/* Run every row of `njobs` jobs, split in chunks over `threads` threads (the caller too). */
-void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads) {
+static atomic_int failed;  /* a worker could not get scratch memory (fnb_fail) */
+void fnb_fail(void) { atomic_store(&failed, 1); }
+
+/* Run every row of `njobs` jobs, split in chunks over `threads` threads (the caller too).
+ * Returns 0, or -2 when a worker ran out of memory (its rows are not written). */
+int fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads) {
     int64_t bytes = 0;
+    atomic_store(&failed, 0);
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     task.fn = fn; task.jobs = jobs; task.njobs = njobs;
@@ -210,7 +215,7 @@ void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int thread
     atomic_store(&task.next, 0);
     if (threads == 1 || bytes < SERIAL_BYTES) {
         run_chunks();
-        return;
+        return atomic_load(&failed) ? -2 : 0;
     }
     pthread_mutex_lock(&mu);
     while (started < threads - 1) {
@@ -232,6 +237,7 @@ void fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int thread
     pthread_mutex_lock(&mu);
     while (active > 0) pthread_cond_wait(&done, &mu);
     pthread_mutex_unlock(&mu);
+    return atomic_load(&failed) ? -2 : 0;
 }
 
 /* ---- the entry point ---------------------------------------------------------------------- */
@@ -250,6 +256,21 @@ void fnb_widen(const void *x, int xdtype, int64_t ldx, int T, int64_t K, int per
         } else {
             for (int64_t k = 0; k < K; k++) d[k] = fnb_load_dt(x, xdtype, (int64_t)t * ldx + k);
         }
+    }
+}
+
+/* the elements of T rows of K in the tile kernels' step-major layout [ceil(K / step)][T][step] */
+int64_t fnb_packed_elems(int T, int64_t K, int64_t step) {
+    return (K + step - 1) / step * step * T;
+}
+
+/* x [T, K] (esize-byte elements, contiguous) -> dst in that layout */
+void fnb_pack_steps(const void *x, int64_t esize, int T, int64_t K, int64_t step, void *dst) {
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
+        const int64_t n = k0 + step < K ? step : K - k0;
+        for (int t = 0; t < T; t++)
+            memcpy((char *)dst + ((k0 / step) * T + t) * step * esize,
+                   (const char *)x + ((int64_t)t * K + k0) * esize, (size_t)(n * esize));
     }
 }
 
@@ -291,13 +312,18 @@ void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, flo
     }
 }
 
-/* 1 when bf16 weights meet bf16 activations in vdpbf16ps on this ISA and CPU */
-int fnb_bf16_dot(int isa, int wkind) {
+/* 1 when bf16 activations meet the weights in vdpbf16ps on this ISA and CPU: bf16 weights as
+ * stored (not in fp32 tiles), or with FNB_TILE_BF16 integer kinds widened to bf16 panels -- the
+ * weights a bf16 reference holds. fp32 / fp16 weights never: bf16 would round them. */
+int fnb_bf16_dot(int isa, int wkind, int tile) {
 #if defined(__x86_64__) || defined(__i386__)
-    return wkind == FNB_BF16 && isa == FNB_ISA_AVX512VNNI && fnb_variant(isa) &&
+    const int kind_ok = tile == FNB_TILE_NONE ? wkind == FNB_BF16
+        : tile == FNB_TILE_BF16 && (wkind == FNB_BF16 || wkind == FNB_I8ROW ||
+                                    wkind == FNB_I8GRP || wkind == FNB_I4GRP);
+    return kind_ok && isa == FNB_ISA_AVX512VNNI && fnb_variant(isa) &&
            __builtin_cpu_supports("avx512bf16");
 #else
-    (void)isa; (void)wkind;
+    (void)isa; (void)wkind; (void)tile;
     return 0;
 #endif
 }
@@ -314,7 +340,7 @@ int fnb_q8_supported(int wkind, int64_t K) {
 }
 
 /* growable per-thread scratch */
-#define SCRATCH_SLOTS 12
+#define SCRATCH_SLOTS 17  /* 12-16: the tile kernels' panel, partial sums, packed x */
 float *fnb_scratch(int slot, int64_t floats) {
     static __thread float *buf[SCRATCH_SLOTS];
     static __thread int64_t cap[SCRATCH_SLOTS];
@@ -328,7 +354,8 @@ float *fnb_scratch(int slot, int64_t floats) {
 
 static int linear_impl(int isa, int threads, int wkind, const void *w, const void *scale,
                        int sdtype, int64_t group, int64_t N, int64_t K, const void *x, int xdtype,
-                       int64_t ldx, int T, void *y, int ydtype, int64_t ldy, int q8) {
+                       int64_t ldx, int T, void *y, int ydtype, int64_t ldy, int q8,
+                       int tile) {
     fnb_rows_fn fn = fnb_variant(isa);
     int shift = fnb_group_shift(wkind, group, K);
     if (!fn || T < 0 || N < 0 || K < 0 || wkind < FNB_F32 || wkind > FNB_I4GRP || shift < 0 ||
@@ -346,17 +373,27 @@ static int linear_impl(int isa, int threads, int wkind, const void *w, const voi
     fnb_widen(x, xdtype, ldx, T, K, !q8 && wkind == FNB_I4GRP && fnb_i4_permuted(isa), xbuf);
     if (q8) fnb_quantize_q8(xbuf, T, K, wkind, xq, xs, xc);
     uint16_t *xh = NULL;  /* bf16 x bf16: the activations as they came, contiguous */
-    if (xdtype == FNB_DT_BF16 && fnb_bf16_dot(isa, wkind)) {
+    if (!q8 && xdtype == FNB_DT_BF16 && fnb_bf16_dot(isa, wkind, tile)) {
         xh = (uint16_t *)fnb_scratch(10, (int64_t)T * K / 2 + 1);
         if (!xh) { pthread_mutex_unlock(&call_mu); return -2; }
         for (int t = 0; t < T; t++)
             memcpy(xh + (int64_t)t * K, (const uint16_t *)x + (int64_t)t * ldx, 2 * (size_t)K);
     }
-    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xbuf, T, y, ydtype, ldy,
-                 xq, xs, xc, 0, xh};
-    fnb_run_parallel(fn, &j, 1, threads);
+    const float *xk = xbuf;
+    if (tile && K % FNB_BLOCK == 0) {  /* the tile kernels read x (or xh) step-major */
+        const int bf = xh != NULL;
+        const int64_t step = fnb_tile_step(bf), elems = fnb_packed_elems(T, K, step);
+        void *packed = fnb_scratch(14, bf ? elems / 2 + 1 : elems);
+        if (!packed) { pthread_mutex_unlock(&call_mu); return -2; }
+        if (bf) fnb_pack_steps(xh, 2, T, K, step, packed);
+        else fnb_pack_steps(xbuf, 4, T, K, step, packed);
+        if (bf) xh = packed; else xk = packed;
+    }
+    fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xk, T, y, ydtype, ldy,
+                 xq, xs, xc, 0, xh, tile};
+    int rc = fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
-    return 0;
+    return rc;
 }
 
 /* y [T, ldy] (ydtype) = x [T, ldx] (xdtype) @ W^T. Returns 0, or -1 for bad arguments / an ISA
@@ -365,7 +402,7 @@ int fnb_linear(int isa, int threads, int wkind, const void *w, const void *scale
                int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
                int T, void *y, int ydtype, int64_t ldy) {
     return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
-                       ydtype, ldy, 0);
+                       ydtype, ldy, 0, 0);
 }
 
 /* fnb_linear with the activations quantized per 32-block to int8 (fnb_kernels.h) */
@@ -373,7 +410,19 @@ int fnb_linear_q8(int isa, int threads, int wkind, const void *w, const void *sc
                   int64_t group, int64_t N, int64_t K, const void *x, int xdtype, int64_t ldx,
                   int T, void *y, int ydtype, int64_t ldy) {
     return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
-                       ydtype, ldy, 1);
+                       ydtype, ldy, 1, 0);
+}
+
+/* fnb_linear for many tokens: panels of rows widened once per call, register tiles over the
+ * tokens (fnb_isa.c). tile: FNB_TILE_F32 (fp32 panels, exact) or FNB_TILE_BF16 (bf16
+ * activations on AVX512-BF16 meet bf16 panels -- integer weights rounded to bf16, as the
+ * dequantizing kernels round them -- in vdpbf16ps; elsewhere fp32) */
+int fnb_linear_tile(int isa, int threads, int wkind, const void *w, const void *scale,
+                    int sdtype, int64_t group, int64_t N, int64_t K, const void *x, int xdtype,
+                    int64_t ldx, int T, void *y, int ydtype, int64_t ldy, int tile) {
+    if (tile != FNB_TILE_F32 && tile != FNB_TILE_BF16) return -1;
+    return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
+                       ydtype, ldy, 0, tile);
 }
 
 /* y [N, K] (ydtype) = the weights of an integer kind (I8ROW, I8GRP, I4GRP), rows split across
@@ -391,9 +440,9 @@ int fnb_dequantize(int isa, int threads, int wkind, const void *w, const void *s
     pthread_mutex_lock(&call_mu);
     fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, NULL, 0, y, ydtype, K,
                  NULL, NULL, NULL, 1};
-    fnb_run_parallel(fn, &j, 1, threads);
+    int rc = fnb_run_parallel(fn, &j, 1, threads);
     pthread_mutex_unlock(&call_mu);
-    return 0;
+    return rc;
 }
 
 /* for fnb_layer.c: one call at a time through the pool */
