@@ -20,8 +20,8 @@ from fiddler_nb.runtime.formats import quant
 from fiddler_nb.runtime.formats.storage import convert_weight
 from fiddler_nb.runtime.kernels import native
 from fiddler_nb.runtime.kernels.native_build import ISA_NAMES, load_library
-from fiddler_nb.runtime.kernels.registry import (DEFAULT_CHOICE, Matrix, default_kernel,
-                                                 dequantize_matrix, get_kernel)
+from fiddler_nb.runtime.kernels.registry import (DEFAULT_CHOICE, GEMM_KERNELS, Matrix,
+                                                 default_kernel, dequantize_matrix, get_kernel)
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"native kernels unavailable: {native.unavailable_reason()}")
@@ -304,7 +304,8 @@ def test_kernel_choice_is_measured_once_per_machine_and_cached(monkeypatch, tmp_
     cached = list((tmp_path / "kernel-choice").glob("int8-*.json"))
     assert len(cached) == 1
     table = engine._state.store.kernels.table["int8"]
-    assert set(table) == {1, 8, 64}  # more tokens: the default rule (oneDNN for prefill)
+    assert set(table) == {1, 8, 64, 512}  # 512: the 64-token bucket's fastest GEMM kernel
+    assert table[512] in GEMM_KERNELS
     fnb.load(mixtral_path, device="cpu", expert_dtype="int8")  # read back, not measured
     assert len(runs) == 1
     monkeypatch.setenv("FIDDLER_NB_KERNEL_CHOICE", "default")

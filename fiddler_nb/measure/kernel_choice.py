@@ -4,7 +4,8 @@ For each format (bf16 / fp16 / fp32 / int8 / int4-gG) one expert's gate_up matri
 stored as the engine stores it (runtime/formats/storage.py), rotated over enough copies to be read from
 DRAM, and every kernel the registry offers for it (runtime/kernels/registry.py `candidates`) is timed at
 each token bucket; the fastest wins (the kernels that quantize activations are timed too, and
-win only in `choice_q8`, which an engine uses where its caller allows them). Threads: the chosen one-token kernel of the first format is
+win only in `choice_q8`, which an engine uses where its caller allows them); buckets past the
+largest timed one take its fastest GEMM-class kernel. Threads: the chosen one-token kernel of the first format is
 timed at 1..nproc threads (a busy neighbour core can make fewer threads faster) and the best
 count is kept. Every figure is stored with torch's CPU capability (AVX2 / AVX512 / AMX ...).
 
@@ -21,8 +22,8 @@ from typing import Sequence
 import torch
 
 from ..runtime.kernels.native import cpu_layout
-from ..runtime.kernels.registry import (TOKEN_BUCKETS, KernelChoice, Matrix, candidates,
-                                        get_kernel, quantizes_activations)
+from ..runtime.kernels.registry import (GEMM_KERNELS, TOKEN_BUCKETS, KernelChoice, Matrix,
+                                        candidates, get_kernel, quantizes_activations)
 from ..runtime.formats.quant import ExpertFormat
 from ..runtime.formats.storage import SCALE_SUFFIX, convert_weight, tensor_bytes
 from .probes import _median_ms
@@ -113,11 +114,30 @@ def measure_kernels(hidden: int, inter: int, formats: Sequence[ExpertFormat],
                 choice[label][str(bucket)] = min(exact, key=exact.get)
                 choice_q8[label][str(bucket)] = min(timing, key=timing.get)
                 bar.update(1)
+            _extend_to_larger_buckets(ms[label], choice[label], choice_q8[label])
         bar.close()
         thread_ms, best = _measure_threads(formats, mats, choice, act, k_in, threads, warmup,
                                            repeats)
     return KernelMeasurement(torch.backends.cpu.get_cpu_capability(), (n_out, k_in), ms, nbytes,
                              thread_ms, best, choice, choice_q8)
+
+
+def _extend_to_larger_buckets(ms: dict[str, dict[str, float]], choice: dict[str, str],
+                              choice_q8: dict[str, str]) -> None:
+    """Buckets past the largest measured one (prefill's hundreds of tokens: too slow to time
+    in a quick measurement) take the fastest GEMM-class kernel of the largest measured bucket:
+    those are compute-bound from tens of tokens on, so their order holds; the per-row kernels,
+    fast for a few tokens, are not extrapolated."""
+    if not ms:
+        return
+    top = max(ms, key=int)
+    gemm = {k: v for k, v in ms[top].items() if k in GEMM_KERNELS}
+    if not gemm:
+        return
+    best = min(gemm, key=gemm.get)
+    for bucket in TOKEN_BUCKETS:
+        if bucket > int(top):
+            choice[str(bucket)] = choice_q8[str(bucket)] = best
 
 
 def _time(name: str, x: torch.Tensor, mats: list[Matrix], warmup: int, repeats: int) -> float:

@@ -184,6 +184,11 @@ NATIVE_TILE_KERNELS = {"float": "native-tile-float", "int8": "native-tile-int8",
 NATIVE_BF16_TILE_KERNELS = {"float": "native-bf16tile-float", "int8": "native-bf16tile-int8",
                             "int8-group": "native-bf16tile-int8g",
                             "int4-blocks": "native-bf16tile-int4"}
+# Kernels whose cost per token falls as tokens grow (the weights converted once per call, then a
+# GEMM): what runs past the largest measured bucket (measure/kernel_choice.py)
+GEMM_KERNELS = frozenset({"onednn", "int8-dequant", "int8g-dequant", "int4b-dequant",
+                          "mxfp4-dequant", *NATIVE_DEQUANT_KERNELS.values(),
+                          *NATIVE_TILE_KERNELS.values(), *NATIVE_BF16_TILE_KERNELS.values()})
 NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
 TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
                  "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2,
