@@ -142,7 +142,7 @@ def test_tile_kernels_match_the_reference(fmt, act):
         m = _matrix(fmt, n_out, k_in, act)
         for tokens in TILE_TOKENS:
             x = torch.randn(tokens, k_in).to(x_dtype)
-            for isa in _variants():
+            for isa in ["ref"] + _variants():  # ref: no tiles, the same numbers
                 for mode in (native.TILE_F32, native.TILE_BF16):
                     got = native.native_linear(x, m, isa, tile=mode)
                     assert got.dtype == x_dtype and got.shape == (tokens, n_out)

@@ -582,6 +582,18 @@ static inline void store_vec(const fnb_job *j, int64_t at, vf v) {
 }
 #endif
 
+#if defined(FNB_USE_AVX512)
+/* an int4 block's two vectors [16 even k][16 odd k] (ld_u4) -> the 32 k in order */
+static inline __attribute__((always_inline)) void unpermute_i4(vf *w) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                         15, 31);
+    vf even = w[0], odd = w[1];
+    w[0] = _mm512_permutex2var_ps(even, lo, odd);
+    w[1] = _mm512_permutex2var_ps(even, hi, odd);
+}
+#endif
+
 static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j, int kind,
                                                                 int64_t r0, int64_t r1) {
     const int64_t K = j->K, nblk = K / FNB_BLOCK;
@@ -600,15 +612,7 @@ static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j,
             load_block(j, kind, r, b, w);
             if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
 #if defined(FNB_USE_AVX512)
-            if (kind == FNB_I4GRP) {  /* [even k][odd k] -> k in order */
-                const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21,
-                                                     6, 22, 7, 23);
-                const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13,
-                                                     29, 14, 30, 15, 31);
-                vf even = w[0], odd = w[1];
-                w[0] = _mm512_permutex2var_ps(even, lo, odd);
-                w[1] = _mm512_permutex2var_ps(even, hi, odd);
-            }
+            if (kind == FNB_I4GRP) unpermute_i4(w);
 #endif
             UNROLL for (int v = 0; v < NB; v++) store_vec(j, r * j->ldy + b * FNB_BLOCK + v * VL,
                                                           w[v]);
@@ -661,15 +665,7 @@ static inline __attribute__((always_inline)) void fill_panel(const fnb_job *j, i
                 continue;
             }
 #if defined(FNB_USE_AVX512)
-            if (kind == FNB_I4GRP) {  /* [even k][odd k] -> k in order (bf16 x is in order) */
-                const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21,
-                                                     6, 22, 7, 23);
-                const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13,
-                                                     29, 14, 30, 15, 31);
-                vf even = w[0], odd = w[1];
-                w[0] = _mm512_permutex2var_ps(even, lo, odd);
-                w[1] = _mm512_permutex2var_ps(even, hi, odd);
-            }
+            if (kind == FNB_I4GRP) unpermute_i4(w);  /* bf16 x is in order */
 #endif
             UNROLL for (int v = 0; v < NB; v++) store_vec(&dst, at + v * VL, w[v]);
         }

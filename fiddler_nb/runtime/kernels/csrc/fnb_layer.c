@@ -48,6 +48,7 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
         (q8 && (!fnb_q8_supported(wkind, H) || !fnb_q8_supported(wkind, I))))
         return -1;
     if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
+    if (isa == FNB_ISA_REF) tile = FNB_TILE_NONE;  /* the scalar reference has no tiles */
     int64_t P = 0;
     for (int e = 0; e < n_experts; e++) P += counts[e];
     if (P == 0) return 0;

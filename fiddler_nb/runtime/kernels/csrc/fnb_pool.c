@@ -362,6 +362,7 @@ static int linear_impl(int isa, int threads, int wkind, const void *w, const voi
         (q8 && !fnb_q8_supported(wkind, K)))
         return -1;
     if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;
+    if (isa == FNB_ISA_REF) tile = FNB_TILE_NONE;  /* the scalar reference has no tiles */
     if (T == 0 || N == 0) return 0;
     pthread_once(&fork_once, register_fork);
     pthread_mutex_lock(&call_mu);
