@@ -10,7 +10,7 @@ import threading
 import time
 
 import fiddler_nb as fnb
-from fiddler_nb.cli.chat import ANSWER, STOPPED, chat_loop
+from fiddler_nb.cli.chat import ANSWER, STOPPED, chat_loop, fit_to_context
 from fiddler_nb.cli.main import main
 
 CHAT = [sys.executable, "-m", "fiddler_nb.cli", "chat"]
@@ -100,3 +100,28 @@ def test_cli_autotune_bad_plan_file_is_one_line(mixtral_path, tmp_path, capsys):
     rc = main(["generate", "--model", mixtral_path, "--plan", str(bad)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "not a fiddler_nb plan" in err and "\n" not in err
+
+
+def test_chat_drops_the_oldest_turns_to_fit_the_context_and_refuses_one_too_long(mixtral_path):
+    """A conversation that outgrows the context loses its oldest turns (said once), never the
+    system message or the newest one; a single message longer than the context is refused in
+    one line and the chat goes on."""
+    eng = fnb.load(mixtral_path)
+    limit = eng.max_context
+    long_turn = "word " * (limit // 4)
+    history = [{"role": "system", "content": "be brief"}]
+    for i in range(6):
+        history += [{"role": "user", "content": f"{i} {long_turn}"},
+                    {"role": "assistant", "content": long_turn}]
+    history.append({"role": "user", "content": "last"})
+    dropped = fit_to_context(eng, history, max_new_tokens=8)
+    assert dropped > 0 and history[0]["content"] == "be brief"
+    assert history[-1]["content"] == "last"
+    from fiddler_nb.runtime.generation.chat import chat_prompt_ids
+
+    assert chat_prompt_ids(eng, history).shape[1] + 8 <= limit
+    lines = iter([long_turn * 8 + "\n", "short\n", ""])
+    written: list[str] = []
+    answers = chat_loop(eng, lambda: next(lines), written.append, max_new_tokens=4)
+    text = "".join(written)
+    assert answers == 1 and "[not answered:" in text and text.count(ANSWER) == 1

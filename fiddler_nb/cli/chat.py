@@ -2,8 +2,11 @@
 
 Reads one user message per line from stdin, streams the assistant's answer to stdout, keeps the
 history. Ctrl-C while an answer streams stops that answer (the engine stays usable); Ctrl-C at
-the prompt, or end of input (Ctrl-D, or the end of a pipe), exits. The loop (`chat_loop`) takes
-plain callables for reading and writing, so tests drive it without a terminal.
+the prompt, or end of input (Ctrl-D, or the end of a pipe), exits. When the conversation plus
+the answer would outgrow the model's context, the oldest turns are dropped (said in one line);
+a message too long on its own is refused in one line and the chat goes on. The loop
+(`chat_loop`) takes plain callables for reading and writing, so tests drive it without a
+terminal.
 """
 
 from __future__ import annotations
@@ -12,9 +15,35 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from ..runtime.errors import ContextLengthError
+
 STOPPED = " [stopped]"
 PROMPT = "you> "
 ANSWER = "assistant> "
+
+
+def fit_to_context(engine: Any, history: list[dict[str, str]], max_new_tokens: int,
+                   allow_beyond_context: bool = False) -> int:
+    """Drop the oldest messages of `history` (in place; a leading system message and the newest
+    message stay) until the rendered conversation plus max_new_tokens fits the engine's context.
+    Returns how many were dropped (0 when the engine states no context); raises
+    ContextLengthError, leaving `history` as it was, when even that does not fit."""
+    from ..runtime.generation.chat import chat_prompt_ids
+
+    limit = getattr(engine, "max_context", None)
+    if not isinstance(limit, int) or getattr(engine, "tokenizer", None) is None \
+            or allow_beyond_context:
+        return 0
+    first = 1 if history and history[0]["role"] == "system" else 0
+    trial = list(history)
+    tokens = chat_prompt_ids(engine, trial).shape[1]
+    while len(trial) - first > 1 and tokens + max_new_tokens > limit:
+        del trial[first]
+        tokens = chat_prompt_ids(engine, trial).shape[1]
+    engine.check_context(tokens, max_new_tokens)
+    dropped = len(history) - len(trial)
+    history[:] = trial
+    return dropped
 
 
 def chat_loop(engine: Any, read_line: Callable[[], str], write: Callable[[str], None],
@@ -36,9 +65,19 @@ def chat_loop(engine: Any, read_line: Callable[[], str], write: Callable[[str], 
         if not text.strip():
             continue
         history.append({"role": "user", "content": text})
+        try:
+            dropped = fit_to_context(engine, history, max_new_tokens,
+                                     generate_kwargs.get("allow_beyond_context", False))
+        except ContextLengthError as err:  # this message alone is too long: say so, go on
+            history.pop()
+            write(f"[not answered: {err}]\n")
+            continue
+        if dropped:
+            write(f"[{dropped} older message{'s' * (dropped > 1)} dropped to fit the model's "
+                  f"context of {engine.max_context} tokens]\n")
+        stream = engine.chat(history, max_new_tokens, stream=True, **generate_kwargs)
         write(ANSWER)
         reply = []
-        stream = engine.chat(history, max_new_tokens, stream=True, **generate_kwargs)
         try:
             for piece in stream:
                 reply.append(piece)
