@@ -6,8 +6,10 @@ model so one measurement serves them all) at 1, 8 and 64 tokens -- a few seconds
 progress bar and one line saying what it does -- and saves the result under the package cache
 folder (FIDDLER_NB_CACHE, default ~/.cache/fiddler_nb) in `kernel-choice/`, keyed by the CPU
 model, torch's CPU capability, the native kernels' ISA, the thread count and the package
-version. Later engines read the file. More tokens keep the default rule (oneDNN or dequantize +
-oneDNN, what stock transformers' prefill runs), so prefill never falls below stock.
+version, the kernel set and the rules that turn timings into a choice (CHOICE_RULES). Later
+engines read the file. More tokens (prefill's hundreds) take the fastest GEMM-class kernel of
+the 64-token bucket (oneDNN, dequantize + oneDNN or the tile kernels: what stock transformers'
+prefill runs, or faster).
 `profile=` still overrides; FIDDLER_NB_KERNEL_CHOICE=default skips the measurement and uses
 the static default (the test suite does, so no test pays for it).
 """
@@ -32,6 +34,7 @@ from .kernel_choice import QUICK_BUCKETS, KernelMeasurement, measure_kernels
 MEASURE_SHAPE = (4096, 4096)  # (hidden, intermediate): gate_up [8192, 4096], 64 MiB in bf16
 ROTATE_BYTES = 192 << 20  # copies rotated so each call reads from DRAM (past a 32-128 MiB LLC)
 SKIP_ENV = "FIDDLER_NB_KERNEL_CHOICE"
+CHOICE_RULES = 2  # bump when measure_kernels turns the same timings into another choice
 
 
 def _package_version() -> str:
@@ -47,7 +50,8 @@ def cache_key(fmt_label: str, act: torch.dtype, threads: int) -> dict:
     return {"cpu_model": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_isa": library().best_isa(), "threads": threads, "version": _package_version(),
             "format": fmt_label, "act_dtype": str(act).removeprefix("torch."),
-            "shape": list(MEASURE_SHAPE), "kernels": known_kernels()}  # new kernels: measure again
+            "shape": list(MEASURE_SHAPE), "kernels": known_kernels(),  # new kernels: again
+            "rules": CHOICE_RULES}
 
 
 def cache_path(key: dict) -> Path:
