@@ -51,7 +51,14 @@ def cache_key(fmt_label: str, act: torch.dtype, threads: int) -> dict:
             "native_isa": library().best_isa(), "threads": threads, "version": _package_version(),
             "format": fmt_label, "act_dtype": str(act).removeprefix("torch."),
             "shape": list(MEASURE_SHAPE), "kernels": known_kernels(),  # new kernels: again
-            "rules": CHOICE_RULES}
+            "rules": CHOICE_RULES, "native_build": _native_build()}
+
+
+def _native_build() -> str:
+    """The native library's build folder name (its hash covers sources, compiler and flags):
+    changed kernels are measured again."""
+    path = library().path
+    return Path(path).parent.name if path else "none"
 
 
 def cache_path(key: dict) -> Path:

@@ -623,16 +623,16 @@ static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j,
     }
 }
 
-/* ---- many tokens: a panel of rows widened once, then register tiles over the tokens -------
- * (job->tile, the 'native-tile' kernels.) The worker widens PANEL_BYTES of its rows at a time
- * into a thread-local panel -- fp32 (exact: the weight-only kernels' numbers), or rounded to
- * bf16 (round to nearest even: the weights a bf16 reference holds, as the dequantizing kernels
- * give them) when bf16 activations meet vdpbf16ps -- and multiplies them by every token in
- * tiles of 4 rows x 6 tokens (4 x 3 with 16 registers) whose accumulators stay in registers,
- * so each weight is converted once per call and each load feeds 4 or 6 multiply-adds.
- * Panel and activations are step-major (fnb_kernels.h, fnb_tile_step): one step's inputs of
- * every row (token) lie together, so a step's rows stay in L1 while every token tile re-reads
- * them (rows K apart would share a few L1 sets and evict each other). */
+/* ---- many tokens: rows widened once per call, register tiles over the tokens --------------
+ * (job->tile, the 'native-tile' / 'native-bf16tile' kernels.) Two kinds:
+ * - fp32 (exact: the weight-only kernels' numbers; every ISA): outer products, below (op_kind);
+ * - bf16 panels (AVX512-BF16, bf16 activations): the worker widens PANEL_BYTES of its rows at a
+ *   time into a thread-local panel rounded to bf16 (round to nearest even: the weights a bf16
+ *   reference holds, as the dequantizing kernels give them) and multiplies it by every token in
+ *   tiles of 4 rows x 6 tokens with vdpbf16ps (dot products along k, vector partial sums between
+ *   steps). Panel and activations are step-major (fnb_kernels.h, fnb_tile_step): one step's
+ *   inputs of every row (token) lie together, so a step's rows stay in L1 while every token
+ *   tile re-reads them (rows K apart would share a few L1 sets and evict each other). */
 #define PANEL_BYTES (192 << 10)  /* L2-sized */
 #define PT_R 4
 
@@ -644,12 +644,13 @@ static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 #endif
 
-/* rows r0..r1 of the job's weights -> panel, step-major ([K / step][r1 - r0][step]): fp32 in
- * the order the fp32 activations have (permuted int4 blocks too), or bf16 in natural k order */
+#if defined(FNB_USE_BF16DOT)
+/* rows r0..r1 of the job's weights -> bf16 panel, step-major ([K / step][r1 - r0][step]), k in
+ * natural order */
 static inline __attribute__((always_inline)) void fill_panel(const fnb_job *j, int kind,
-                                                              int64_t r0, int64_t r1, void *panel,
-                                                              int bf16) {
-    const int64_t K = j->K, nblk = K / FNB_BLOCK, step = fnb_tile_step(bf16), P = r1 - r0;
+                                                              int64_t r0, int64_t r1,
+                                                              void *panel) {
+    const int64_t K = j->K, nblk = K / FNB_BLOCK, step = fnb_tile_step(1), P = r1 - r0;
     fnb_job dst = *j;  /* store_vec writes bf16 through a job's y / ydtype */
     dst.y = panel; dst.ydtype = FNB_DT_BF16;
     for (int64_t r = r0; r < r1; r++) {
@@ -660,60 +661,19 @@ static inline __attribute__((always_inline)) void fill_panel(const fnb_job *j, i
             vf w[NB];
             load_block(j, kind, r, b, w);
             if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
-            if (!bf16) {
-                UNROLL for (int v = 0; v < NB; v++) vstore((float *)panel + at + v * VL, w[v]);
-                continue;
-            }
-#if defined(FNB_USE_AVX512)
             if (kind == FNB_I4GRP) unpermute_i4(w);  /* bf16 x is in order */
-#endif
             UNROLL for (int v = 0; v < NB; v++) store_vec(&dst, at + v * VL, w[v]);
         }
     }
 }
 
-/* R panel rows x TT tokens over one step of n inputs, fp32 multiply-adds: wp / x the step's
- * first row / token (row stride `step`). The accumulators start at zero (first) or from `part`
- * (vector partial sums: PART_LANES floats per row and token, row stride T) and end as outputs
- * of rows r.. (last) or back in `part`. */
+/* Vector partial sums of the bf16 tiles: PART_LANES floats per row and token, row stride T */
 #define PART_LANES 16
 #define TILE_ARGS int64_t step, int64_t n, int64_t r, int t0, float *part, int first, int last
-#define DEFINE_PTILE(R, TT)                                                                   \
-static inline __attribute__((always_inline)) void ptile_##R##x##TT(                          \
-        const fnb_job *j, const float *wp, const float *x, TILE_ARGS) {                      \
-    const int64_t T = j->T;                                                                   \
-    vf acc[R][TT];                                                                            \
-    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
-        acc[i][t] = first ? VZERO() : VLOAD(part + (i * T + t) * PART_LANES);                 \
-    for (int64_t k = 0; k < n; k += VL) {                                                     \
-        vf w[R];                                                                              \
-        UNROLL for (int i = 0; i < R; i++) w[i] = VLOAD(wp + i * step + k);                   \
-        UNROLL for (int t = 0; t < TT; t++) {                                                 \
-            vf xv = VLOAD(x + t * step + k);                                                  \
-            UNROLL for (int i = 0; i < R; i++) acc[i][t] = VFMA(w[i], xv, acc[i][t]);         \
-        }                                                                                     \
-    }                                                                                         \
-    UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) {                  \
-        if (last) fnb_store_dt(j->y, j->ydtype, (int64_t)(t0 + t) * j->ldy + r + i,           \
-                               VHSUM(acc[i][t]));                                             \
-        else vstore(part + (i * T + t) * PART_LANES, acc[i][t]);                              \
-    }                                                                                         \
-}
-/* (literal sizes: token pasting happens before a macro argument would expand) */
-#if defined(FNB_USE_AVX512)
-DEFINE_PTILE(4, 6)
-DEFINE_PTILE(1, 6)
-#else
-DEFINE_PTILE(4, 3)
-DEFINE_PTILE(1, 3)
-#endif
-DEFINE_PTILE(4, 2)
-DEFINE_PTILE(4, 1)
-DEFINE_PTILE(1, 2)
-DEFINE_PTILE(1, 1)
 
-#if defined(FNB_USE_BF16DOT)
-/* the same with bf16 panel rows and bf16 activations: 32 products per vdpbf16ps */
+/* R bf16 panel rows x TT tokens over one step of n inputs, 32 products per vdpbf16ps: wp / x the
+ * step's first row / token (row stride `step`). The accumulators start at zero (first) or from
+ * `part` and end as outputs of rows r.. (last) or back in `part`. */
 #define DEFINE_BTILE(R, TT)                                                                   \
 static inline __attribute__((always_inline)) void btile_##R##x##TT(                          \
         const fnb_job *j, const uint16_t *wp, const uint16_t *x, TILE_ARGS) {                \
@@ -742,22 +702,17 @@ DEFINE_BTILE(4, 2)
 DEFINE_BTILE(4, 1)
 DEFINE_BTILE(1, 2)
 DEFINE_BTILE(1, 1)
-#define TILE_CALL(R, TT, bf, wp, xp, ...) do {                                                 \
-    if (bf) btile_##R##x##TT(j, (const uint16_t *)(wp), (const uint16_t *)(xp), __VA_ARGS__); \
-    else ptile_##R##x##TT(j, (const float *)(wp), (const float *)(xp), __VA_ARGS__); } while (0)
-#else
-#define TILE_CALL(R, TT, bf, wp, xp, ...)                                                      \
-    ptile_##R##x##TT(j, (const float *)(wp), (const float *)(xp), __VA_ARGS__)
-#endif
+#define TILE_CALL(R, TT, wp, xp, ...)                                                          \
+    btile_##R##x##TT(j, (const uint16_t *)(wp), (const uint16_t *)(xp), __VA_ARGS__)
 
-/* every token against panel rows p0..p1, one step of inputs at a time (the step's slice of
+/* every token against bf16 panel rows p0..p1, one step of inputs at a time (the step's slice of
  * the panel stays in L1 while each token tile re-reads it) */
-static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j, int bf,
+static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
                                                                 const void *panel, float *part,
                                                                 int64_t p0, int64_t p1) {
-    const int64_t K = j->K, T = j->T, P = p1 - p0, esize = bf ? 2 : 4;
-    const int64_t step = fnb_tile_step(bf);
-    const char *xs = bf ? (const char *)j->xh : (const char *)j->x;
+    const int64_t K = j->K, T = j->T, P = p1 - p0, esize = 2;
+    const int64_t step = fnb_tile_step(1);
+    const char *xs = (const char *)j->xh;
     for (int64_t k0 = 0; k0 < K; k0 += step) {
         const int64_t n = k0 + step < K ? step : K - k0;
         const int first = k0 == 0, last = k0 + n == K;
@@ -766,43 +721,120 @@ static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
 #define ROWS_OF(TT) do {                                                                       \
         int64_t r = p0;                                                                       \
         for (; r + 4 <= p1; r += 4)                                                           \
-            TILE_CALL(4, TT, bf, wstep + (r - p0) * step * esize, xstep + t0 * step * esize,  \
+            TILE_CALL(4, TT, wstep + (r - p0) * step * esize, xstep + t0 * step * esize,      \
                       step, n, r, t0, part + ((r - p0) * T + t0) * PART_LANES, first, last);  \
         for (; r < p1; r++)                                                                   \
-            TILE_CALL(1, TT, bf, wstep + (r - p0) * step * esize, xstep + t0 * step * esize,  \
+            TILE_CALL(1, TT, wstep + (r - p0) * step * esize, xstep + t0 * step * esize,      \
                       step, n, r, t0, part + ((r - p0) * T + t0) * PART_LANES, first, last);  \
     } while (0)
         int t0 = 0;
-#if defined(FNB_USE_AVX512)
         for (; t0 + 6 <= T; t0 += 6) ROWS_OF(6);
-#else
-        for (; t0 + 3 <= T; t0 += 3) ROWS_OF(3);
-#endif
         for (; t0 + 2 <= T; t0 += 2) ROWS_OF(2);
         if (t0 < T) ROWS_OF(1);
 #undef ROWS_OF
     }
 }
+#endif  /* FNB_USE_BF16DOT */
+
+/* ---- fp32 tiles: outer products ------------------------------------------------------------
+ * Per input k: OP_MR rows' weights (two vectors) times each of OP_NR tokens' x[k] broadcast,
+ * into OP_MR x OP_NR accumulators that stay in registers for FNB_OP_KC inputs (then in a small
+ * buffer c between chunks). The weights of a row block and chunk are widened into `slice`
+ * [KC][OP_MR] (fp32, storage order: int4 blocks permuted on AVX-512 as the fp32 activations
+ * are) once and re-read from L1 by every token tile; x comes packed (fnb_pack_op). */
+#if defined(FNB_USE_AVX512)
+#define OP_NR 12  /* 24 zmm accumulators + 2 weight vectors + 1 broadcast */
+#else
+#define OP_NR 6   /* 12 of 16 registers */
+#endif
+#define OP_MR (2 * VL)
+
+static inline __attribute__((always_inline)) void fill_slice(const fnb_job *j, int kind,
+                                                              int64_t r0, int64_t rows, int64_t k0,
+                                                              int64_t n, float *slice) {
+    float tmp[FNB_BLOCK];
+    if (rows < OP_MR) memset(slice, 0, sizeof(float) * (size_t)(n * OP_MR));
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t r = r0 + i;
+        const vf rs = VSET1(kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f);
+        for (int64_t kk = 0; kk < n; kk += FNB_BLOCK) {
+            vf w[NB];
+            load_block(j, kind, r, (k0 + kk) / FNB_BLOCK, w);
+            UNROLL for (int v = 0; v < NB; v++)
+                vstore(tmp + v * VL, kind == FNB_I8ROW ? VMUL(w[v], rs) : w[v]);
+            for (int q = 0; q < FNB_BLOCK; q++) slice[(kk + q) * OP_MR + i] = tmp[q];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void op_tile(const float *slice, const float *xp,
+                                                           int64_t n, vf acc[2][OP_NR]) {
+    for (int64_t k = 0; k < n; k++) {
+        const vf w0 = VLOAD(slice + k * OP_MR), w1 = VLOAD(slice + k * OP_MR + VL);
+        UNROLL for (int t = 0; t < OP_NR; t++) {
+            const vf b = VSET1(xp[k * OP_NR + t]);
+            acc[0][t] = VFMA(w0, b, acc[0][t]);
+            acc[1][t] = VFMA(w1, b, acc[1][t]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void op_kind(const fnb_job *j, int kind,
+                                                           int64_t r0, int64_t r1) {
+    const int64_t K = j->K, T = j->T, tiles = (T + OP_NR - 1) / OP_NR;
+    const int64_t nchunk = (K + FNB_OP_KC - 1) / FNB_OP_KC;
+    float *slice = fnb_scratch(12, FNB_OP_KC * OP_MR);
+    float *c = fnb_scratch(13, tiles * OP_NR * OP_MR);
+    if (!slice || !c) { fnb_fail(); return; }
+    for (int64_t rb = r0; rb < r1; rb += OP_MR) {
+        const int64_t rows = r1 - rb < OP_MR ? r1 - rb : OP_MR;
+        for (int64_t ci = 0; ci < nchunk; ci++) {
+            const int64_t k0 = ci * FNB_OP_KC, n = K - k0 < FNB_OP_KC ? K - k0 : FNB_OP_KC;
+            const int first = ci == 0, last = ci == nchunk - 1;
+            fill_slice(j, kind, rb, rows, k0, n, slice);
+            for (int64_t tt = 0; tt < tiles; tt++) {
+                float *ct = c + tt * OP_NR * OP_MR;
+                vf acc[2][OP_NR];
+                UNROLL for (int t = 0; t < OP_NR; t++) UNROLL for (int i = 0; i < 2; i++)
+                    acc[i][t] = first ? VZERO() : VLOAD(ct + t * OP_MR + i * VL);
+                op_tile(slice, j->x + (ci * tiles + tt) * FNB_OP_KC * OP_NR, n, acc);
+                if (!last) {
+                    UNROLL for (int t = 0; t < OP_NR; t++) UNROLL for (int i = 0; i < 2; i++)
+                        vstore(ct + t * OP_MR + i * VL, acc[i][t]);
+                    continue;
+                }
+                for (int t = 0; t < OP_NR && tt * OP_NR + t < T; t++) {
+                    float out[OP_MR];
+                    vstore(out, acc[0][t]);
+                    vstore(out + VL, acc[1][t]);
+                    for (int64_t i = 0; i < rows; i++)
+                        fnb_store_dt(j->y, j->ydtype, (tt * OP_NR + t) * j->ldy + rb + i, out[i]);
+                }
+            }
+        }
+    }
+}
 
 static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, int kind,
                                                              int64_t r0, int64_t r1) {
-    const int64_t K = j->K, T = j->T;
 #if defined(FNB_USE_BF16DOT)
-    const int bf = j->xh != NULL && j->tile == FNB_TILE_BF16;
-#else
-    const int bf = 0;
-#endif
-    int64_t rows = PANEL_BYTES / (K * (bf ? 2 : 4)) / PT_R * PT_R;
-    if (rows < PT_R) rows = PT_R;
-    const int64_t step = fnb_tile_step(bf), nsteps = (K + step - 1) / step;
-    float *panel = fnb_scratch(12, (nsteps * rows * step * (bf ? 2 : 4)) / 4 + 1);
-    float *part = fnb_scratch(13, rows * T * PART_LANES);
-    if (!panel || !part) { fnb_fail(); return; }
-    for (int64_t p0 = r0; p0 < r1; p0 += rows) {
-        const int64_t p1 = p0 + rows < r1 ? p0 + rows : r1;
-        fill_panel(j, kind, p0, p1, panel, bf);
-        panel_tokens(j, bf, panel, part, p0, p1);
+    if (j->xh != NULL && j->tile == FNB_TILE_BF16) {  /* bf16 panels x bf16 activations */
+        const int64_t K = j->K, T = j->T;
+        int64_t rows = PANEL_BYTES / (K * 2) / PT_R * PT_R;
+        if (rows < PT_R) rows = PT_R;
+        const int64_t step = fnb_tile_step(1), nsteps = (K + step - 1) / step;
+        float *panel = fnb_scratch(12, (nsteps * rows * step * 2) / 4 + 1);
+        float *part = fnb_scratch(13, rows * T * PART_LANES);
+        if (!panel || !part) { fnb_fail(); return; }
+        for (int64_t p0 = r0; p0 < r1; p0 += rows) {
+            const int64_t p1 = p0 + rows < r1 ? p0 + rows : r1;
+            fill_panel(j, kind, p0, p1, panel);
+            panel_tokens(j, panel, part, p0, p1);
+        }
+        return;
     }
+#endif
+    op_kind(j, kind, r0, r1);
 }
 
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {

@@ -57,6 +57,19 @@ typedef struct {
                          x (or xh) then step-major: [K / step][T][step] (fnb_pack_steps) */
 } fnb_job;
 
+/* The fp32 tile kernels multiply as outer products: per input k, a vector of rows times each
+ * token's x[k] broadcast, accumulators [rows][tokens] in registers (no partial sums per lane).
+ * x is packed per FNB_OP_KC inputs and fnb_op_nr(isa) tokens: [ceil(K / KC)][ceil(T / NR)][KC][NR],
+ * zero-padded (fnb_pack_op). */
+#define FNB_OP_KC 128
+#define FNB_TILE_CHUNK_ROWS 32  /* a tile job's work items: whole 32-row blocks */
+static inline int fnb_op_nr(int isa) {
+    return isa == FNB_ISA_AVX512 || isa == FNB_ISA_AVX512VNNI ? 12 : 6;
+}
+static inline int64_t fnb_op_packed_elems(int T, int64_t K, int nr) {
+    return (K + FNB_OP_KC - 1) / FNB_OP_KC * ((T + nr - 1) / nr) * FNB_OP_KC * nr;
+}
+
 /* inputs per step of the tile kernels: 2 KiB of a row (512 fp32, 1024 bf16), so a step's slice of
  * a panel and a token tile fit in L1 together */
 #define FNB_TILE_STEP_BYTES 2048
@@ -77,6 +90,7 @@ int fnb_q8_supported(int wkind, int64_t K);
 int fnb_bf16_dot(int isa, int wkind, int tile);
 void fnb_to_bf16(const float *x, int64_t n, uint16_t *dst);
 void fnb_pack_steps(const void *x, int64_t esize, int T, int64_t K, int64_t step, void *dst);
+void fnb_pack_op(const float *x, int T, int64_t K, int nr, float *dst);
 int64_t fnb_packed_elems(int T, int64_t K, int64_t step);
 void fnb_fail(void);
 void fnb_lock(void);

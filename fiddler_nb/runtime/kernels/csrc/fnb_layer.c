@@ -21,18 +21,25 @@ static inline float rd(float v, int dt) {  /* round to the activation dtype and 
     return v;
 }
 
-/* The tile kernels read each expert's rows step-major (fnb_pack_steps): src [P, K] (fp32, or
- * bf16 with bf) -> dst, the e-th expert's rows from (rows before it) * per_row elements on. */
-static void pack_experts(const void *src, int bf, const int64_t *counts, int n, int64_t K,
-                         void *dst) {
-    const int64_t esize = bf ? 2 : 4, step = fnb_tile_step(bf);
-    const int64_t per_row = fnb_packed_elems(1, K, step);
-    int64_t off = 0;
+/* The tile kernels read each expert's rows packed (fnb_kernels.h): src [P, K] (fp32, or bf16
+ * with bf; experts' rows in order) -> dst, the e-th expert's rows from element at[e] on; returns
+ * the elements written. at == NULL: only count them. */
+static int64_t pack_experts(const void *src, int bf, int nr, const int64_t *counts, int n,
+                            int64_t K, void *dst, int64_t *at) {
+    const int64_t esize = bf ? 2 : 4, step = fnb_tile_step(1);
+    int64_t off = 0, elems = 0;
     for (int e = 0; e < n; e++) {
-        fnb_pack_steps((const char *)src + off * K * esize, esize, (int)counts[e], K, step,
-                       (char *)dst + off * per_row * esize);
-        off += counts[e];
+        const int T = (int)counts[e];
+        if (at) {
+            at[e] = elems;
+            if (bf) fnb_pack_steps((const char *)src + off * K * esize, 2, T, K, step,
+                                   (uint16_t *)dst + elems);
+            else fnb_pack_op((const float *)src + off * K, T, K, nr, (float *)dst + elems);
+        }
+        elems += bf ? fnb_packed_elems(T, K, step) : fnb_op_packed_elems(T, K, nr);
+        off += T;
     }
+    return elems;
 }
 
 /* Returns 0, -1 for bad arguments, -2 when out of memory. y [P, ldy] in ydtype. */
@@ -78,22 +85,23 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     uint16_t *ah = hdot ? (uint16_t *)fnb_scratch(11, P * I / 2 + 1) : NULL;
     if (hdot && (!xh || !ah)) { fnb_unlock(); return -2; }
     if (hdot) fnb_to_bf16(xf, P * H, xh);
-    /* tile kernels (K a multiple of 32 in both matrices): x / a step-major per expert */
+    /* tile kernels (K a multiple of 32 in both matrices): x / a packed per expert */
     const int tiled = tile && H % FNB_BLOCK == 0 && I % FNB_BLOCK == 0 ? tile : FNB_TILE_NONE;
-    const int64_t step = fnb_tile_step(hdot);
-    const int64_t row_h = tiled ? fnb_packed_elems(1, H, step) : H;
-    const int64_t row_i = tiled ? fnb_packed_elems(1, I, step) : I;
+    const int nr = fnb_op_nr(isa);
     const int64_t esize = hdot ? 2 : 4;
-    char *xpk = tiled ? (char *)fnb_scratch(14, (P * row_h * esize) / 4 + 1) : NULL;
-    char *apk = tiled ? (char *)fnb_scratch(15, (P * row_i * esize) / 4 + 1) : NULL;
+    static __thread int64_t at_x[MAX_EXPERTS], at_a[MAX_EXPERTS];
+    const int64_t nx = tiled ? pack_experts(NULL, hdot, nr, counts, n_experts, H, NULL, NULL) : 0;
+    const int64_t na = tiled ? pack_experts(NULL, hdot, nr, counts, n_experts, I, NULL, NULL) : 0;
+    char *xpk = tiled ? (char *)fnb_scratch(14, nx * esize / 4 + 1) : NULL;
+    char *apk = tiled ? (char *)fnb_scratch(15, na * esize / 4 + 1) : NULL;
     if (tiled && (!xpk || !apk)) { fnb_unlock(); return -2; }
-    if (tiled) pack_experts(hdot ? (const void *)xh : (const void *)xf, hdot, counts, n_experts,
-                            H, xpk);
+    if (tiled) pack_experts(hdot ? (const void *)xh : (const void *)xf, hdot, nr, counts,
+                            n_experts, H, xpk, at_x);
     fnb_job jobs[MAX_EXPERTS];
     int64_t off = 0;
     for (int e = 0; e < n_experts; e++) {  /* gate_up of every expert, one work list */
-        const float *xe = tiled && !hdot ? (const float *)(xpk + off * row_h * esize) : xf + off * H;
-        const uint16_t *he = !hdot ? NULL : tiled ? (const uint16_t *)(xpk + off * row_h * esize)
+        const float *xe = tiled && !hdot ? (const float *)xpk + at_x[e] : xf + off * H;
+        const uint16_t *he = !hdot ? NULL : tiled ? (const uint16_t *)xpk + at_x[e]
                                                   : xh + off * H;
         fnb_job j = {wkind, w1[e], s1[e], sdtype, group, shift1, H / group, 2 * I, H,
                      xe, (int)counts[e], hf + off * 2 * I, FNB_DT_F32, 2 * I,
@@ -116,12 +124,12 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     }
     if (q8) fnb_quantize_q8(af, (int)P, I, wkind, aq, as, ac);
     if (hdot) fnb_to_bf16(af, P * I, ah);
-    if (tiled) pack_experts(hdot ? (const void *)ah : (const void *)af, hdot, counts, n_experts,
-                            I, apk);
+    if (tiled) pack_experts(hdot ? (const void *)ah : (const void *)af, hdot, nr, counts,
+                            n_experts, I, apk, at_a);
     off = 0;
     for (int e = 0; e < n_experts; e++) {  /* down of every expert */
-        const float *ae = tiled && !hdot ? (const float *)(apk + off * row_i * esize) : af + off * I;
-        const uint16_t *he = !hdot ? NULL : tiled ? (const uint16_t *)(apk + off * row_i * esize)
+        const float *ae = tiled && !hdot ? (const float *)apk + at_a[e] : af + off * I;
+        const uint16_t *he = !hdot ? NULL : tiled ? (const uint16_t *)apk + at_a[e]
                                                   : ah + off * I;
         fnb_job j = {wkind, w2[e], s2[e], sdtype, group, shift2, I / group, H, I,
                      ae, (int)counts[e], yf + off * H, FNB_DT_F32, H,

@@ -207,7 +207,8 @@ int fnb_run_parallel(fnb_rows_fn fn, const fnb_job *jobs, int njobs, int threads
     for (int i = 0; i < njobs; i++) {
         int64_t row = fnb_row_bytes(jobs[i].wkind, jobs[i].K);
         int64_t chunk = CHUNK_BYTES / (row + 1);
-        chunk = chunk < 4 ? 4 : chunk / 4 * 4;  /* whole 4-row tiles */
+        const int64_t whole = jobs[i].tile ? FNB_TILE_CHUNK_ROWS : 4;  /* whole row tiles */
+        chunk = chunk < whole ? whole : chunk / whole * whole;
         task.chunk_rows[i] = chunk;
         task.first_chunk[i + 1] = task.first_chunk[i] + (jobs[i].N + chunk - 1) / chunk;
         bytes += row * jobs[i].N;
@@ -272,6 +273,16 @@ void fnb_pack_steps(const void *x, int64_t esize, int T, int64_t K, int64_t step
             memcpy((char *)dst + ((k0 / step) * T + t) * step * esize,
                    (const char *)x + ((int64_t)t * K + k0) * esize, (size_t)(n * esize));
     }
+}
+
+/* x [T, K] fp32 (contiguous) -> the fp32 tile kernels' layout (fnb_kernels.h), zero-padded */
+void fnb_pack_op(const float *x, int T, int64_t K, int nr, float *dst) {
+    const int64_t tiles = (T + nr - 1) / nr;
+    memset(dst, 0, sizeof(float) * (size_t)fnb_op_packed_elems(T, K, nr));
+    for (int t = 0; t < T; t++)
+        for (int64_t k = 0; k < K; k++)
+            dst[((k / FNB_OP_KC * tiles + t / nr) * FNB_OP_KC + k % FNB_OP_KC) * nr + t % nr] =
+                x[(int64_t)t * K + k];
 }
 
 /* group = 1 for kinds without groups; else the log2(group / 32) shift, or -1 if unusable */
@@ -381,13 +392,15 @@ static int linear_impl(int isa, int threads, int wkind, const void *w, const voi
             memcpy(xh + (int64_t)t * K, (const uint16_t *)x + (int64_t)t * ldx, 2 * (size_t)K);
     }
     const float *xk = xbuf;
-    if (tile && K % FNB_BLOCK == 0) {  /* the tile kernels read x (or xh) step-major */
-        const int bf = xh != NULL;
-        const int64_t step = fnb_tile_step(bf), elems = fnb_packed_elems(T, K, step);
-        void *packed = fnb_scratch(14, bf ? elems / 2 + 1 : elems);
+    if (tile && K % FNB_BLOCK == 0) {  /* the tile kernels' layouts (fnb_kernels.h) */
+        const int bf = xh != NULL, nr = fnb_op_nr(isa);
+        const int64_t step = fnb_tile_step(1);
+        const int64_t elems = bf ? fnb_packed_elems(T, K, step) / 2 + 1
+                                 : fnb_op_packed_elems(T, K, nr);
+        void *packed = fnb_scratch(14, elems);
         if (!packed) { pthread_mutex_unlock(&call_mu); return -2; }
         if (bf) fnb_pack_steps(xh, 2, T, K, step, packed);
-        else fnb_pack_steps(xbuf, 4, T, K, step, packed);
+        else fnb_pack_op(xbuf, T, K, nr, packed);
         if (bf) xh = packed; else xk = packed;
     }
     fnb_job j = {wkind, w, scale, sdtype, group, shift, K / group, N, K, xk, T, y, ydtype, ldy,
