@@ -749,10 +749,66 @@ static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
 #endif
 #define OP_MR (2 * VL)
 
+#if defined(FNB_USE_AVX512)
+/* r[i] = row i of a 16 x 16 block -> r[c] = its column c */
+static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
+    __m512 t[16];
+    UNROLL for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    UNROLL for (int i = 0; i < 16; i += 4) {  /* r[i + q]: element 4 l + q of rows i..i+3 */
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    UNROLL for (int q = 0; q < 4; q++) {  /* 128-bit lanes: rows 0-7 and 8-15 */
+        t[q] = _mm512_shuffle_f32x4(r[q], r[q + 4], 0x88);
+        t[q + 4] = _mm512_shuffle_f32x4(r[q], r[q + 4], 0xdd);
+        t[q + 8] = _mm512_shuffle_f32x4(r[q + 8], r[q + 12], 0x88);
+        t[q + 12] = _mm512_shuffle_f32x4(r[q + 8], r[q + 12], 0xdd);
+    }
+    UNROLL for (int q = 0; q < 4; q++) {
+        r[q] = _mm512_shuffle_f32x4(t[q], t[q + 8], 0x88);
+        r[q + 4] = _mm512_shuffle_f32x4(t[q + 4], t[q + 12], 0x88);
+        r[q + 8] = _mm512_shuffle_f32x4(t[q], t[q + 8], 0xdd);
+        r[q + 12] = _mm512_shuffle_f32x4(t[q + 4], t[q + 12], 0xdd);
+    }
+}
+#endif
+
 static inline __attribute__((always_inline)) void fill_slice(const fnb_job *j, int kind,
                                                               int64_t r0, int64_t rows, int64_t k0,
                                                               int64_t n, float *slice) {
     float tmp[FNB_BLOCK];
+#if defined(FNB_USE_AVX512)
+    if (rows == OP_MR) {  /* 16 rows at a time, their 32-blocks transposed in registers */
+        float blk[16][FNB_BLOCK];
+        for (int h = 0; h < OP_MR / 16; h++)
+            for (int64_t kk = 0; kk < n; kk += FNB_BLOCK) {
+                for (int i = 0; i < 16; i++) {
+                    const int64_t r = r0 + 16 * h + i;
+                    const vf rs = VSET1(kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r)
+                                                          : 1.0f);
+                    vf w[NB];
+                    load_block(j, kind, r, (k0 + kk) / FNB_BLOCK, w);
+                    UNROLL for (int v = 0; v < NB; v++)
+                        vstore(blk[i] + v * VL, kind == FNB_I8ROW ? VMUL(w[v], rs) : w[v]);
+                }
+                UNROLL for (int v = 0; v < NB; v++) {
+                    __m512 m[16];
+                    UNROLL for (int i = 0; i < 16; i++) m[i] = _mm512_loadu_ps(blk[i] + v * VL);
+                    transpose16(m);
+                    UNROLL for (int c = 0; c < 16; c++)
+                        vstore(slice + (kk + v * VL + c) * OP_MR + 16 * h, m[c]);
+                }
+            }
+        return;
+    }
+#endif
     if (rows < OP_MR) memset(slice, 0, sizeof(float) * (size_t)(n * OP_MR));
     for (int64_t i = 0; i < rows; i++) {
         const int64_t r = r0 + i;
