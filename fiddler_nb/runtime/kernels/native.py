@@ -3,7 +3,9 @@ torch's: weight-only y = x @ W^T with fp32 accumulation for bf16 / fp16 / fp32 w
 per output channel, group-wise int8 (fp16 scales, GGUF Q8_0's layout) and int4 in the plain
 nibble layout ('int4-blocks'); and, for the integer formats, kernels that quantize the
 activations to int8 blocks first ('native-q8-*', registered as quantizing activations: they run
-only where the caller allows it). The SIMD variant (AVX-512 with or without VNNI, AVX2+FMA+F16C,
+only where the caller allows it); and for many tokens the tile kernels ('native-tile-*': fp32
+outer products, exact; 'native-bf16tile-*': bf16 panels x bf16 activations on AVX512-BF16), which
+widen each weight once per call. The SIMD variant (AVX-512 with or without VNNI, AVX2+FMA+F16C,
 or the portable auto-vectorised path) is picked at run time from the CPU's features; rows are split across the
 library's own pthreads (torch.get_num_threads() of them), and the ctypes call releases the GIL.
 

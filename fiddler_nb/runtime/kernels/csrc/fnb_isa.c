@@ -12,6 +12,9 @@
  * once, used 8 times; then tiles of 4, 2, 1). Weights are widened per 32-input block; group
  * kinds multiply the block by its scale before the FMAs (constant within a block: G % 32 == 0).
  *
+ * Many tokens (job->tile): the tile kernels further down widen each weight once per call --
+ * fp32 outer products, or bf16 panels for vdpbf16ps.
+ *
  * Quantized activations (job->xq set): per row and 32-block, the weights as 32 signed bytes
  * (int4: the 16 low nibbles then the 16 high ones, minus 8), |w| times sign(w) * xq summed
  * exactly in int32 lanes (maddubs + madd, or one vpdpbusd), converted once per block and
