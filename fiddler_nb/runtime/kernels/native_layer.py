@@ -5,9 +5,10 @@ whole call. The per-pair outputs come back weighted; the caller adds them per to
 fast device's experts).
 
 It runs the layout most MoE checkpoints have (gated SiLU, no biases, weights [N, K], no
-post-expert norm) when the kernel choice picks the native kernel for every expert's token count;
-anything else (biases, gpt-oss's transposed clamped SwiGLU, ungated or other activations,
-post-expert norms, many tokens) goes through the per-expert path (`layer_support` says why).
+post-expert norm) when the kernel choice picks one native kernel (per-row, int8-activation or
+tile) for every expert's token count; anything else (biases, gpt-oss's transposed clamped
+SwiGLU, ungated or other activations, post-expert norms, token counts whose kernels differ or
+are not native) goes through the per-expert path (`layer_support` says why).
 
 Shape legend: P = pairs run here, H = hidden size, I = expert intermediate size, E = experts.
 """
