@@ -31,16 +31,17 @@ def test_cli_chat_through_a_pipe_answers_each_line_and_exits_on_eof(mixtral_path
 
 
 def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(tmp_path):
-    """A real SIGINT while an answer streams: '[stopped]', then the next line is answered. The
-    model has 16 layers so an answer takes seconds, not the fraction of one in which a busy
-    machine may not even schedule this test's threads (the answer then ended before the signal,
-    which landed at the prompt and quit)."""
+    """A real SIGINT while an answer streams: '[stopped]', then the next line is answered --
+    also when this process hands its children SIGINT ignored (pytest-xdist workers do; the chat
+    installs its own handler). The model has 16 layers so an answer outlasts a busy machine's
+    scheduling of this test's threads."""
     from fiddler_nb.runtime.model.tiny import make_tiny_checkpoint
 
     slow = str(make_tiny_checkpoint(tmp_path / "slow", "mixtral", num_hidden_layers=16))
     proc = subprocess.Popen(CHAT + ["--model", slow, "--max-new-tokens", "900"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env())
+                            text=True, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), "")),
                               daemon=True)

@@ -12,6 +12,7 @@ terminal.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any, Callable
 
@@ -93,6 +94,9 @@ def chat_loop(engine: Any, read_line: Callable[[], str], write: Callable[[str], 
 def cmd_chat(args: argparse.Namespace) -> int:
     from .engine_args import TINY_NOTE, is_tiny, load_engine
 
+    # Ctrl-C stops an answer even when a parent started us with SIGINT ignored (Python then
+    # installs no KeyboardInterrupt handler: seen under pytest-xdist and nohup)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     engine = load_engine(args)
 
     def write(text: str) -> None:
