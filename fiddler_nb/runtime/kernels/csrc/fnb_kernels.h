@@ -52,9 +52,10 @@ typedef struct {
     const uint16_t *xh; /* FNB_BF16 weights with bf16 activations [T, K] on a CPU with
                            AVX512-BF16 (fnb_bf16_dot): vdpbf16ps on both as stored, else NULL;
                            with tile FNB_TILE_BF16, for integer kinds too (bf16 panels) */
-    int tile;         /* many tokens: panels of widened rows x register tiles (fnb_isa.c), fp32
-                         (FNB_TILE_F32) or bf16 where xh is set (FNB_TILE_BF16); 0: none.
-                         x (or xh) then step-major: [K / step][T][step] (fnb_pack_steps) */
+    int tile;         /* many tokens: each weight widened once per call, register tiles
+                         (fnb_isa.c): fp32 outer products (FNB_TILE_F32, or FNB_TILE_BF16 where
+                         xh is not set; x packed by fnb_pack_op) or bf16 panels (FNB_TILE_BF16
+                         with xh, packed step-major by fnb_pack_steps); 0: none */
 } fnb_job;
 
 /* The fp32 tile kernels multiply as outer products: per input k, a vector of rows times each

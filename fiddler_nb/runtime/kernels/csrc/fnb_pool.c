@@ -427,8 +427,8 @@ int fnb_linear_q8(int isa, int threads, int wkind, const void *w, const void *sc
                        ydtype, ldy, 1, 0);
 }
 
-/* fnb_linear for many tokens: panels of rows widened once per call, register tiles over the
- * tokens (fnb_isa.c). tile: FNB_TILE_F32 (fp32 panels, exact) or FNB_TILE_BF16 (bf16
+/* fnb_linear for many tokens: each weight widened once per call, register tiles over the
+ * tokens (fnb_isa.c). tile: FNB_TILE_F32 (fp32 outer products, exact) or FNB_TILE_BF16 (bf16
  * activations on AVX512-BF16 meet bf16 panels -- integer weights rounded to bf16, as the
  * dequantizing kernels round them -- in vdpbf16ps; elsewhere fp32) */
 int fnb_linear_tile(int isa, int threads, int wkind, const void *w, const void *scale,
