@@ -358,9 +358,14 @@ def _q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (fp32), q = round-half-even(x * 127 / max|x|) -> (q * d [n, K] in double, d [n, K/32])."""
     xb = x.float().view(x.shape[0], -1, 32)
     amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    q = torch.round(xb * inv).clamp(-127, 127)  # torch.round: half to even, like nearbyintf
-    d = amax / 127.0
+    # IEEE fp32 quotient and product, as C computes them: each in double (exact product, and a
+    # quotient rounded twice, which is innocuous from 53 to 24 bits), then rounded to fp32.
+    # torch's own `127.0 / amax` may multiply by a reciprocal, one ulp off: 75.49999 instead of
+    # 75.5 then rounds the other way (seen at seed 242).
+    inv = torch.where(amax > 0, (127.0 / amax.double()).float(), torch.zeros_like(amax))
+    prod = (xb.double() * inv.double()).float()
+    q = torch.round(prod).clamp(-127, 127)  # torch.round: half to even, like nearbyintf
+    d = (amax.double() / 127.0).float()
     return (q.double() * d.double()).view_as(x), d.squeeze(-1)
 
 
