@@ -25,8 +25,9 @@ ANSWER = "assistant> "
 
 def fit_to_context(engine: Any, history: list[dict[str, str]], max_new_tokens: int,
                    allow_beyond_context: bool = False) -> int:
-    """Drop the oldest messages of `history` (in place; a leading system message and the newest
-    message stay) until the rendered conversation plus max_new_tokens fits the engine's context.
+    """Drop the oldest turns of `history` (in place; a leading system message and the newest
+    message stay; what is left starts with a user message) until the rendered conversation plus
+    max_new_tokens fits the engine's context.
     Returns how many were dropped (0 when the engine states no context); raises
     ContextLengthError, leaving `history` as it was, when even that does not fit."""
     from ..runtime.generation.chat import chat_prompt_ids
@@ -40,6 +41,8 @@ def fit_to_context(engine: Any, history: list[dict[str, str]], max_new_tokens: i
     tokens = chat_prompt_ids(engine, trial).shape[1]
     while len(trial) - first > 1 and tokens + max_new_tokens > limit:
         del trial[first]
+        while len(trial) - first > 1 and trial[first]["role"] != "user":
+            del trial[first]  # whole turns: templates that alternate roles start with a user
         tokens = chat_prompt_ids(engine, trial).shape[1]
     engine.check_context(tokens, max_new_tokens)
     dropped = len(history) - len(trial)
