@@ -171,6 +171,18 @@ static inline __attribute__((always_inline)) void load_block(const fnb_job *j, i
     }
 }
 
+/* The weights themselves (as dequantization gives them): the per-row int8 scale of row r, and
+ * load_block times it for that kind (rs: row_scale; 1 for the other kinds, already scaled). */
+static inline float row_scale(const fnb_job *j, int kind, int64_t r) {
+    return kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f;
+}
+static inline __attribute__((always_inline)) void load_weights(const fnb_job *j, int kind,
+                                                                int64_t r, int64_t b, float rs,
+                                                                vf *w) {
+    load_block(j, kind, r, b, w);
+    if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
+}
+
 /* The inputs past the last full block (float and per-row int8 kinds only). */
 static inline float tail_dot(const fnb_job *j, int kind, int64_t r, const float *x) {
     const int64_t K = j->K, k0 = K / FNB_BLOCK * FNB_BLOCK;
@@ -490,8 +502,6 @@ static inline __attribute__((always_inline)) void qrows_kind(const fnb_job *j, i
     }
 }
 
-/* One specialised copy per weight kind (the switch in load_block folds away). */
-
 /* ---- bf16 weights x bf16 activations: vdpbf16ps (AVX512-BF16) ------------------------------ */
 #if defined(FNB_USE_BF16DOT)
 /* Products of two bf16 numbers are exact in fp32, so this is the weight-only kernel's math
@@ -601,7 +611,7 @@ static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j,
                                                                 int64_t r0, int64_t r1) {
     const int64_t K = j->K, nblk = K / FNB_BLOCK;
     for (int64_t r = r0; r < r1; r++) {
-        const float rs = kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f;
+        const float rs = row_scale(j, kind, r);
         for (int64_t b = 0; b < nblk; b++) {
             vf w[NB];
 #if !defined(FNB_USE_AVX512) && !defined(FNB_USE_AVX2)
@@ -612,8 +622,7 @@ static inline __attribute__((always_inline)) void dequant_kind(const fnb_job *j,
                     w[i / VL][i % VL] = (float)(((p[i / 2] >> (4 * (i & 1))) & 0x0F) - 8) * s;
             } else
 #endif
-            load_block(j, kind, r, b, w);
-            if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
+            load_weights(j, kind, r, b, rs, w);
 #if defined(FNB_USE_AVX512)
             if (kind == FNB_I4GRP) unpermute_i4(w);
 #endif
@@ -653,17 +662,16 @@ static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline __attribute__((always_inline)) void fill_panel(const fnb_job *j, int kind,
                                                               int64_t r0, int64_t r1,
                                                               void *panel) {
-    const int64_t K = j->K, nblk = K / FNB_BLOCK, step = fnb_tile_step(1), P = r1 - r0;
+    const int64_t K = j->K, nblk = K / FNB_BLOCK, step = fnb_tile_step(), P = r1 - r0;
     fnb_job dst = *j;  /* store_vec writes bf16 through a job's y / ydtype */
     dst.y = panel; dst.ydtype = FNB_DT_BF16;
     for (int64_t r = r0; r < r1; r++) {
-        const float rs = kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f;
+        const float rs = row_scale(j, kind, r);
         for (int64_t b = 0; b < nblk; b++) {
             const int64_t k = b * FNB_BLOCK;
             const int64_t at = (k / step) * P * step + (r - r0) * step + k % step;
             vf w[NB];
-            load_block(j, kind, r, b, w);
-            if (kind == FNB_I8ROW) UNROLL for (int v = 0; v < NB; v++) w[v] = VMUL(w[v], VSET1(rs));
+            load_weights(j, kind, r, b, rs, w);
             if (kind == FNB_I4GRP) unpermute_i4(w);  /* bf16 x is in order */
             UNROLL for (int v = 0; v < NB; v++) store_vec(&dst, at + v * VL, w[v]);
         }
@@ -714,7 +722,7 @@ static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
                                                                 const void *panel, float *part,
                                                                 int64_t p0, int64_t p1) {
     const int64_t K = j->K, T = j->T, P = p1 - p0, esize = 2;
-    const int64_t step = fnb_tile_step(1);
+    const int64_t step = fnb_tile_step();
     const char *xs = (const char *)j->xh;
     for (int64_t k0 = 0; k0 < K; k0 += step) {
         const int64_t n = k0 + step < K ? step : K - k0;
@@ -794,12 +802,9 @@ static inline __attribute__((always_inline)) void fill_slice(const fnb_job *j, i
             for (int64_t kk = 0; kk < n; kk += FNB_BLOCK) {
                 for (int i = 0; i < 16; i++) {
                     const int64_t r = r0 + 16 * h + i;
-                    const vf rs = VSET1(kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r)
-                                                          : 1.0f);
                     vf w[NB];
-                    load_block(j, kind, r, (k0 + kk) / FNB_BLOCK, w);
-                    UNROLL for (int v = 0; v < NB; v++)
-                        vstore(blk[i] + v * VL, kind == FNB_I8ROW ? VMUL(w[v], rs) : w[v]);
+                    load_weights(j, kind, r, (k0 + kk) / FNB_BLOCK, row_scale(j, kind, r), w);
+                    UNROLL for (int v = 0; v < NB; v++) vstore(blk[i] + v * VL, w[v]);
                 }
                 UNROLL for (int v = 0; v < NB; v++) {
                     __m512 m[16];
@@ -815,12 +820,11 @@ static inline __attribute__((always_inline)) void fill_slice(const fnb_job *j, i
     if (rows < OP_MR) memset(slice, 0, sizeof(float) * (size_t)(n * OP_MR));
     for (int64_t i = 0; i < rows; i++) {
         const int64_t r = r0 + i;
-        const vf rs = VSET1(kind == FNB_I8ROW ? fnb_load_dt(j->scale, j->sdtype, r) : 1.0f);
+        const float rs = row_scale(j, kind, r);
         for (int64_t kk = 0; kk < n; kk += FNB_BLOCK) {
             vf w[NB];
-            load_block(j, kind, r, (k0 + kk) / FNB_BLOCK, w);
-            UNROLL for (int v = 0; v < NB; v++)
-                vstore(tmp + v * VL, kind == FNB_I8ROW ? VMUL(w[v], rs) : w[v]);
+            load_weights(j, kind, r, (k0 + kk) / FNB_BLOCK, rs, w);
+            UNROLL for (int v = 0; v < NB; v++) vstore(tmp + v * VL, w[v]);
             for (int q = 0; q < FNB_BLOCK; q++) slice[(kk + q) * OP_MR + i] = tmp[q];
         }
     }
@@ -881,7 +885,7 @@ static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, in
         const int64_t K = j->K, T = j->T;
         int64_t rows = PANEL_BYTES / (K * 2) / PT_R * PT_R;
         if (rows < PT_R) rows = PT_R;
-        const int64_t step = fnb_tile_step(1), nsteps = (K + step - 1) / step;
+        const int64_t step = fnb_tile_step(), nsteps = (K + step - 1) / step;
         float *panel = fnb_scratch(12, (nsteps * rows * step * 2) / 4 + 1);
         float *part = fnb_scratch(13, rows * T * PART_LANES);
         if (!panel || !part) { fnb_fail(); return; }
@@ -896,43 +900,33 @@ static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, in
     op_kind(j, kind, r0, r1);
 }
 
+/* fn(j, kind, r0, r1) with the job's kind as a constant: one specialised copy per kind (the
+ * switch in load_block folds away) */
+#define FOR_INT_KIND(fn) switch (j->wkind) {                                                   \
+    case FNB_I8ROW: fn(j, FNB_I8ROW, r0, r1); break;                                          \
+    case FNB_I8GRP: fn(j, FNB_I8GRP, r0, r1); break;                                          \
+    case FNB_I4GRP: fn(j, FNB_I4GRP, r0, r1); break; }
+#define FOR_KIND(fn) switch (j->wkind) {                                                       \
+    case FNB_F32: fn(j, FNB_F32, r0, r1); break;                                              \
+    case FNB_BF16: fn(j, FNB_BF16, r0, r1); break;                                            \
+    case FNB_F16: fn(j, FNB_F16, r0, r1); break;                                              \
+    default: FOR_INT_KIND(fn) }
+
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
     if (j->tile && !j->xq && !j->dequant && j->K % FNB_BLOCK == 0) {
-        switch (j->wkind) {
-        case FNB_F32: tile_kind(j, FNB_F32, r0, r1); break;
-        case FNB_BF16: tile_kind(j, FNB_BF16, r0, r1); break;
-        case FNB_F16: tile_kind(j, FNB_F16, r0, r1); break;
-        case FNB_I8ROW: tile_kind(j, FNB_I8ROW, r0, r1); break;
-        case FNB_I8GRP: tile_kind(j, FNB_I8GRP, r0, r1); break;
-        case FNB_I4GRP: tile_kind(j, FNB_I4GRP, r0, r1); break;
-        }
+        FOR_KIND(tile_kind)
         return;
     }
 #if defined(FNB_USE_BF16DOT)
     if (j->xh && j->wkind == FNB_BF16) { hrows(j, r0, r1); return; }
 #endif
     if (j->dequant) {
-        switch (j->wkind) {
-        case FNB_I8ROW: dequant_kind(j, FNB_I8ROW, r0, r1); break;
-        case FNB_I8GRP: dequant_kind(j, FNB_I8GRP, r0, r1); break;
-        case FNB_I4GRP: dequant_kind(j, FNB_I4GRP, r0, r1); break;
-        }
+        FOR_INT_KIND(dequant_kind)
         return;
     }
     if (j->xq) {  /* quantized activations: integer kinds only (fnb_q8_supported) */
-        switch (j->wkind) {
-        case FNB_I8ROW: qrows_kind(j, FNB_I8ROW, r0, r1); break;
-        case FNB_I8GRP: qrows_kind(j, FNB_I8GRP, r0, r1); break;
-        case FNB_I4GRP: qrows_kind(j, FNB_I4GRP, r0, r1); break;
-        }
+        FOR_INT_KIND(qrows_kind)
         return;
     }
-    switch (j->wkind) {
-    case FNB_F32: rows_kind(j, FNB_F32, r0, r1); break;
-    case FNB_BF16: rows_kind(j, FNB_BF16, r0, r1); break;
-    case FNB_F16: rows_kind(j, FNB_F16, r0, r1); break;
-    case FNB_I8ROW: rows_kind(j, FNB_I8ROW, r0, r1); break;
-    case FNB_I8GRP: rows_kind(j, FNB_I8GRP, r0, r1); break;
-    case FNB_I4GRP: rows_kind(j, FNB_I4GRP, r0, r1); break;
-    }
+    FOR_KIND(rows_kind)
 }

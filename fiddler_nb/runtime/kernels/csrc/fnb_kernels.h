@@ -71,10 +71,10 @@ static inline int64_t fnb_op_packed_elems(int T, int64_t K, int nr) {
     return (K + FNB_OP_KC - 1) / FNB_OP_KC * ((T + nr - 1) / nr) * FNB_OP_KC * nr;
 }
 
-/* inputs per step of the tile kernels: 2 KiB of a row (512 fp32, 1024 bf16), so a step's slice of
- * a panel and a token tile fit in L1 together */
+/* inputs per step of the bf16 tile kernels: 2 KiB of a row (1024 bf16), so a step's slice of a
+ * panel and a token tile fit in L1 together */
 #define FNB_TILE_STEP_BYTES 2048
-static inline int64_t fnb_tile_step(int bf16) { return FNB_TILE_STEP_BYTES / (bf16 ? 2 : 4); }
+static inline int64_t fnb_tile_step(void) { return FNB_TILE_STEP_BYTES / 2; }
 
 typedef void (*fnb_rows_fn)(const fnb_job *job, int64_t r0, int64_t r1);
 

@@ -26,7 +26,7 @@ static inline float rd(float v, int dt) {  /* round to the activation dtype and 
  * the elements written. at == NULL: only count them. */
 static int64_t pack_experts(const void *src, int bf, int nr, const int64_t *counts, int n,
                             int64_t K, void *dst, int64_t *at) {
-    const int64_t esize = bf ? 2 : 4, step = fnb_tile_step(1);
+    const int64_t esize = bf ? 2 : 4, step = fnb_tile_step();
     int64_t off = 0, elems = 0;
     for (int e = 0; e < n; e++) {
         const int T = (int)counts[e];

@@ -394,7 +394,7 @@ static int linear_impl(int isa, int threads, int wkind, const void *w, const voi
     const float *xk = xbuf;
     if (tile && K % FNB_BLOCK == 0) {  /* the tile kernels' layouts (fnb_kernels.h) */
         const int bf = xh != NULL, nr = fnb_op_nr(isa);
-        const int64_t step = fnb_tile_step(1);
+        const int64_t step = fnb_tile_step();
         const int64_t elems = bf ? fnb_packed_elems(T, K, step) / 2 + 1
                                  : fnb_op_packed_elems(T, K, nr);
         void *packed = fnb_scratch(14, elems);
