@@ -60,6 +60,18 @@ static inline void ld_u4(const uint8_t *p, vf *w) {
     w[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
     w[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
 }
+#define FNB_HAVE_U4_SCALED
+/* The same two vectors already dequantized, (u - 8) s, by table lookup: the 16 values (u - 8) s
+ * in one vector (one multiply, exact: a 4-bit integer times a scale), each byte widened to a
+ * 32-bit lane and vpermps picking by the lane's low 4 bits (the low nibble; the high one after
+ * a shift). 5 vector operations per 32 weights where widening + converting + scaling takes 9. */
+static inline void ld_u4_scaled(const uint8_t *p, float s, vf *w) {
+    const __m512 iota = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512 tab = _mm512_mul_ps(iota, _mm512_set1_ps(s));
+    __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    w[0] = _mm512_permutexvar_ps(d, tab);
+    w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), tab);
+}
 #elif defined(FNB_USE_AVX2)
 #define VL 8
 typedef __m256 vf;
@@ -134,12 +146,62 @@ static inline void ld_u4(const uint8_t *p, vf *w) {  /* natural k order */
 /* fully unrolled small loops, so the accumulator arrays live in registers */
 #define UNROLL _Pragma("GCC unroll 16")
 
-/* One block's NB weight vectors (scaled for group kinds) of row `r`, block `b`. */
-static inline __attribute__((always_inline)) void load_block(const fnb_job *j, int kind,
-                                                              int64_t r, int64_t b, vf *w) {
-    const int64_t K = j->K, off = r * K + b * FNB_BLOCK;
+/* The fp32 scale of row r's block b (group kinds; 1 for the others). */
+static inline __attribute__((always_inline)) float block_scale(const fnb_job *j, int kind,
+                                                               int64_t r, int64_t b) {
     /* scale index: blocks per group is a power of two (checked by fnb_linear) */
     const int64_t sidx = r * j->groups_per_row + (b >> j->group_shift);
+    if (kind == FNB_I8GRP) return SCALE_F16(((const uint16_t *)j->scale)[sidx]);
+    if (kind != FNB_I4GRP) return 1.0f;
+    return j->sdtype == FNB_DT_BF16 ? fnb_bf16_to_f32(((const uint16_t *)j->scale)[sidx])
+         : j->sdtype == FNB_DT_F16 ? SCALE_F16(((const uint16_t *)j->scale)[sidx])
+         : ((const float *)j->scale)[sidx];
+}
+
+/* The block scales of rows r .. r + R - 1 as fp32, [R][blocks] in per-thread scratch (group
+ * kinds; NULL for the others, or when out of memory: fnb_fail()): the per-block dtype switch
+ * and conversion leave the tiles' inner loop, which reads them by embedded broadcast */
+#define FNB_SCALE_SLOT 16
+static inline __attribute__((always_inline)) const float *stage_scales(const fnb_job *j,
+                                                                       int kind, int64_t r,
+                                                                       int R) {
+    if (kind != FNB_I4GRP) return NULL;
+    const int64_t nblk = j->K / FNB_BLOCK;
+    float *out = fnb_scratch(FNB_SCALE_SLOT, R * nblk);
+    if (!out) { fnb_fail(); return NULL; }
+    const int dt = kind == FNB_I8GRP ? FNB_DT_F16 : j->sdtype;
+    for (int i = 0; i < R; i++) {
+        float *o = out + i * nblk;
+        const int64_t s0 = (r + i) * j->groups_per_row;
+        const uint16_t *h = (const uint16_t *)j->scale + s0;
+        if (j->group_shift) for (int64_t b = 0; b < nblk; b++) o[b] = block_scale(j, kind, r + i, b);
+        else if (dt == FNB_DT_F16) for (int64_t b = 0; b < nblk; b++) o[b] = SCALE_F16(h[b]);
+        else if (dt == FNB_DT_BF16) for (int64_t b = 0; b < nblk; b++) o[b] = fnb_bf16_to_f32(h[b]);
+        else for (int64_t b = 0; b < nblk; b++) o[b] = ((const float *)j->scale)[s0 + b];
+    }
+    return out;
+}
+
+/* Bytes of one 32-input block's weights per kind, and a software prefetch of row r's block b
+ * once per 64-byte line: the row tiles ask for the next tile's rows while they compute (the
+ * hardware prefetcher alone left the int4 kernel ~35% slower streaming than in cache) */
+static inline int block_bytes(int kind) {
+    return kind == FNB_F32 ? 128 : kind == FNB_BF16 || kind == FNB_F16 ? 64
+         : kind == FNB_I4GRP ? 16 : 32;
+}
+static inline __attribute__((always_inline)) void prefetch_block(const fnb_job *j, int kind,
+                                                                  int64_t r, int64_t b) {
+    const int bb = block_bytes(kind);
+    if (bb < 64 && (b & (64 / bb - 1))) return;  /* the line was asked for with an earlier block */
+    const char *p = (const char *)j->w + ((uint64_t)(r * j->K + b * FNB_BLOCK) * bb >> 5);
+    for (int o = 0; o < bb; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
+/* One block's NB weight vectors of row `r`, block `b`, group kinds times their scale s. */
+static inline __attribute__((always_inline)) void load_block_s(const fnb_job *j, int kind,
+                                                                int64_t r, int64_t b, float s,
+                                                                vf *w) {
+    const int64_t K = j->K, off = r * K + b * FNB_BLOCK;
     switch (kind) {
     case FNB_F32:
         UNROLL for (int v = 0; v < NB; v++) w[v] = VLOAD((const float *)j->w + off + v * VL);
@@ -154,21 +216,26 @@ static inline __attribute__((always_inline)) void load_block(const fnb_job *j, i
         UNROLL for (int v = 0; v < NB; v++) w[v] = ld_i8((const int8_t *)j->w + off + v * VL);
         break;
     case FNB_I8GRP: {
-        vf s = VSET1(SCALE_F16(((const uint16_t *)j->scale)[sidx]));
+        vf vs = VSET1(s);
         UNROLL for (int v = 0; v < NB; v++)
-            w[v] = VMUL(ld_i8((const int8_t *)j->w + off + v * VL), s);
+            w[v] = VMUL(ld_i8((const int8_t *)j->w + off + v * VL), vs);
         break;
     }
     case FNB_I4GRP: {
-        float s = j->sdtype == FNB_DT_BF16 ? fnb_bf16_to_f32(((const uint16_t *)j->scale)[sidx])
-                : j->sdtype == FNB_DT_F16 ? SCALE_F16(((const uint16_t *)j->scale)[sidx])
-                : ((const float *)j->scale)[sidx];
+#if defined(FNB_HAVE_U4_SCALED)
+        ld_u4_scaled((const uint8_t *)j->w + (uint64_t)off / 2, s, w);
+#else
         vf vs = VSET1(s), vz = VSET1(-8.0f * s);  /* (u - 8) s = u s - 8 s: exact in one FMA */
         ld_u4((const uint8_t *)j->w + (uint64_t)off / 2, w);
         UNROLL for (int v = 0; v < NB; v++) w[v] = VFMA(w[v], vs, vz);
+#endif
         break;
     }
     }
+}
+static inline __attribute__((always_inline)) void load_block(const fnb_job *j, int kind,
+                                                              int64_t r, int64_t b, vf *w) {
+    load_block_s(j, kind, r, b, block_scale(j, kind, r, b), w);
 }
 
 /* The weights themselves (as dequantization gives them): the per-row int8 scale of row r, and
@@ -211,12 +278,16 @@ static inline __attribute__((always_inline)) void tile_##R##x##TT(              
         const fnb_job *j, int kind, int64_t r, int t0) {                                     \
     const int64_t K = j->K, nblk = K / FNB_BLOCK;                                             \
     const float *x = j->x + (int64_t)t0 * K;                                                  \
+    const float *sc = stage_scales(j, kind, r, R);                                            \
+    if (kind == FNB_I4GRP && !sc) return;  /* out of memory */         \
     vf acc[R][TT];                                                                            \
     UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) acc[i][t] = VZERO(); \
+    const int64_t pf_rows = r + 2 * R <= j->N ? R : 0;                                     \
     for (int64_t b = 0; b < nblk; b++) {                                                      \
+        UNROLL for (int i = 0; i < pf_rows; i++) prefetch_block(j, kind, r + R + i, b);       \
         UNROLL for (int i = 0; i < R; i++) {                                                  \
             vf w[NB];                                                                         \
-            load_block(j, kind, r + i, b, w);                                                 \
+            load_block_s(j, kind, r + i, b, sc ? sc[i * nblk + b] : block_scale(j, kind, r + i, b), w); \
             UNROLL for (int t = 0; t < TT; t++)                                               \
                 UNROLL for (int v = 0; v < NB; v++)                                           \
                     acc[i][t] = VFMA(w[v], VLOAD(x + t * K + b * FNB_BLOCK + v * VL),         \
@@ -901,15 +972,27 @@ static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, in
 }
 
 /* fn(j, kind, r0, r1) with the job's kind as a constant: one specialised copy per kind (the
- * switch in load_block folds away) */
+ * switch in load_block folds away), each its own function so that registers are allocated per
+ * copy (inlined all into fnb_rows, the tiles' accumulators were kept on the stack) */
+#define PER_KIND(fn, K)                                                                       \
+static __attribute__((noinline)) void fn##_##K(const fnb_job *j, int64_t r0, int64_t r1) {   \
+    fn(j, K, r0, r1);                                                                         \
+}
+#define PER_INT_KIND(fn) PER_KIND(fn, FNB_I8ROW) PER_KIND(fn, FNB_I8GRP) PER_KIND(fn, FNB_I4GRP)
+#define PER_EVERY_KIND(fn) PER_KIND(fn, FNB_F32) PER_KIND(fn, FNB_BF16) PER_KIND(fn, FNB_F16)  \
+    PER_INT_KIND(fn)
+PER_EVERY_KIND(tile_kind)
+PER_EVERY_KIND(rows_kind)
+PER_INT_KIND(dequant_kind)
+PER_INT_KIND(qrows_kind)
 #define FOR_INT_KIND(fn) switch (j->wkind) {                                                   \
-    case FNB_I8ROW: fn(j, FNB_I8ROW, r0, r1); break;                                          \
-    case FNB_I8GRP: fn(j, FNB_I8GRP, r0, r1); break;                                          \
-    case FNB_I4GRP: fn(j, FNB_I4GRP, r0, r1); break; }
+    case FNB_I8ROW: fn##_FNB_I8ROW(j, r0, r1); break;                                         \
+    case FNB_I8GRP: fn##_FNB_I8GRP(j, r0, r1); break;                                         \
+    case FNB_I4GRP: fn##_FNB_I4GRP(j, r0, r1); break; }
 #define FOR_KIND(fn) switch (j->wkind) {                                                       \
-    case FNB_F32: fn(j, FNB_F32, r0, r1); break;                                              \
-    case FNB_BF16: fn(j, FNB_BF16, r0, r1); break;                                            \
-    case FNB_F16: fn(j, FNB_F16, r0, r1); break;                                              \
+    case FNB_F32: fn##_FNB_F32(j, r0, r1); break;                                             \
+    case FNB_BF16: fn##_FNB_BF16(j, r0, r1); break;                                           \
+    case FNB_F16: fn##_FNB_F16(j, r0, r1); break;                                             \
     default: FOR_INT_KIND(fn) }
 
 void NAME(fnb_rows)(const fnb_job *j, int64_t r0, int64_t r1) {
