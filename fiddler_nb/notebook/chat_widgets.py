@@ -149,7 +149,11 @@ class ChatBox:
         self.stream = None
         self.thread: threading.Thread | None = None
         self.view = w.HTML(value=render_history(self.history))
-        self.input = w.Text(placeholder="Type a message, then Send", layout=w.Layout(width="60%"))
+        # the value syncs once, when the line loses focus to Send: typed keystrokes sync one
+        # message at a time per widget (the rest buffered while the kernel is busy) but a click is
+        # sent at once, so on a loaded kernel Send could arrive before the last letters
+        self.input = w.Text(placeholder="Type a message, then Send", continuous_update=False,
+                            layout=w.Layout(width="60%"))
         self.send_button = w.Button(description="Send", button_style="primary")
         self.stop_button = w.Button(description="Stop", disabled=True)
         self.status = w.HTML(value="")

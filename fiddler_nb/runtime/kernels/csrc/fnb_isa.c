@@ -439,7 +439,12 @@ static inline __attribute__((always_inline)) void qtile_##R##x##TT(             
     UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++) {                  \
         acc[i][t] = _mm512_setzero_ps(); tail[i][t] = 0.0f; }                                 \
     int64_t b = 0;                                                                            \
+    const int64_t pf_rows = r + 2 * R <= j->N ? R : 0;                                      \
     for (; b + 2 <= nblk; b += 2) {  /* the activations loaded once for all R rows */         \
+        UNROLL for (int i = 0; i < pf_rows; i++) {                                            \
+            prefetch_block(j, kind, r + R + i, b);                                            \
+            prefetch_block(j, kind, r + R + i, b + 1);                                        \
+        }                                                                                     \
         __m512i q[TT], c[TT];                                                                 \
         __m128 xs2[TT];                                                                       \
         UNROLL for (int t = 0; t < TT; t++) {                                                 \
@@ -491,7 +496,9 @@ static inline __attribute__((always_inline)) void qtile_##R##x##TT(             
     __m256 acc[R][TT];                                                                        \
     UNROLL for (int i = 0; i < R; i++) UNROLL for (int t = 0; t < TT; t++)                    \
         acc[i][t] = _mm256_setzero_ps();                                                      \
+    const int64_t pf_rows = r + 2 * R <= j->N ? R : 0;                                      \
     for (int64_t b = 0; b < nblk; b++) {                                                      \
+        UNROLL for (int i = 0; i < pf_rows; i++) prefetch_block(j, kind, r + R + i, b);       \
         UNROLL for (int i = 0; i < R; i++) {                                                  \
             __m256i w = q_weights(j, kind, r + i, b), aw = _mm256_sign_epi8(w, w);            \
             float ws = q_scale_sm(j, kind, sm, srow, r + i, b);                               \
