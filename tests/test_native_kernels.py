@@ -114,7 +114,7 @@ def test_native_dequantization_is_the_references_weights(fmt, act):
 # short last step), past one panel of rows (several panels, a tail panel and single rows) and a
 # K with a tail past the last 32-block (not tiled: the per-row kernels run it).
 TILE_SHAPES = ((90, 1152), (37, 256))
-TILE_TOKENS = (1, 2, 5, 6, 7, 13, 25)  # 6- and 2-token tiles and a single token left over
+TILE_TOKENS = (1, 2, 5, 6, 7, 13, 25, 40)  # 6- and 2-token tiles, one token left over; AMX: 16 + 9, 32 + 8
 
 
 def _tile_reference_weights(m: Matrix, isa: str, act: torch.dtype, mode: int) -> Matrix:
@@ -143,7 +143,7 @@ def test_tile_kernels_match_the_reference(fmt, act):
         for tokens in TILE_TOKENS:
             x = torch.randn(tokens, k_in).to(x_dtype)
             for isa in ["ref"] + _variants():  # ref: no tiles, the same numbers
-                for mode in (native.TILE_F32, native.TILE_BF16):
+                for mode in (native.TILE_F32, native.TILE_BF16, native.TILE_AMX):
                     got = native.native_linear(x, m, isa, tile=mode)
                     assert got.dtype == x_dtype and got.shape == (tokens, n_out)
                     ref = _tile_reference_weights(m, isa, x_dtype, mode)
@@ -152,12 +152,14 @@ def test_tile_kernels_match_the_reference(fmt, act):
 
 
 def test_tile_kernels_are_registered_and_bf16_panels_only_where_they_run():
-    from fiddler_nb.runtime.kernels.registry import (NATIVE_BF16_TILE_KERNELS,
+    from fiddler_nb.runtime.kernels.registry import (NATIVE_AMX_TILE_KERNELS,
+                                                     NATIVE_BF16_TILE_KERNELS,
                                                      NATIVE_TILE_KERNELS, candidates)
 
     for fmt, name in NATIVE_TILE_KERNELS.items():
         assert name in candidates(fmt)
         assert (NATIVE_BF16_TILE_KERNELS[fmt] in candidates(fmt)) == native.bf16_dot_available()
+        assert (NATIVE_AMX_TILE_KERNELS[fmt] in candidates(fmt)) == native.amx_available()
 
 
 def test_strided_rows_and_threads():
@@ -234,7 +236,7 @@ def test_layer_call_matches_the_per_expert_path(fmt, mixtral_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", [None, "bf16", "int8", "int8-g32", "int4"])
-@pytest.mark.parametrize("tile", ["native-tile", "native-bf16tile"])
+@pytest.mark.parametrize("tile", ["native-tile", "native-bf16tile", "native-amxtile"])
 def test_tile_kernels_in_the_layer_call_and_per_expert(fmt, tile, mixtral_path, monkeypatch):
     """With the tile kernels chosen for every token count, the layer call runs them and gives
     the per-expert path's logits, and both stay within the exactness tolerance of the default
@@ -242,7 +244,8 @@ def test_tile_kernels_in_the_layer_call_and_per_expert(fmt, tile, mixtral_path, 
     holds, so bf16 tolerance)."""
     import fiddler_nb as fnb
     from fiddler_nb.runtime.engine import experts as experts_mod
-    from fiddler_nb.runtime.kernels.registry import (NATIVE_BF16_TILE_KERNELS,
+    from fiddler_nb.runtime.kernels.registry import (NATIVE_AMX_TILE_KERNELS,
+                                                     NATIVE_BF16_TILE_KERNELS,
                                                      NATIVE_TILE_KERNELS, TOKEN_BUCKETS,
                                                      KernelChoice)
 
@@ -254,7 +257,8 @@ def test_tile_kernels_in_the_layer_call_and_per_expert(fmt, tile, mixtral_path, 
         default_logits = engine.model(**inputs).logits
     store = engine._state.store
     label, matrix_fmt = store.storage.fmt.label(), store.storage.fmt.matrix_fmt
-    kernels = NATIVE_TILE_KERNELS if tile == "native-tile" else NATIVE_BF16_TILE_KERNELS
+    kernels = {"native-tile": NATIVE_TILE_KERNELS, "native-bf16tile": NATIVE_BF16_TILE_KERNELS,
+               "native-amxtile": NATIVE_AMX_TILE_KERNELS}[tile]
     name = kernels[matrix_fmt]
     if not get_kernel(name).available():
         pytest.skip(f"{name} does not run on this CPU")
@@ -451,3 +455,17 @@ def test_engine_with_activation_quant(fmt, mixtral_path, monkeypatch):
     assert 0 < err < 0.05 * want.abs().max().item()
     with pytest.raises(OptionError, match="allow_activation_quant"):
         fnb.load(mixtral_path, device="cpu", allow_activation_quant="yes")
+
+
+def test_amx_tiles_switch_off_and_fall_back(monkeypatch):
+    """FIDDLER_NB_AMX=0: the AMX kernels are no candidates, and a call asking for them runs the
+    fp32 tiles (the exact weights), as on a CPU without AMX."""
+    from fiddler_nb.runtime.kernels.registry import NATIVE_AMX_TILE_KERNELS, candidates
+
+    monkeypatch.setenv("FIDDLER_NB_AMX", "0")
+    assert not native.amx_available()
+    assert NATIVE_AMX_TILE_KERNELS["int8-group"] not in candidates("int8-group")
+    m = _matrix(quant.ExpertFormat("int8", 32), 64, 256, torch.bfloat16)
+    x = torch.randn(20, 256).to(torch.bfloat16)
+    got = native.native_linear(x, m, tile=native.TILE_AMX)
+    _check(got, x, m, "int8-g32 asked for AMX tiles with AMX off")

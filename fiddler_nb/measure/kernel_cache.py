@@ -27,7 +27,7 @@ import torch
 from ..runtime.files import write_json
 from ..runtime.formats.quant import parse_label
 from ..runtime.kernels.native import library
-from ..runtime.kernels.registry import KernelChoice, known_kernels
+from ..runtime.kernels.registry import KernelChoice, get_kernel, known_kernels
 from .hardware import _cpu_model
 from .kernel_choice import QUICK_BUCKETS, KernelMeasurement, measure_kernels
 
@@ -50,7 +50,9 @@ def cache_key(fmt_label: str, act: torch.dtype, threads: int) -> dict:
     return {"cpu_model": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_isa": library().best_isa(), "threads": threads, "version": _package_version(),
             "format": fmt_label, "act_dtype": str(act).removeprefix("torch."),
-            "shape": list(MEASURE_SHAPE), "kernels": known_kernels(),  # new kernels: again
+            "shape": list(MEASURE_SHAPE),
+            # new kernels, or ones that run here now and did not (FIDDLER_NB_AMX): again
+            "kernels": [k for k in known_kernels() if get_kernel(k).available()],
             "rules": CHOICE_RULES, "native_build": _native_build()}
 
 

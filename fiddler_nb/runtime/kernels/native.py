@@ -27,11 +27,11 @@ import torch
 
 from ..formats.matrix import Matrix
 from .native_build import ISA_NAMES, NativeLibrary, load_library
-from .registry import (NATIVE_BF16_TILE_KERNELS, NATIVE_DEQUANT_KERNELS, NATIVE_KERNELS,
-                       NATIVE_Q8_KERNELS, NATIVE_TILE_KERNELS, register)
+from .registry import (NATIVE_AMX_TILE_KERNELS, NATIVE_BF16_TILE_KERNELS, NATIVE_DEQUANT_KERNELS,
+                       NATIVE_KERNELS, NATIVE_Q8_KERNELS, NATIVE_TILE_KERNELS, register)
 
 F32, BF16, F16, I8ROW, I8GRP, I4GRP = range(6)  # fnb_kernels.h weight kinds
-TILE_NONE, TILE_F32, TILE_BF16 = range(3)  # fnb_kernels.h FNB_TILE_*
+TILE_NONE, TILE_F32, TILE_BF16, TILE_AMX = range(4)  # fnb_kernels.h FNB_TILE_*
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 FLOAT_KINDS = {torch.float32: F32, torch.bfloat16: BF16, torch.float16: F16}
 
@@ -194,6 +194,18 @@ def native_bf16_tile_linear(x: torch.Tensor, m: Matrix) -> torch.Tensor:
     return native_linear(x, m, tile=TILE_BF16)
 
 
+def native_amx_tile_linear(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """native_linear for many tokens, bf16 panels x bf16 activations in AMX tiles."""
+    return native_linear(x, m, tile=TILE_AMX)
+
+
+def amx_available() -> bool:
+    """Whether this CPU runs the AMX tile kernel (AMX-BF16, tile state granted by the OS, the
+    avx512vnni variant built with it; FIDDLER_NB_AMX=0 switches it off)."""
+    lib = library()
+    return lib.lib is not None and bool(lib.lib.fnb_bf16_dot(current_isa(), BF16, TILE_AMX))
+
+
 def bf16_dot_available() -> bool:
     """Whether this CPU runs the bf16 panels (AVX512-BF16, the avx512vnni variant)."""
     lib = library()
@@ -206,6 +218,8 @@ for _fmt, _name in NATIVE_TILE_KERNELS.items():
     register(_name, _fmt, available)(native_tile_linear)
 for _fmt, _name in NATIVE_BF16_TILE_KERNELS.items():
     register(_name, _fmt, bf16_dot_available)(native_bf16_tile_linear)
+for _fmt, _name in NATIVE_AMX_TILE_KERNELS.items():
+    register(_name, _fmt, amx_available)(native_amx_tile_linear)
 
 
 def cpu_layout(fmt):

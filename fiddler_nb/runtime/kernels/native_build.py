@@ -13,7 +13,8 @@ why and the engine runs on torch's kernels. Nothing here needs the network.
 Settings: FIDDLER_NB_CC (the compiler; default `cc`, then `gcc`, `clang`), FIDDLER_NB_NATIVE=0
 (never use the native kernels), FIDDLER_NB_KERNELS_CACHE (where builds go; tests share one
 folder across runs so they build once), FIDDLER_NB_ISA (force a variant: ref / generic / avx2 /
-avx512 / avx512vnni, for tests and benchmarks).
+avx512 / avx512vnni, for tests and benchmarks), FIDDLER_NB_AMX=0 (never the AMX tile kernel, which
+the avx512vnni variant carries where the compiler knows AMX and runs where the CPU has it).
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from torch import nn
 
 from ..formats.matrix import Matrix
 from ..model.adapters import ExpertLayout
-from .native import (DTYPE_CODES, TILE_BF16, TILE_F32, TILE_NONE, NativeKernelError, _kind_of,
-                     current_isa, library)
-from .registry import (NATIVE_BF16_TILE_KERNELS, NATIVE_KERNELS, NATIVE_Q8_KERNELS,
-                       NATIVE_TILE_KERNELS, KernelChoice)
+from .native import (DTYPE_CODES, TILE_AMX, TILE_BF16, TILE_F32, TILE_NONE, NativeKernelError,
+                     _kind_of, current_isa, library)
+from .registry import (NATIVE_AMX_TILE_KERNELS, NATIVE_BF16_TILE_KERNELS, NATIVE_KERNELS,
+                       NATIVE_Q8_KERNELS, NATIVE_TILE_KERNELS, KernelChoice)
 
 _SILU_NAMES = ("SiLU", "SiLUActivation")  # torch's and transformers' own
 
@@ -62,13 +62,16 @@ def layer_kernel(choice: KernelChoice, fmt_label: str, matrix_fmt: str, counts: 
     name = names.pop()
     return name if name in (NATIVE_KERNELS.get(matrix_fmt), NATIVE_Q8_KERNELS.get(matrix_fmt),
                             NATIVE_TILE_KERNELS.get(matrix_fmt),
-                            NATIVE_BF16_TILE_KERNELS.get(matrix_fmt)) else None
+                            NATIVE_BF16_TILE_KERNELS.get(matrix_fmt),
+                            NATIVE_AMX_TILE_KERNELS.get(matrix_fmt)) else None
 
 
 def tile_mode(kernel: str) -> int:
     """The fnb_job.tile value a layer-call kernel name runs with."""
     if kernel in NATIVE_TILE_KERNELS.values():
         return TILE_F32
+    if kernel in NATIVE_AMX_TILE_KERNELS.values():
+        return TILE_AMX
     return TILE_BF16 if kernel in NATIVE_BF16_TILE_KERNELS.values() else TILE_NONE
 
 
@@ -78,8 +81,8 @@ def run_layer(experts: list[tuple[Matrix, Matrix]], counts: list[int], x: torch.
     """y [P, H] = route[p] * down_e(silu(gate_e(x_p)) * up_e(x_p)) for pairs grouped by expert
     (counts[i] rows of x for experts[i] = (gate_up [2I, H], down [H, I])). quantize_activations:
     x and the SiLU product rounded per 32-block to int8 (the 'native-q8-*' kernels). tile:
-    TILE_F32 / TILE_BF16 for the many-token kernels (tile_mode of 'native-tile-*' /
-    'native-bf16tile-*')."""
+    TILE_F32 / TILE_BF16 / TILE_AMX for the many-token kernels (tile_mode of 'native-tile-*' /
+    'native-bf16tile-*' / 'native-amxtile-*')."""
     lib = library()
     first, down = experts[0]
     act = first.data.dtype if first.fmt == "float" else x.dtype

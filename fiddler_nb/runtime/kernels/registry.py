@@ -184,11 +184,17 @@ NATIVE_TILE_KERNELS = {"float": "native-tile-float", "int8": "native-tile-int8",
 NATIVE_BF16_TILE_KERNELS = {"float": "native-bf16tile-float", "int8": "native-bf16tile-int8",
                             "int8-group": "native-bf16tile-int8g",
                             "int4-blocks": "native-bf16tile-int4"}
+# ... or the same bf16 panels multiplied in AMX tile registers (tdpbf16ps: 16 tokens x 32
+# inputs x 16 rows per instruction; CPUs with AMX-BF16 whose OS grants the tile state)
+NATIVE_AMX_TILE_KERNELS = {"float": "native-amxtile-float", "int8": "native-amxtile-int8",
+                           "int8-group": "native-amxtile-int8g",
+                           "int4-blocks": "native-amxtile-int4"}
 # Kernels whose cost per token falls as tokens grow (the weights converted once per call, then a
 # GEMM): what runs past the largest measured bucket (measure/kernel_choice.py)
 GEMM_KERNELS = frozenset({"onednn", "int8-dequant", "int8g-dequant", "int4b-dequant",
                           "mxfp4-dequant", *NATIVE_DEQUANT_KERNELS.values(),
-                          *NATIVE_TILE_KERNELS.values(), *NATIVE_BF16_TILE_KERNELS.values()})
+                          *NATIVE_TILE_KERNELS.values(), *NATIVE_BF16_TILE_KERNELS.values(),
+                          *NATIVE_AMX_TILE_KERNELS.values()})
 NATIVE_MAX_TOKENS = 64  # the default hands more tokens to oneDNN (compute-bound GEMMs)
 TORCH_DEFAULT = {"int8": ("int8pack", "int8-dequant"), "int8-group": ("int8g-dequant",) * 2,
                  "int4": ("int4pack", "int4pack"), "int4-blocks": ("int4b-dequant",) * 2,

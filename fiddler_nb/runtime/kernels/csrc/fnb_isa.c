@@ -13,7 +13,7 @@
  * kinds multiply the block by its scale before the FMAs (constant within a block: G % 32 == 0).
  *
  * Many tokens (job->tile): the tile kernels further down widen each weight once per call --
- * fp32 outer products, or bf16 panels for vdpbf16ps.
+ * fp32 outer products, or bf16 panels for vdpbf16ps or (AMX-BF16 CPUs) for AMX tiles.
  *
  * Quantized activations (job->xq set): per row and 32-block, the weights as 32 signed bytes
  * (int4: the 16 low nibbles then the 16 high ones, minus 8), |w| times sign(w) * xq summed
@@ -825,6 +825,151 @@ static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
 }
 #endif  /* FNB_USE_BF16DOT */
 
+/* ---- AMX: bf16 panels multiplied in tile registers (FNB_TILE_AMX) ---------------------------
+ * The bf16 panel kernel's numbers (the weights rounded to bf16 as the dequantizing kernels round
+ * them, bf16 activations, fp32 sums) with tdpbf16ps: one instruction multiplies 16 tokens x 32
+ * inputs by 32 inputs x 16 rows into 16 x 16 fp32 sums. The panel is in AMX's B layout, per
+ * 32-input block and 16-row group a 1 KiB tile [16 input pairs][16 rows][2]; the activations are
+ * the bf16 tile kernels' step-major packing, read as A tiles (16 tokens, row stride one step).
+ * Tiles: C 0-3 (2 token tiles x 2 row groups), A 4-5, B 6-7; a partial last token tile is a
+ * tile configured with fewer rows. Built where the compiler knows AMX (function target, so the
+ * rest of the variant keeps its flags); run where the CPU has it and Linux lets the process use
+ * its tile state (fnb_amx_ready, fnb_pool.c). */
+#if defined(FNB_USE_BF16DOT) && ((defined(__clang__) && __clang_major__ >= 12) || \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define FNB_HAVE_AMX
+#define AMX_FN static __attribute__((target("amx-tile,amx-bf16"), noinline))
+#define FNB_AMX_SLOT 17  /* fnb_scratch slot of the AMX panel */
+#define AMX_ROWS 32          /* rows per pass: two 16-row groups */
+#define AMX_PANEL_BYTES (512 << 10)  /* an L2 share of rows (the tiles re-read it per 32 tokens) */
+
+typedef struct __attribute__((packed, aligned(64))) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* 32 fp32 weights in k order -> bf16 (rounded as store_vec rounds), as 16 input pairs */
+static inline __m512i bf16_pairs(const vf *w) {
+    __m256i h[NB];
+    UNROLL for (int v = 0; v < NB; v++) {
+        __m512i u = _mm512_castps_si512(w[v]);
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+        h[v] = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+    }
+    return _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+}
+
+/* rows r0..r1 of the job's weights -> B tiles [K / 32][rows / 16][16 pairs][16 rows][2] bf16,
+ * rows past r1 (up to `rows`, a multiple of AMX_ROWS) zero. One tile (1 KiB) at a time, its 16
+ * rows' pairs scattered into it while it stays in L1 (row by row over the whole panel, every
+ * store went to another line) */
+static inline __attribute__((always_inline)) void fill_amx_panel(const fnb_job *j, int kind,
+                                                                  int64_t r0, int64_t r1,
+                                                                  int64_t rows, uint32_t *panel) {
+    const int64_t nblk = j->K / FNB_BLOCK, groups = rows / 16;
+    const __m512i at = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
+                                         192, 208, 224, 240);  /* pair kp of a row: kp * 16 */
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t rg = r0 + g * 16, live = r1 - rg < 16 ? (r1 - rg > 0 ? r1 - rg : 0) : 16;
+        float rs[16];
+        for (int64_t i = 0; i < live; i++) rs[i] = row_scale(j, kind, rg + i);
+        for (int64_t b = 0; b < nblk; b++) {
+            uint32_t *tile = panel + (b * groups + g) * 256;
+            if (live < 16) memset(tile, 0, 1024);
+            for (int64_t i = 0; i < live; i++) {
+                vf w[NB];
+                load_weights(j, kind, rg + i, b, rs[i], w);
+                if (kind == FNB_I4GRP) unpermute_i4(w);  /* bf16 x is in order */
+                _mm512_i32scatter_epi32(tile + i, at, bf16_pairs(w), 4);
+            }
+        }
+    }
+}
+
+static void amx_configure(amx_config *c, int rows_a, int rows_b) {
+    memset(c, 0, sizeof *c);
+    c->palette = 1;
+    for (int t = 0; t < 8; t++) c->colsb[t] = 64;
+    c->rows[0] = c->rows[1] = c->rows[4] = (uint8_t)rows_a;  /* C and A of the first tokens */
+    c->rows[2] = c->rows[3] = c->rows[5] = (uint8_t)(rows_b ? rows_b : rows_a);
+    c->rows[6] = c->rows[7] = 16;  /* B: 16 input pairs */
+}
+
+/* C tile -> y for its tokens t0.. (n of them) and rows r.. below r1 */
+static inline void amx_put(const fnb_job *j, const float *c, int t0, int n, int64_t r,
+                           int64_t r1) {
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < 16 && r + i < r1; i++)
+            fnb_store_dt(j->y, j->ydtype, (int64_t)(t0 + t) * j->ldy + r + i, c[t * 16 + i]);
+}
+
+/* tokens t0.. (na in the first tile, nb in the second, 0: none) x the panel's row groups g, g+1 */
+AMX_FN void amx_tokens(const fnb_job *j, const uint32_t *panel, int64_t groups, int64_t g,
+                       int64_t r, int64_t r1, int t0, int na, int nb) {
+    const int64_t K = j->K, T = j->T, step = fnb_tile_step(), nblk = K / FNB_BLOCK;
+    const uint16_t *xs = j->xh;
+    amx_config cfg;
+    amx_configure(&cfg, na, nb);
+    _tile_loadconfig(&cfg);
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t k = b * FNB_BLOCK;
+        const uint16_t *a = xs + ((k / step) * T + t0) * step + k % step;
+        const uint32_t *bt = panel + (b * groups + g) * 256;
+        _tile_loadd(4, a, step * 2);
+        _tile_loadd(6, bt, 64);
+        _tile_loadd(7, bt + 256, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (nb) {
+            _tile_loadd(5, a + 16 * step, step * 2);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    float c[4][256];
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    if (nb) { _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64); }
+    _tile_release();
+    amx_put(j, c[0], t0, na, r, r1);
+    amx_put(j, c[1], t0, na, r + 16, r1);
+    if (nb) { amx_put(j, c[2], t0 + 16, nb, r, r1); amx_put(j, c[3], t0 + 16, nb, r + 16, r1); }
+}
+
+static inline __attribute__((always_inline)) int amx_kind(const fnb_job *j, int kind,
+                                                          int64_t r0, int64_t r1) {
+    const int64_t K = j->K, T = j->T;
+    int64_t rows = AMX_PANEL_BYTES / (K * 2) / AMX_ROWS * AMX_ROWS;
+    if (rows < AMX_ROWS) rows = AMX_ROWS;
+    uint32_t *panel = (uint32_t *)fnb_scratch(FNB_AMX_SLOT, K / FNB_BLOCK * rows * FNB_BLOCK / 2 + 16);
+    if (!panel) { fnb_fail(); return 1; }
+    panel = (uint32_t *)(((uintptr_t)panel + 63) & ~(uintptr_t)63);
+    for (int64_t p0 = r0; p0 < r1; p0 += rows) {
+        const int64_t p1 = p0 + rows < r1 ? p0 + rows : r1;
+        const int64_t prow = (p1 - p0 + AMX_ROWS - 1) / AMX_ROWS * AMX_ROWS, groups = prow / 16;
+        fill_amx_panel(j, kind, p0, p1, prow, panel);
+        for (int64_t g = 0; g < groups; g += 2)
+            for (int t0 = 0; t0 < T; t0 += 32) {
+                const int left = T - t0, na = left < 16 ? left : 16;
+                const int nb = left <= 16 ? 0 : left - 16 < 16 ? left - 16 : 16;
+                amx_tokens(j, panel, groups, g, p0 + g * 16, p1, t0, na, nb);
+            }
+    }
+    return 1;
+}
+#endif  /* AMX */
+
+int NAME(fnb_amx_built)(void) {
+#if defined(FNB_HAVE_AMX)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* ---- fp32 tiles: outer products ------------------------------------------------------------
  * Per input k: OP_MR rows' weights (two vectors) times each of OP_NR tokens' x[k] broadcast,
  * into OP_MR x OP_NR accumulators that stay in registers for FNB_OP_KC inputs (then in a small
@@ -958,8 +1103,11 @@ static inline __attribute__((always_inline)) void op_kind(const fnb_job *j, int 
 
 static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, int kind,
                                                              int64_t r0, int64_t r1) {
+#if defined(FNB_HAVE_AMX)
+    if (j->xh != NULL && j->tile == FNB_TILE_AMX && amx_kind(j, kind, r0, r1)) return;
+#endif
 #if defined(FNB_USE_BF16DOT)
-    if (j->xh != NULL && j->tile == FNB_TILE_BF16) {  /* bf16 panels x bf16 activations */
+    if (j->xh != NULL && j->tile >= FNB_TILE_BF16) {  /* bf16 panels x bf16 activations */
         const int64_t K = j->K, T = j->T;
         int64_t rows = PANEL_BYTES / (K * 2) / PT_R * PT_R;
         if (rows < PT_R) rows = PT_R;

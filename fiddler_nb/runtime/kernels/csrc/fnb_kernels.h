@@ -24,7 +24,8 @@
 
 enum { FNB_F32 = 0, FNB_BF16 = 1, FNB_F16 = 2, FNB_I8ROW = 3, FNB_I8GRP = 4, FNB_I4GRP = 5 };
 enum { FNB_DT_F32 = 0, FNB_DT_BF16 = 1, FNB_DT_F16 = 2 };  /* activation / scale / output dtypes */
-enum { FNB_TILE_NONE = 0, FNB_TILE_F32 = 1, FNB_TILE_BF16 = 2 };  /* fnb_job.tile */
+/* fnb_job.tile; FNB_TILE_AMX: the bf16 panels multiplied in AMX tiles (fnb_amx_ready) */
+enum { FNB_TILE_NONE = 0, FNB_TILE_F32 = 1, FNB_TILE_BF16 = 2, FNB_TILE_AMX = 3 };
 enum { FNB_ISA_REF = 0, FNB_ISA_GENERIC = 1, FNB_ISA_AVX2 = 2, FNB_ISA_AVX512 = 3,
        FNB_ISA_AVX512VNNI = 4, FNB_ISA_COUNT = 5 };
 #define FNB_BLOCK 32  /* inputs per inner block; int4 activations are permuted per block */
@@ -89,6 +90,7 @@ void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, flo
                      int32_t *c);
 int fnb_q8_supported(int wkind, int64_t K);
 int fnb_bf16_dot(int isa, int wkind, int tile);
+int fnb_amx_ready(void);  /* the AMX tile kernel runs here (fnb_pool.c) */
 void fnb_to_bf16(const float *x, int64_t n, uint16_t *dst);
 void fnb_pack_steps(const void *x, int64_t esize, int T, int64_t K, int64_t step, void *dst);
 void fnb_pack_op(const float *x, int T, int64_t K, int nr, float *dst);

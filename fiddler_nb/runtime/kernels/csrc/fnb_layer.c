@@ -51,7 +51,7 @@ int fnb_moe_experts(int isa, int threads, int wkind, int sdtype, int64_t group, 
     fnb_rows_fn fn = fnb_variant(isa);
     int shift1 = fnb_group_shift(wkind, group, H), shift2 = fnb_group_shift(wkind, group, I);
     if (!fn || shift1 < 0 || shift2 < 0 || n_experts < 0 || n_experts > MAX_EXPERTS ||
-        tile < FNB_TILE_NONE || tile > FNB_TILE_BF16 ||
+        tile < FNB_TILE_NONE || tile > FNB_TILE_AMX ||
         (q8 && (!fnb_q8_supported(wkind, H) || !fnb_q8_supported(wkind, I))))
         return -1;
     if (wkind != FNB_I8GRP && wkind != FNB_I4GRP) group = 1;

@@ -10,12 +10,18 @@
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include "fnb_kernels.h"
 
 void fnb_rows_generic(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
 void fnb_rows_avx2(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
 void fnb_rows_avx512(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
 void fnb_rows_avx512vnni(const fnb_job *j, int64_t r0, int64_t r1) __attribute__((weak));
+int fnb_amx_built_avx512vnni(void) __attribute__((weak));
 
 /* ---- the plain scalar reference every variant is tested against --------------------------- */
 static float ref_weight(const fnb_job *j, int64_t r, int64_t k) {
@@ -323,14 +329,42 @@ void fnb_quantize_q8(const float *x, int T, int64_t K, int wkind, int8_t *q, flo
     }
 }
 
+/* 1 when the avx512vnni variant was built with the AMX tile kernel, the CPU has AMX-BF16
+ * (CPUID leaf 7: AMX-BF16 and AMX-TILE; XCR0: the OS saves the tile state) and Linux grants this
+ * process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once; oneDNN asks too) */
+#if defined(__x86_64__) && defined(__linux__)
+#define FNB_ARCH_REQ_XCOMP_PERM 0x1023
+#define FNB_XFEATURE_XTILEDATA 18
+static int amx_state = -1;
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    amx_state = 0;
+    if (!fnb_amx_built_avx512vnni || !fnb_amx_built_avx512vnni()) return;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 22) & 1) || !((d >> 24) & 1)) return;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return;  /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3) != 3) return;  /* XTILECFG and XTILEDATA enabled by the OS */
+    amx_state = syscall(SYS_arch_prctl, FNB_ARCH_REQ_XCOMP_PERM, FNB_XFEATURE_XTILEDATA) == 0;
+}
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+int fnb_amx_ready(void) {
+    if (getenv("FIDDLER_NB_AMX") && !strcmp(getenv("FIDDLER_NB_AMX"), "0")) return 0;
+    pthread_once(&amx_once, amx_probe);
+    return amx_state == 1;
+}
+#else
+int fnb_amx_ready(void) { return 0; }
+#endif
+
 /* 1 when bf16 activations meet the weights in vdpbf16ps on this ISA and CPU: bf16 weights as
  * stored (not in fp32 tiles), or with FNB_TILE_BF16 integer kinds widened to bf16 panels -- the
  * weights a bf16 reference holds. fp32 / fp16 weights never: bf16 would round them. */
 int fnb_bf16_dot(int isa, int wkind, int tile) {
 #if defined(__x86_64__) || defined(__i386__)
     const int kind_ok = tile == FNB_TILE_NONE ? wkind == FNB_BF16
-        : tile == FNB_TILE_BF16 && (wkind == FNB_BF16 || wkind == FNB_I8ROW ||
-                                    wkind == FNB_I8GRP || wkind == FNB_I4GRP);
+        : (tile == FNB_TILE_BF16 || (tile == FNB_TILE_AMX && fnb_amx_ready())) &&
+          (wkind == FNB_BF16 || wkind == FNB_I8ROW || wkind == FNB_I8GRP || wkind == FNB_I4GRP);
     return kind_ok && isa == FNB_ISA_AVX512VNNI && fnb_variant(isa) &&
            __builtin_cpu_supports("avx512bf16");
 #else
@@ -351,7 +385,7 @@ int fnb_q8_supported(int wkind, int64_t K) {
 }
 
 /* growable per-thread scratch */
-#define SCRATCH_SLOTS 17  /* 12-16: the tile kernels' panel, partial sums, packed x */
+#define SCRATCH_SLOTS 18  /* 12-17: the tile kernels' panels, partial sums, packed x */
 float *fnb_scratch(int slot, int64_t floats) {
     static __thread float *buf[SCRATCH_SLOTS];
     static __thread int64_t cap[SCRATCH_SLOTS];
@@ -430,11 +464,12 @@ int fnb_linear_q8(int isa, int threads, int wkind, const void *w, const void *sc
 /* fnb_linear for many tokens: each weight widened once per call, register tiles over the
  * tokens (fnb_isa.c). tile: FNB_TILE_F32 (fp32 outer products, exact) or FNB_TILE_BF16 (bf16
  * activations on AVX512-BF16 meet bf16 panels -- integer weights rounded to bf16, as the
- * dequantizing kernels round them -- in vdpbf16ps; elsewhere fp32) */
+ * dequantizing kernels round them -- in vdpbf16ps; elsewhere fp32) or FNB_TILE_AMX (the same
+ * bf16 panels in AMX tiles where fnb_amx_ready; elsewhere fp32) */
 int fnb_linear_tile(int isa, int threads, int wkind, const void *w, const void *scale,
                     int sdtype, int64_t group, int64_t N, int64_t K, const void *x, int xdtype,
                     int64_t ldx, int T, void *y, int ydtype, int64_t ldy, int tile) {
-    if (tile != FNB_TILE_F32 && tile != FNB_TILE_BF16) return -1;
+    if (tile != FNB_TILE_F32 && tile != FNB_TILE_BF16 && tile != FNB_TILE_AMX) return -1;
     return linear_impl(isa, threads, wkind, w, scale, sdtype, group, N, K, x, xdtype, ldx, T, y,
                        ydtype, ldy, 0, tile);
 }
