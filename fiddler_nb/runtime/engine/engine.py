@@ -21,7 +21,8 @@ from ..model.config import EngineConfig
 from ..policies.execution import make_execution
 from ..errors import ContextLengthError, EngineClosedError, InputError, OptionError
 from .experts import ExpertStore
-from ..kernels.registry import KernelChoice, quantizes_activations
+from ..kernels.registry import (NATIVE_Q8_KERNELS, KernelChoice, candidates,
+                                quantizes_activations)
 from .memory import MemoryReport, memory_report
 from ..policies.latency import LatencyModel
 from .orchestrate import IMPLEMENTATION_NAME, EngineState, LayerRuntime, register_with_transformers
@@ -177,10 +178,14 @@ class Engine:
             fmt = store.storage.fmt
             name = store.kernels.kernel_name(fmt.label(), fmt.matrix_fmt, 1,
                                              getattr(torch, self.config.dtype))
+            q8 = NATIVE_Q8_KERNELS.get(fmt.matrix_fmt)
+            why = " (activations rounded to int8 per 32 inputs; not exact)" \
+                if quantizes_activations(name) else \
+                f" (exact: measured faster here than {q8})" if q8 in candidates(
+                    fmt.matrix_fmt, activation_quant=True) else \
+                " (exact: no such kernel runs here)"
             notes.append(f"activation quantization allowed: at one token the {fmt.label()} "
-                         f"experts run {name}" + (" (activations rounded to int8 per 32 inputs; "
-                                                  "not exact)" if quantizes_activations(name)
-                                                  else " (exact: no such kernel runs here)"))
+                         f"experts run {name}{why}")
         return tuple(notes)
 
     def max_resident_experts(self) -> int:

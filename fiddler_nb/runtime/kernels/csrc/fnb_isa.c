@@ -825,6 +825,37 @@ static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
 }
 #endif  /* FNB_USE_BF16DOT */
 
+#if defined(FNB_USE_AVX512)
+/* r[i] = row i of a 16 x 16 block -> r[c] = its column c */
+static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
+    __m512 t[16];
+    UNROLL for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    UNROLL for (int i = 0; i < 16; i += 4) {  /* r[i + q]: element 4 l + q of rows i..i+3 */
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    UNROLL for (int q = 0; q < 4; q++) {  /* 128-bit lanes: rows 0-7 and 8-15 */
+        t[q] = _mm512_shuffle_f32x4(r[q], r[q + 4], 0x88);
+        t[q + 4] = _mm512_shuffle_f32x4(r[q], r[q + 4], 0xdd);
+        t[q + 8] = _mm512_shuffle_f32x4(r[q + 8], r[q + 12], 0x88);
+        t[q + 12] = _mm512_shuffle_f32x4(r[q + 8], r[q + 12], 0xdd);
+    }
+    UNROLL for (int q = 0; q < 4; q++) {
+        r[q] = _mm512_shuffle_f32x4(t[q], t[q + 8], 0x88);
+        r[q + 4] = _mm512_shuffle_f32x4(t[q + 4], t[q + 12], 0x88);
+        r[q + 8] = _mm512_shuffle_f32x4(t[q], t[q + 8], 0xdd);
+        r[q + 12] = _mm512_shuffle_f32x4(t[q + 4], t[q + 12], 0xdd);
+    }
+}
+#endif
+
 /* ---- AMX: bf16 panels multiplied in tile registers (FNB_TILE_AMX) ---------------------------
  * The bf16 panel kernel's numbers (the weights rounded to bf16 as the dequantizing kernels round
  * them, bf16 activations, fp32 sums) with tdpbf16ps: one instruction multiplies 16 tokens x 32
@@ -849,41 +880,38 @@ typedef struct __attribute__((packed, aligned(64))) {
     uint8_t rows[16];
 } amx_config;
 
-/* 32 fp32 weights in k order -> bf16 (rounded as store_vec rounds), as 16 input pairs */
+/* 32 fp32 weights in k order -> bf16, round to nearest even (vcvtne2ps2bf16: as store_vec
+ * rounds, but with fp32 denormals flushed -- |w| < 1.2e-38, nothing a product here notices), as
+ * 16 input pairs */
 static inline __m512i bf16_pairs(const vf *w) {
-    __m256i h[NB];
-    UNROLL for (int v = 0; v < NB; v++) {
-        __m512i u = _mm512_castps_si512(w[v]);
-        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-        u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-        h[v] = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
-    }
-    return _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+    return (__m512i)_mm512_cvtne2ps_pbh(w[1], w[0]);
 }
 
 /* rows r0..r1 of the job's weights -> B tiles [K / 32][rows / 16][16 pairs][16 rows][2] bf16,
- * rows past r1 (up to `rows`, a multiple of AMX_ROWS) zero. One tile (1 KiB) at a time, its 16
- * rows' pairs scattered into it while it stays in L1 (row by row over the whole panel, every
- * store went to another line) */
+ * rows past r1 (up to `rows`, a multiple of AMX_ROWS) zero. One tile (1 KiB) at a time: its 16
+ * rows' pairs in 16 vectors, transposed in registers, stored as the tile's 16 lines */
 static inline __attribute__((always_inline)) void fill_amx_panel(const fnb_job *j, int kind,
                                                                   int64_t r0, int64_t r1,
                                                                   int64_t rows, uint32_t *panel) {
     const int64_t nblk = j->K / FNB_BLOCK, groups = rows / 16;
-    const __m512i at = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
-                                         192, 208, 224, 240);  /* pair kp of a row: kp * 16 */
     for (int64_t g = 0; g < groups; g++) {
         const int64_t rg = r0 + g * 16, live = r1 - rg < 16 ? (r1 - rg > 0 ? r1 - rg : 0) : 16;
         float rs[16];
         for (int64_t i = 0; i < live; i++) rs[i] = row_scale(j, kind, rg + i);
         for (int64_t b = 0; b < nblk; b++) {
-            uint32_t *tile = panel + (b * groups + g) * 256;
-            if (live < 16) memset(tile, 0, 1024);
-            for (int64_t i = 0; i < live; i++) {
+            __m512i v[16];
+            UNROLL for (int i = 0; i < 16; i++) {
+                if (i >= live) { v[i] = _mm512_setzero_si512(); continue; }
                 vf w[NB];
                 load_weights(j, kind, rg + i, b, rs[i], w);
                 if (kind == FNB_I4GRP) unpermute_i4(w);  /* bf16 x is in order */
-                _mm512_i32scatter_epi32(tile + i, at, bf16_pairs(w), 4);
+                v[i] = bf16_pairs(w);
             }
+            __m512 f[16];  /* the pairs as 32-bit lanes: transposed as floats, bits kept */
+            UNROLL for (int i = 0; i < 16; i++) f[i] = _mm512_castsi512_ps(v[i]);
+            transpose16(f);
+            float *tile = (float *)(panel + (b * groups + g) * 256);
+            UNROLL for (int kp = 0; kp < 16; kp++) _mm512_store_ps(tile + kp * 16, f[kp]);
         }
     }
 }
@@ -983,36 +1011,6 @@ int NAME(fnb_amx_built)(void) {
 #endif
 #define OP_MR (2 * VL)
 
-#if defined(FNB_USE_AVX512)
-/* r[i] = row i of a 16 x 16 block -> r[c] = its column c */
-static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
-    __m512 t[16];
-    UNROLL for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    UNROLL for (int i = 0; i < 16; i += 4) {  /* r[i + q]: element 4 l + q of rows i..i+3 */
-        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    UNROLL for (int q = 0; q < 4; q++) {  /* 128-bit lanes: rows 0-7 and 8-15 */
-        t[q] = _mm512_shuffle_f32x4(r[q], r[q + 4], 0x88);
-        t[q + 4] = _mm512_shuffle_f32x4(r[q], r[q + 4], 0xdd);
-        t[q + 8] = _mm512_shuffle_f32x4(r[q + 8], r[q + 12], 0x88);
-        t[q + 12] = _mm512_shuffle_f32x4(r[q + 8], r[q + 12], 0xdd);
-    }
-    UNROLL for (int q = 0; q < 4; q++) {
-        r[q] = _mm512_shuffle_f32x4(t[q], t[q + 8], 0x88);
-        r[q + 4] = _mm512_shuffle_f32x4(t[q + 4], t[q + 12], 0x88);
-        r[q + 8] = _mm512_shuffle_f32x4(t[q], t[q + 8], 0xdd);
-        r[q + 12] = _mm512_shuffle_f32x4(t[q + 4], t[q + 12], 0xdd);
-    }
-}
-#endif
 
 static inline __attribute__((always_inline)) void fill_slice(const fnb_job *j, int kind,
                                                               int64_t r0, int64_t rows, int64_t k0,
