@@ -114,7 +114,8 @@ def test_native_dequantization_is_the_references_weights(fmt, act):
 # short last step), past one panel of rows (several panels, a tail panel and single rows) and a
 # K with a tail past the last 32-block (not tiled: the per-row kernels run it).
 TILE_SHAPES = ((90, 1152), (37, 256))
-TILE_TOKENS = (1, 2, 5, 6, 7, 13, 25, 40)  # 6- and 2-token tiles, one token left over; AMX: 16 + 9, 32 + 8
+# 6- and 2-token tiles and a single token left over; AMX tiles of 16 + 9 and 32 + 8 tokens
+TILE_TOKENS = (1, 2, 5, 6, 7, 13, 25, 40)
 
 
 def _tile_reference_weights(m: Matrix, isa: str, act: torch.dtype, mode: int) -> Matrix:

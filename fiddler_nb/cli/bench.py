@@ -52,7 +52,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = [measure_layer_experts(f, rounds=args.suite_repeats or 5,
                                       activation_quant=args.allow_activation_quant)
                 for f in args.expert_dtype]
+        from dataclasses import asdict
+
+        from ..measure.hardware import machine_facts
+        from ..runtime.files import write_json
+
+        machine = asdict(machine_facts())
+        machine["isa"] = torch.backends.cpu.get_cpu_capability()
+        print(f"machine: {machine['cpu_model']} ({machine['isa']}), "
+              f"{machine['threads_used']} threads; {machine['date']}\ncommand: {command}")
         print(table(rows))  # one layer's CPU experts at 1 token vs the read probe
+        if args.out:
+            path = write_json(args.out, {"kind": "layer-experts", "command": command,
+                                         "machine": machine,
+                                         "rows": [asdict(r) for r in rows]})
+            print(f"saved {path}")
         return 0
     if args.cpu_suite and args.expert_dtype:
         from ..benchmarks.format_suite import run_format_suite

@@ -967,13 +967,14 @@ AMX_FN void amx_tokens(const fnb_job *j, const uint32_t *panel, int64_t groups, 
     if (nb) { amx_put(j, c[2], t0 + 16, nb, r, r1); amx_put(j, c[3], t0 + 16, nb, r + 16, r1); }
 }
 
-static inline __attribute__((always_inline)) int amx_kind(const fnb_job *j, int kind,
-                                                          int64_t r0, int64_t r1) {
+static inline __attribute__((always_inline)) void amx_kind(const fnb_job *j, int kind,
+                                                           int64_t r0, int64_t r1) {
     const int64_t K = j->K, T = j->T;
     int64_t rows = AMX_PANEL_BYTES / (K * 2) / AMX_ROWS * AMX_ROWS;
     if (rows < AMX_ROWS) rows = AMX_ROWS;
-    uint32_t *panel = (uint32_t *)fnb_scratch(FNB_AMX_SLOT, K / FNB_BLOCK * rows * FNB_BLOCK / 2 + 16);
-    if (!panel) { fnb_fail(); return 1; }
+    const int64_t align = 64 / sizeof(float);  /* tiles on 64-byte lines */
+    uint32_t *panel = (uint32_t *)fnb_scratch(FNB_AMX_SLOT, K * rows / 2 + align);  /* bf16 */
+    if (!panel) { fnb_fail(); return; }
     panel = (uint32_t *)(((uintptr_t)panel + 63) & ~(uintptr_t)63);
     for (int64_t p0 = r0; p0 < r1; p0 += rows) {
         const int64_t p1 = p0 + rows < r1 ? p0 + rows : r1;
@@ -986,7 +987,6 @@ static inline __attribute__((always_inline)) int amx_kind(const fnb_job *j, int 
                 amx_tokens(j, panel, groups, g, p0 + g * 16, p1, t0, na, nb);
             }
     }
-    return 1;
 }
 #endif  /* AMX */
 
@@ -1102,7 +1102,7 @@ static inline __attribute__((always_inline)) void op_kind(const fnb_job *j, int 
 static inline __attribute__((always_inline)) void tile_kind(const fnb_job *j, int kind,
                                                              int64_t r0, int64_t r1) {
 #if defined(FNB_HAVE_AMX)
-    if (j->xh != NULL && j->tile == FNB_TILE_AMX && amx_kind(j, kind, r0, r1)) return;
+    if (j->xh != NULL && j->tile == FNB_TILE_AMX) { amx_kind(j, kind, r0, r1); return; }
 #endif
 #if defined(FNB_USE_BF16DOT)
     if (j->xh != NULL && j->tile >= FNB_TILE_BF16) {  /* bf16 panels x bf16 activations */
