@@ -826,7 +826,8 @@ static inline __attribute__((always_inline)) void panel_tokens(const fnb_job *j,
 #endif  /* FNB_USE_BF16DOT */
 
 #if defined(FNB_USE_AVX512)
-/* r[i] = row i of a 16 x 16 block -> r[c] = its column c */
+/* r[i] = row i of a 16 x 16 block -> r[c] = its column c (the AMX panel's pairs and the fp32
+ * tiles' stores) */
 static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
     __m512 t[16];
     UNROLL for (int i = 0; i < 16; i += 2) {
@@ -1010,7 +1011,6 @@ int NAME(fnb_amx_built)(void) {
 #define OP_NR 6   /* 12 of 16 registers */
 #endif
 #define OP_MR (2 * VL)
-
 
 static inline __attribute__((always_inline)) void fill_slice(const fnb_job *j, int kind,
                                                               int64_t r0, int64_t rows, int64_t k0,

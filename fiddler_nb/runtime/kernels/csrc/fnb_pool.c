@@ -349,7 +349,8 @@ static void amx_probe(void) {
 }
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
 int fnb_amx_ready(void) {
-    if (getenv("FIDDLER_NB_AMX") && !strcmp(getenv("FIDDLER_NB_AMX"), "0")) return 0;
+    const char *setting = getenv("FIDDLER_NB_AMX");  /* read per call: tests switch it */
+    if (setting && !strcmp(setting, "0")) return 0;
     pthread_once(&amx_once, amx_probe);
     return amx_state == 1;
 }
